@@ -1,0 +1,44 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "nfqlb",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "nfqlb", targets: ["nfqlb"]),
+        .library(name: "QueueBalancer", targets: ["QueueBalancer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // libnetfilter_queue, libmnl and libnfnetlink, found through pkg-config.
+        .systemLibrary(
+            name: "CNFQueue",
+            pkgConfig: "libnetfilter_queue",
+            providers: [.apt(["libnetfilter-queue-dev", "libmnl-dev", "libnfnetlink-dev"])]
+        ),
+        .target(
+            name: "QueueBalancer",
+            dependencies: [
+                "CNFQueue",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "nfqlb",
+            dependencies: [
+                "QueueBalancer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "QueueBalancerTests",
+            dependencies: ["QueueBalancer"]
+        ),
+    ]
+)

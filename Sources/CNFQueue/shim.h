@@ -1,0 +1,45 @@
+// The C surface nfqlb uses: libmnl for the netlink socket, libnetfilter_queue's
+// libmnl-based helpers for queue configuration, and two syscalls Swift cannot see.
+#ifndef NFQLB_CNFQUEUE_SHIM_H
+#define NFQLB_CNFQUEUE_SHIM_H
+
+#include <stdint.h>
+// glibc first: linux/libc-compat.h then skips the uapi copies of in_addr & co (one definition for Swift).
+#include <netinet/in.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <signal.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <linux/netlink.h>
+#include <libmnl/libmnl.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+
+/// `struct mmsghdr` is visible only under _GNU_SOURCE; this has the same layout.
+struct nfqlb_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+
+/// recvmmsg(2) through syscall(2): the glibc prototype is _GNU_SOURCE-only.
+static inline int nfqlb_recvmmsg(int fd, struct nfqlb_mmsghdr *vec, unsigned int vlen,
+                                 int flags, struct timespec *timeout) {
+    return (int)syscall(SYS_recvmmsg, fd, vec, vlen, flags, timeout);
+}
+
+/// errno as a function: Swift cannot read the thread-local macro reliably from every module.
+static inline int nfqlb_errno(void) { return errno; }
+
+/// Function-like netlink macros, as constants Swift can read.
+static const int NFQLB_NLMSG_HDRLEN = NLMSG_HDRLEN;
+static const int NFQLB_NFGENMSG_LEN = NLMSG_ALIGN(sizeof(struct nfgenmsg));
+static const int NFQLB_MSG_VERDICT_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT;
+static const int NFQLB_MSG_PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
+static const int NFQLB_MSG_CONFIG_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG;
+static const uint32_t NFQLB_CFG_F_FAIL_OPEN = NFQA_CFG_F_FAIL_OPEN;
+static const uint32_t NFQLB_CFG_F_GSO = NFQA_CFG_F_GSO;
+
+#endif

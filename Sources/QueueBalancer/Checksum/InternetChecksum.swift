@@ -1,0 +1,77 @@
+/// The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+///
+/// The datapath only ever updates checksums incrementally: the kernel hands nfqlb packets whose L4 checksum
+/// is complete and valid (no `NFQA_CFG_F_GSO`), and an incremental update keeps a corrupt checksum corrupt,
+/// so nfqlb never launders a damaged packet. The full computation is the reference the tests check against.
+public enum InternetChecksum {
+    /// One's-complement sum of `bytes` folded to 16 bits, not complemented. An odd trailing byte is padded.
+    public static func sum(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt16 {
+        var acc = UInt64(initial)
+        var i = 0
+        let n = bytes.count
+        while i + 1 < n {
+            acc &+= UInt64(bytes[i]) << 8 | UInt64(bytes[i + 1])
+            i += 2
+        }
+        if i < n { acc &+= UInt64(bytes[i]) << 8 }
+        return fold(acc)
+    }
+
+    /// Folds a wide one's-complement accumulator to 16 bits.
+    public static func fold(_ value: UInt64) -> UInt16 {
+        var acc = value
+        while acc >> 16 != 0 { acc = (acc & 0xFFFF) &+ (acc >> 16) }
+        return UInt16(acc)
+    }
+
+    /// The checksum field value for `bytes` (complement of the sum), e.g. an IPv4 header with its checksum zeroed.
+    public static func compute(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt16 {
+        ~sum(bytes, initial: initial)
+    }
+
+    /// The IPv4 pseudo-header sum (RFC 793/768) for an L4 segment of `length` bytes.
+    public static func pseudoHeaderSum(source: UInt32, destination: UInt32, protocol proto: UInt8, length: Int) -> UInt32 {
+        var acc: UInt32 = 0
+        acc &+= source >> 16
+        acc &+= source & 0xFFFF
+        acc &+= destination >> 16
+        acc &+= destination & 0xFFFF
+        acc &+= UInt32(proto)
+        acc &+= UInt32(length)
+        return acc
+    }
+}
+
+/// An incremental checksum update, RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')` over every changed 16-bit word.
+///
+/// Accumulate the old and new values of every changed word, then apply the difference to each checksum that
+/// covers them. Allocation-free; a value type meant to live on the stack of the per-packet path.
+public struct ChecksumDelta {
+    var acc: UInt64 = 0
+
+    public init() {}
+
+    /// Records that a 16-bit word changed from `old` to `new`.
+    public mutating func replace(_ old: UInt16, with new: UInt16) {
+        acc &+= UInt64(~old) &+ UInt64(new)
+    }
+
+    /// Records that a 32-bit value (an IPv4 address) changed.
+    public mutating func replace(_ old: UInt32, with new: UInt32) {
+        replace(UInt16(truncatingIfNeeded: old >> 16), with: UInt16(truncatingIfNeeded: new >> 16))
+        replace(UInt16(truncatingIfNeeded: old), with: UInt16(truncatingIfNeeded: new))
+    }
+
+    /// The checksum field after the recorded changes.
+    public func applied(to checksum: UInt16) -> UInt16 {
+        ~InternetChecksum.fold(UInt64(~checksum) &+ acc)
+    }
+
+    /// The UDP checksum field after the changes: 0 (no checksum, IPv4 only) stays 0, and a result of 0 is
+    /// sent as 0xFFFF (RFC 768).
+    public func appliedToUDP(_ checksum: UInt16) -> UInt16 {
+        if checksum == 0 { return 0 }
+        let updated = applied(to: checksum)
+        return updated == 0 ? 0xFFFF : updated
+    }
+}

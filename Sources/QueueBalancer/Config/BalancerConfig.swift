@@ -1,0 +1,79 @@
+/// The whole configuration of one balancer: which NFQUEUEs it serves and which virtual services it balances.
+/// Built by ``ConfigLoader`` from YAML; every value here has already been validated.
+public struct BalancerConfig: Sendable, Equatable {
+    /// NFQUEUE numbers, consecutive (iptables' `--queue-balance FIRST:LAST`); one worker thread each.
+    public var queues: [UInt16]
+    public var services: [VirtualService]
+    /// Bound on tracked connections (`max-connections`).
+    public var maxConnections: Int = 262_144
+    /// Kernel queue length per queue (`queue-length`, NFQA_CFG_QUEUE_MAXLEN).
+    public var queueLength: UInt32 = 8192
+    /// Netlink socket receive and send buffer per queue, in MiB (`socket-buffer-mb`).
+    public var socketBufferMiB: Int = 16
+    public var timeouts: ConnectionTimeouts = .ipvsDefaults
+
+    public init(queues: [UInt16], services: [VirtualService]) {
+        self.queues = queues
+        self.services = services
+    }
+}
+
+/// How packets reach the real server, as LVS names its forwarding methods.
+public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Destination rewritten to the real server; replies come back through the balancer and are rewritten.
+    case nat
+    /// Source and destination rewritten (not implemented yet).
+    case fullnat
+    /// Unchanged packet steered to the real server's MAC (not implemented yet).
+    case dr
+    /// IPIP-encapsulated to the real server (not implemented yet).
+    case tun
+
+    public var description: String { rawValue }
+
+    /// The modes the datapath implements today.
+    public static let supported: [ForwardingMode] = [.nat]
+}
+
+/// A virtual service: `VIP:port/protocol`, like one `ipvsadm -A` line with its `-a` lines.
+public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
+    public var name: String?
+    public var vip: IPAddress
+    public var port: UInt16
+    public var transport: TransportProtocol
+    public var mode: ForwardingMode
+    public var scheduler: SchedulerKind
+    public var reals: [RealServer]
+
+    public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
+                mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wrr, reals: [RealServer]) {
+        self.name = name
+        self.vip = vip
+        self.port = port
+        self.transport = transport
+        self.mode = mode
+        self.scheduler = scheduler
+        self.reals = reals
+    }
+
+    /// The endpoint clients connect to.
+    public var endpoint: Endpoint { Endpoint(address: vip, port: port) }
+
+    public var description: String { "\(endpoint)/\(transport)" }
+}
+
+/// A real server behind a virtual service, like one `ipvsadm -a -r RIP:port -w weight` line.
+public struct RealServer: Sendable, Equatable {
+    public var address: IPAddress
+    public var port: UInt16
+    /// 0...65535; 0 means quiescent: no new connections.
+    public var weight: UInt32
+
+    public init(address: IPAddress, port: UInt16, weight: UInt32 = 1) {
+        self.address = address
+        self.port = port
+        self.weight = weight
+    }
+
+    public var endpoint: Endpoint { Endpoint(address: address, port: port) }
+}

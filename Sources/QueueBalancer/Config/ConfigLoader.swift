@@ -1,0 +1,228 @@
+import Foundation
+import Yams
+
+/// A configuration refused, with where and why: printed as `file:line: reason`.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var file: String
+    /// 1-based line, or 0 when the error concerns the whole file.
+    public var line: Int
+    public var reason: String
+
+    public init(file: String, line: Int, reason: String) {
+        self.file = file
+        self.line = line
+        self.reason = reason
+    }
+
+    public var description: String { line > 0 ? "\(file):\(line): \(reason)" : "\(file): \(reason)" }
+}
+
+/// Reads the YAML configuration, walking Yams' node tree (not `Decodable`) so that every error names its line.
+///
+/// Schema (see README "Configuration"):
+/// ```yaml
+/// queues: [0]                 # required; consecutive NFQUEUE numbers
+/// max-connections: 262144     # optional
+/// queue-length: 8192          # optional, kernel queue length per queue
+/// socket-buffer-mb: 16        # optional
+/// timeouts: { tcp: 900, tcpfin: 120, udp: 300 }   # optional, seconds (ipvsadm --set)
+/// services:                   # required, at least one
+///   - name: web               # optional
+///     vip: 203.0.113.10
+///     port: 80
+///     protocol: tcp           # tcp | udp
+///     mode: nat               # nat (fullnat | dr | tun: later)
+///     scheduler: wrr          # rr | wrr (default wrr)
+///     reals:
+///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
+/// ```
+public enum ConfigLoader {
+    /// Loads and validates the file at `path`.
+    public static func load(path: String) throws(ConfigError) -> BalancerConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: path, line: 0, reason: "cannot read the file: \(error.localizedDescription)")
+        }
+        return try parse(yaml: text, file: path)
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    public static func parse(yaml text: String, file: String = "<config>") throws(ConfigError) -> BalancerConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            switch error {
+            case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
+                 .composer(_, let problem, let mark, _):
+                throw ConfigError(file: file, line: mark.line, reason: "invalid YAML: \(problem)")
+            default:
+                throw ConfigError(file: file, line: 0, reason: "invalid YAML: \(error)")
+            }
+        } catch {
+            throw ConfigError(file: file, line: 0, reason: "invalid YAML: \(error)")
+        }
+        guard let root else { throw ConfigError(file: file, line: 0, reason: "the file is empty") }
+        return try Reader(file: file).balancer(root)
+    }
+}
+
+/// Walks the node tree; every check throws with the offending node's line.
+private struct Reader {
+    let file: String
+
+    func fail(_ node: Node?, _ reason: String) -> ConfigError {
+        ConfigError(file: file, line: node?.mark?.line ?? 0, reason: reason)
+    }
+
+    /// The pairs of a mapping, refusing keys outside `allowed` and repeated keys.
+    func mapping(_ node: Node, _ what: String, allowed: [String]) throws(ConfigError) -> [String: Node] {
+        guard case .mapping(let mapping) = node else { throw fail(node, "\(what) must be a mapping") }
+        var result: [String: Node] = [:]
+        for (key, value) in mapping {
+            guard let name = key.scalar?.string else { throw fail(key, "keys of \(what) must be plain words") }
+            guard allowed.contains(name) else {
+                throw fail(key, "unknown key '\(name)' in \(what) (expected one of: \(allowed.joined(separator: ", ")))")
+            }
+            guard result[name] == nil else { throw fail(key, "key '\(name)' appears twice in \(what)") }
+            result[name] = value
+        }
+        return result
+    }
+
+    func required(_ map: [String: Node], _ key: String, in what: String, at node: Node) throws(ConfigError) -> Node {
+        guard let value = map[key] else { throw fail(node, "\(what) needs '\(key)'") }
+        return value
+    }
+
+    func scalar(_ node: Node, _ what: String) throws(ConfigError) -> String {
+        guard let text = node.scalar?.string else { throw fail(node, "\(what) must be a single value") }
+        return text
+    }
+
+    func integer(_ node: Node, _ what: String, _ range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        let text = try scalar(node, what)
+        guard let value = Int(text) else { throw fail(node, "\(what) '\(text)' is not a whole number") }
+        guard range.contains(value) else {
+            throw fail(node, "\(what) \(value) is out of range \(range.lowerBound)..\(range.upperBound)")
+        }
+        return value
+    }
+
+    func address(_ node: Node, _ what: String) throws(ConfigError) -> IPAddress {
+        let text = try scalar(node, what)
+        guard let address = IPAddress(text) else {
+            throw fail(node, "\(what) '\(text)' is not an IPv4 or IPv6 address")
+        }
+        return address
+    }
+
+    func choice<T: RawRepresentable & CaseIterable>(_ node: Node, _ what: String, _ type: T.Type) throws(ConfigError) -> T
+    where T.RawValue == String {
+        let text = try scalar(node, what)
+        guard let value = T(rawValue: text) else {
+            let names = T.allCases.map(\.rawValue).joined(separator: " | ")
+            throw fail(node, "\(what) '\(text)' is not one of \(names)")
+        }
+        return value
+    }
+
+    func balancer(_ root: Node) throws(ConfigError) -> BalancerConfig {
+        let top = try mapping(root, "the configuration", allowed: [
+            "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts",
+        ])
+        let queuesNode = try required(top, "queues", in: "the configuration", at: root)
+        guard case .sequence(let queueList) = queuesNode, !queueList.isEmpty else {
+            throw fail(queuesNode, "queues must be a non-empty list of NFQUEUE numbers, e.g. [0] or [0, 1]")
+        }
+        var queues: [UInt16] = []
+        for item in queueList {
+            let q = UInt16(try integer(item, "queue number", 0...65535))
+            guard !queues.contains(q) else { throw fail(item, "queue \(q) is listed twice") }
+            queues.append(q)
+        }
+        let sorted = queues.sorted()
+        guard sorted.last! - sorted.first! == UInt16(sorted.count - 1) else {
+            throw fail(queuesNode, "queues must be consecutive numbers (iptables --queue-balance takes one range)")
+        }
+        let servicesNode = try required(top, "services", in: "the configuration", at: root)
+        guard case .sequence(let serviceList) = servicesNode, !serviceList.isEmpty else {
+            throw fail(servicesNode, "services must be a non-empty list")
+        }
+        var services: [VirtualService] = []
+        var firstLine: [String: Int] = [:]
+        for node in serviceList {
+            let service = try virtualService(node)
+            let key = service.description
+            if let line = firstLine[key] {
+                throw fail(node, "duplicate service \(key) (first defined at line \(line))")
+            }
+            firstLine[key] = node.mark?.line ?? 0
+            services.append(service)
+        }
+        var config = BalancerConfig(queues: sorted, services: services)
+        if let node = top["max-connections"] { config.maxConnections = try integer(node, "max-connections", 1...(1 << 26)) }
+        if let node = top["queue-length"] { config.queueLength = UInt32(try integer(node, "queue-length", 1...(1 << 20))) }
+        if let node = top["socket-buffer-mb"] { config.socketBufferMiB = try integer(node, "socket-buffer-mb", 1...1024) }
+        if let node = top["timeouts"] {
+            let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])
+            func seconds(_ key: String) throws(ConfigError) -> UInt64? {
+                guard let n = t[key] else { return nil }
+                return UInt64(try integer(n, "timeouts.\(key)", 1...(30 * 86400)))
+            }
+            config.timeouts = config.timeouts.with(tcp: try seconds("tcp"), tcpFin: try seconds("tcpfin"),
+                                                   udp: try seconds("udp"))
+        }
+        return config
+    }
+
+    func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
+        let map = try mapping(node, "a service", allowed: [
+            "name", "vip", "port", "protocol", "mode", "scheduler", "reals",
+        ])
+        let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
+        let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
+        let transport: TransportProtocol
+        let protocolNode = try required(map, "protocol", in: "a service", at: node)
+        switch try scalar(protocolNode, "protocol") {
+        case "tcp": transport = .tcp
+        case "udp": transport = .udp
+        case let other: throw fail(protocolNode, "protocol '\(other)' is not one of tcp | udp")
+        }
+        let modeNode = try required(map, "mode", in: "a service", at: node)
+        let mode = try choice(modeNode, "mode", ForwardingMode.self)
+        guard ForwardingMode.supported.contains(mode) else {
+            let names = ForwardingMode.supported.map(\.rawValue).joined(separator: ", ")
+            throw fail(modeNode, "mode '\(mode)' is not supported yet (supported: \(names))")
+        }
+        let scheduler = try map["scheduler"].map { n throws(ConfigError) in try choice(n, "scheduler", SchedulerKind.self) } ?? .wrr
+        let name = try map["name"].map { n throws(ConfigError) in try scalar(n, "name") }
+        guard vip.isIPv4 else {
+            throw fail(map["vip"], "IPv6 virtual services are not supported by the datapath yet (vip \(vip))")
+        }
+        let realsNode = try required(map, "reals", in: "a service", at: node)
+        guard case .sequence(let realList) = realsNode, !realList.isEmpty else {
+            throw fail(realsNode, "service \(Endpoint(address: vip, port: port))/\(transport) has no real servers")
+        }
+        var reals: [RealServer] = []
+        for realNode in realList {
+            let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight"])
+            let addressNode = try required(r, "address", in: "a real server", at: realNode)
+            let rip = try address(addressNode, "address")
+            guard rip.isIPv4 == vip.isIPv4 else {
+                throw fail(addressNode, "real server \(rip) is not of the same address family as vip \(vip) (\(mode) cannot translate between families)")
+            }
+            let rport = try r["port"].map { n throws(ConfigError) in UInt16(try integer(n, "port", 1...65535)) } ?? port
+            let weight = try r["weight"].map { n throws(ConfigError) in UInt32(try integer(n, "weight", 0...65535)) } ?? 1
+            let real = RealServer(address: rip, port: rport, weight: weight)
+            guard !reals.contains(where: { $0.endpoint == real.endpoint }) else {
+                throw fail(realNode, "real server \(real.endpoint) is listed twice")
+            }
+            reals.append(real)
+        }
+        return VirtualService(name: name, vip: vip, port: port, transport: transport, mode: mode,
+                              scheduler: scheduler, reals: reals)
+    }
+}

@@ -1,0 +1,329 @@
+import Synchronization
+
+/// The connection table shared by every queue worker.
+///
+/// - Ownership and allocation: ``init(configuration:)`` allocates every stripe's entry array and index once;
+///   nothing is allocated afterwards. Entries are taken from a per-stripe free list (or a high-water mark, so
+///   untouched capacity costs no memory) and returned to it when a connection is removed.
+/// - Keys: each connection is indexed twice, by its inbound key (client -> VIP, as the client sends it) and by
+///   its reply key (real server -> client, as the real server answers), because `--queue-balance` puts the two
+///   directions on different queues (DESIGN.md) and either worker must find the connection.
+/// - Locking: the table is split into lock stripes chosen by the hash of the *client endpoint* (address, port,
+///   protocol), which both keys contain (source of the inbound key, destination of the reply key). So both
+///   index entries of a connection live in one stripe and every operation takes exactly one lock.
+/// - Expiry: time is passed in (`now`, milliseconds of a monotonic clock), so tests run in virtual time. An
+///   expired entry found by a lookup is removed there; ``expire(now:)`` sweeps the stripes one lock at a time
+///   (never the whole table at once), normally once a second from the housekeeping thread.
+/// - Bound: ``Configuration/capacity`` connections in all; a new connection in a full stripe first expires
+///   that stripe, and is refused (``InboundOutcome/full``) when that frees nothing.
+public final class ConnectionTracker: Sendable {
+    public struct Configuration: Sendable {
+        /// Maximum number of tracked connections.
+        public var capacity: Int
+        /// Number of lock stripes (rounded up to a power of two).
+        public var stripes: Int
+        public var timeouts: ConnectionTimeouts
+        /// Seed of the flow hash; random by default.
+        public var hashSeed: UInt64
+
+        public init(capacity: Int = 262_144, stripes: Int = 64, timeouts: ConnectionTimeouts = .ipvsDefaults,
+                    hashSeed: UInt64 = UInt64.random(in: 0...UInt64.max)) {
+            self.capacity = capacity
+            self.stripes = stripes
+            self.timeouts = timeouts
+            self.hashSeed = hashSeed
+        }
+    }
+
+    /// The real server the scheduler chose for a new connection.
+    public struct Assignment: Sendable, Equatable {
+        public var realServer: Endpoint
+        public var service: UInt32
+        public var realIndex: UInt32
+
+        public init(realServer: Endpoint, service: UInt32, realIndex: UInt32) {
+            self.realServer = realServer
+            self.service = service
+            self.realIndex = realIndex
+        }
+    }
+
+    /// What to do with a packet travelling client -> virtual service.
+    public enum InboundOutcome: Sendable, Equatable {
+        /// Forward to this real server; `created` when the packet opened a new connection.
+        case forward(Endpoint, created: Bool)
+        /// A TCP packet other than an initial SYN with no connection (IPVS drops these too).
+        case noConnection
+        /// The scheduler found no real server with a weight above zero.
+        case noRealServer
+        /// The table is at its capacity.
+        case full
+        /// The reply key of the new connection is held by another live connection (two VIPs sharing a real
+        /// server and a client port): the replies could not be told apart, so the connection is refused.
+        case conflict
+    }
+
+    /// A read-only copy of one connection, for tests and inspection.
+    public struct Snapshot: Sendable, Equatable {
+        public var inbound: FlowKey
+        public var reply: FlowKey
+        public var state: ConnectionState
+        public var expires: UInt64
+        public var service: UInt32
+        public var realIndex: UInt32
+    }
+
+    public let configuration: Configuration
+    private let stripes: [Stripe]
+    private let stripeMask: Int
+    private let hasher: FlowHasher
+    private let timeouts: ConnectionTimeouts
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        var stripeCount = 1
+        while stripeCount < max(1, configuration.stripes) { stripeCount <<= 1 }
+        let perStripe = max(1, (configuration.capacity + stripeCount - 1) / stripeCount)
+        stripes = (0..<stripeCount).map { _ in Stripe(capacity: perStripe) }
+        stripeMask = stripeCount - 1
+        hasher = FlowHasher(seed: configuration.hashSeed)
+        timeouts = configuration.timeouts
+    }
+
+    /// Looks up (or creates, calling `schedule`) the connection of a client -> virtual service packet, updates
+    /// its TCP state and expiry, and says where to forward it. `schedule` runs under the stripe lock, only for a
+    /// new connection, and must not call back into the tracker.
+    public func inbound(_ key: FlowKey, flags: TCPFlags, now: UInt64,
+                        schedule: (FlowKey) -> Assignment?) -> InboundOutcome {
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
+        let keyHash = hasher.hash(key)
+        let isTCP = key.transport == .tcp
+        return stripe.table.withLock { table -> InboundOutcome in
+            if let found = table.find(key, hash: keyHash, direction: .inbound) {
+                let entry = table.entries[found]
+                let restarts = isTCP && flags.contains(.syn) && !flags.contains(.ack) && entry.state.acceptsNewSYN
+                if entry.expires > now && !restarts {
+                    let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
+                    table.entries[found].state = state
+                    table.entries[found].expires = now &+ timeouts.timeout(state)
+                    return .forward(entry.reply.source, created: false)
+                }
+                // Expired, or a new SYN reusing the tuple of a finished connection: schedule afresh.
+                table.remove(found, hasher: hasher)
+            }
+            if isTCP && !(flags.contains(.syn) && !flags.contains(.ack) && !flags.contains(.rst)) {
+                return .noConnection
+            }
+            guard let assignment = schedule(key) else { return .noRealServer }
+            let reply = FlowKey(source: assignment.realServer, destination: key.source, transport: key.transport)
+            let replyHash = hasher.hash(reply)
+            if let other = table.find(reply, hash: replyHash, direction: .reply) {
+                guard table.entries[other].expires <= now else { return .conflict }
+                table.remove(other, hasher: hasher)
+            }
+            if table.isFull { _ = table.expire(now: now, hasher: hasher) }
+            guard let slot = table.allocate() else { return .full }
+            let state: ConnectionState = isTCP ? ConnectionState.none.next(after: flags, direction: .inbound) : .udp
+            table.entries[slot] = ConnectionEntry(
+                inbound: key, reply: reply, expires: now &+ timeouts.timeout(state),
+                service: assignment.service, realIndex: assignment.realIndex, state: state, live: true, nextFree: -1)
+            table.insert(slot, hash: keyHash, direction: .inbound)
+            table.insert(slot, hash: replyHash, direction: .reply)
+            return .forward(assignment.realServer, created: true)
+        }
+    }
+
+    /// Looks up the connection of a real server -> client packet, updates its state and expiry, and returns the
+    /// virtual service endpoint the reply must appear to come from; nil when no live connection matches.
+    public func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> Endpoint? {
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.destination, key.transport)) & stripeMask]
+        let keyHash = hasher.hash(key)
+        let isTCP = key.transport == .tcp
+        return stripe.table.withLock { table -> Endpoint? in
+            guard let found = table.find(key, hash: keyHash, direction: .reply) else { return nil }
+            let entry = table.entries[found]
+            guard entry.expires > now else {
+                table.remove(found, hasher: hasher)
+                return nil
+            }
+            let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
+            table.entries[found].state = state
+            table.entries[found].expires = now &+ timeouts.timeout(state)
+            return entry.inbound.destination
+        }
+    }
+
+    /// Removes every connection whose timeout has passed, one stripe at a time. Returns how many it removed.
+    @discardableResult
+    public func expire(now: UInt64) -> Int {
+        var removed = 0
+        for stripe in stripes {
+            removed += stripe.table.withLock { $0.expire(now: now, hasher: hasher) }
+        }
+        return removed
+    }
+
+    /// The number of connections held, expired ones not yet swept included.
+    public var count: Int {
+        stripes.reduce(0) { total, stripe in total + stripe.table.withLock { $0.used } }
+    }
+
+    /// A copy of every live connection (not for the packet path).
+    public func snapshot() -> [Snapshot] {
+        var result: [Snapshot] = []
+        for stripe in stripes {
+            stripe.table.withLock { table in
+                for i in 0..<table.highWater where table.entries[i].live {
+                    let e = table.entries[i]
+                    result.append(Snapshot(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
+                                           service: e.service, realIndex: e.realIndex))
+                }
+            }
+        }
+        return result
+    }
+}
+
+/// One tracked connection.
+struct ConnectionEntry {
+    var inbound: FlowKey
+    var reply: FlowKey
+    var expires: UInt64
+    var service: UInt32
+    var realIndex: UInt32
+    var state: ConnectionState
+    var live: Bool
+    var nextFree: Int32
+
+    func key(_ direction: ConnectionState.Direction) -> FlowKey {
+        direction == .inbound ? inbound : reply
+    }
+}
+
+/// One slot of a stripe's open-addressing index: the low 32 bits of the key's hash and the reference
+/// `entry << 1 | direction`, or -1 when empty.
+struct IndexSlot {
+    var hash: UInt32
+    var reference: Int32
+}
+
+/// One lock stripe: a mutex around a fixed-size table.
+final class Stripe: Sendable {
+    let table: Mutex<StripeTable>
+
+    init(capacity: Int) {
+        table = Mutex(StripeTable(capacity: capacity))
+    }
+
+    deinit {
+        table.withLock { $0.deallocate() }
+    }
+}
+
+/// The entries of one stripe and their index (linear probing, backward-shift deletion, at most half full:
+/// the index has at least four slots per entry and each entry uses two, so every probe ends at an empty slot).
+struct StripeTable {
+    let entries: UnsafeMutablePointer<ConnectionEntry>
+    let slots: UnsafeMutablePointer<IndexSlot>
+    let capacity: Int
+    let slotMask: Int
+    /// Entries below this index have been used at least once; above it memory is untouched.
+    private(set) var highWater = 0
+    private var freeHead: Int32 = -1
+    private(set) var used = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        var slotCount = 4
+        while slotCount < capacity * 4 { slotCount <<= 1 }
+        slotMask = slotCount - 1
+        entries = .allocate(capacity: capacity)
+        slots = .allocate(capacity: slotCount)
+        slots.initialize(repeating: IndexSlot(hash: 0, reference: -1), count: slotCount)
+    }
+
+    func deallocate() {
+        entries.deallocate()
+        slots.deallocate()
+    }
+
+    var isFull: Bool { used >= capacity }
+
+    func find(_ key: FlowKey, hash: UInt64, direction: ConnectionState.Direction) -> Int? {
+        let tag = UInt32(truncatingIfNeeded: hash)
+        var i = Int(tag) & slotMask
+        while true {
+            let slot = slots[i]
+            if slot.reference < 0 { return nil }
+            if slot.hash == tag && Int(slot.reference & 1) == direction.rawValue {
+                let entry = Int(slot.reference >> 1)
+                if entries[entry].key(direction) == key { return entry }
+            }
+            i = (i &+ 1) & slotMask
+        }
+    }
+
+    mutating func allocate() -> Int? {
+        if freeHead >= 0 {
+            let slot = Int(freeHead)
+            freeHead = entries[slot].nextFree
+            used += 1
+            return slot
+        }
+        guard highWater < capacity else { return nil }
+        highWater += 1
+        used += 1
+        (entries + highWater - 1).initialize(to: ConnectionEntry(
+            inbound: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
+                             destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
+            reply: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
+                           destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
+            expires: 0, service: 0, realIndex: 0, state: .none, live: false, nextFree: -1))
+        return highWater - 1
+    }
+
+    func insert(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
+        let tag = UInt32(truncatingIfNeeded: hash)
+        var i = Int(tag) & slotMask
+        while slots[i].reference >= 0 { i = (i &+ 1) & slotMask }
+        slots[i] = IndexSlot(hash: tag, reference: Int32(entry) << 1 | Int32(direction.rawValue))
+    }
+
+    mutating func remove(_ entry: Int, hasher: FlowHasher) {
+        unindex(entry, hash: hasher.hash(entries[entry].inbound), direction: .inbound)
+        unindex(entry, hash: hasher.hash(entries[entry].reply), direction: .reply)
+        entries[entry].live = false
+        entries[entry].nextFree = freeHead
+        freeHead = Int32(entry)
+        used -= 1
+    }
+
+    private func unindex(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
+        let reference = Int32(entry) << 1 | Int32(direction.rawValue)
+        var hole = Int(UInt32(truncatingIfNeeded: hash)) & slotMask
+        while slots[hole].reference != reference {
+            guard slots[hole].reference >= 0 else { return }
+            hole = (hole &+ 1) & slotMask
+        }
+        // Backward-shift deletion: pull later members of the probe run into the hole when their home allows.
+        var next = (hole &+ 1) & slotMask
+        while slots[next].reference >= 0 {
+            let home = Int(slots[next].hash) & slotMask
+            if (next &- home) & slotMask >= (next &- hole) & slotMask {
+                slots[hole] = slots[next]
+                hole = next
+            }
+            next = (next &+ 1) & slotMask
+        }
+        slots[hole].reference = -1
+    }
+
+    mutating func expire(now: UInt64, hasher: FlowHasher) -> Int {
+        var removed = 0
+        for i in 0..<highWater where entries[i].live && entries[i].expires <= now {
+            remove(i, hasher: hasher)
+            removed += 1
+        }
+        return removed
+    }
+}

@@ -1,0 +1,41 @@
+/// A flow as it appears in one packet's headers: source, destination, ports and transport protocol.
+public struct FlowKey: Hashable, Sendable, CustomStringConvertible {
+    public var source: Endpoint
+    public var destination: Endpoint
+    public var transport: TransportProtocol
+
+    public init(source: Endpoint, destination: Endpoint, transport: TransportProtocol) {
+        self.source = source
+        self.destination = destination
+        self.transport = transport
+    }
+
+    public var description: String { "\(transport) \(source) -> \(destination)" }
+}
+
+/// The hash function of the tracker: cheap, allocation-free and keyed by a per-process seed so that a remote
+/// sender cannot aim many flows at one bucket.
+struct FlowHasher: Sendable {
+    let seed: UInt64
+
+    init(seed: UInt64) { self.seed = seed }
+
+    static func mix(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let product = (a ^ 0xA076_1D64_78BD_642F).multipliedFullWidth(by: b ^ 0xE703_7ED1_A0B4_28DB)
+        return product.high ^ product.low
+    }
+
+    /// Hash of one endpoint: selects the lock stripe, so both directions of a connection meet in one stripe.
+    func hash(_ endpoint: Endpoint, _ transport: TransportProtocol) -> UInt64 {
+        let h = FlowHasher.mix(endpoint.address.high ^ seed, endpoint.address.low)
+        return FlowHasher.mix(h, UInt64(endpoint.port) << 8 | UInt64(transport.rawValue))
+    }
+
+    /// Hash of a whole flow key: selects the slot inside a stripe's index.
+    func hash(_ key: FlowKey) -> UInt64 {
+        var h = FlowHasher.mix(key.source.address.high ^ seed, key.source.address.low)
+        h = FlowHasher.mix(h ^ key.destination.address.high, key.destination.address.low)
+        let ports = UInt64(key.source.port) << 24 | UInt64(key.destination.port) << 8 | UInt64(key.transport.rawValue)
+        return FlowHasher.mix(h, ports)
+    }
+}

@@ -1,0 +1,112 @@
+import Synchronization
+
+/// Everything the datapath counts. Every packet that is dropped or passed unhandled lands in exactly one
+/// counter that says why, so `received` equals the sum of the verdict reasons.
+public enum DatapathCounter: Int, CaseIterable, Sendable {
+    /// Packets received from the kernel queues.
+    case received
+    /// Client -> VIP packets rewritten to a real server (accepted).
+    case forwarded
+    /// Real server -> client replies rewritten to come from the VIP (accepted).
+    case replied
+    /// New connections scheduled (a subset of `forwarded`).
+    case connectionsCreated
+    /// Connections removed because their timeout passed.
+    case connectionsExpired
+    /// Dropped: truncated or inconsistent headers.
+    case droppedMalformed
+    /// Dropped: IPv4 fragments (no ports to balance on; the kernel's defragmentation normally prevents these).
+    case droppedFragment
+    /// Dropped: TCP packet other than a SYN for a connection nfqlb does not track.
+    case droppedNoConnection
+    /// Dropped: every real server of the service has weight 0.
+    case droppedNoRealServer
+    /// Dropped: the connection table is full.
+    case droppedTableFull
+    /// Dropped: the new connection's reply tuple is held by another connection.
+    case droppedConflict
+    /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
+    case droppedVerdictSend
+    /// Passed unhandled: ICMP.
+    case passedICMP
+    /// Passed unhandled: an IP protocol other than TCP, UDP and ICMP.
+    case passedOtherProtocol
+    /// Passed unhandled: not IPv4.
+    case passedNotIPv4
+    /// Passed unhandled: matches no virtual service and no tracked reply (e.g. a health check's answer).
+    case passedUnmatched
+    /// Informational: packets carrying IPv4 options (balanced normally).
+    case withIPOptions
+    /// Receive errors other than ENOBUFS.
+    case receiveErrors
+    /// ENOBUFS on receive: the socket buffer overflowed and the kernel dropped packets.
+    case receiveOverruns
+    /// Batches received (received / batches = mean batch size).
+    case batches
+
+    /// The name in the stats file and logs.
+    public var name: String {
+        switch self {
+        case .received: "received"
+        case .forwarded: "forwarded"
+        case .replied: "replied"
+        case .connectionsCreated: "connections_created"
+        case .connectionsExpired: "connections_expired"
+        case .droppedMalformed: "dropped_malformed"
+        case .droppedFragment: "dropped_fragment"
+        case .droppedNoConnection: "dropped_no_connection"
+        case .droppedNoRealServer: "dropped_no_real_server"
+        case .droppedTableFull: "dropped_table_full"
+        case .droppedConflict: "dropped_conflict"
+        case .droppedVerdictSend: "dropped_verdict_send"
+        case .passedICMP: "passed_icmp"
+        case .passedOtherProtocol: "passed_other_protocol"
+        case .passedNotIPv4: "passed_not_ipv4"
+        case .passedUnmatched: "passed_unmatched"
+        case .withIPOptions: "with_ip_options"
+        case .receiveErrors: "receive_errors"
+        case .receiveOverruns: "receive_overruns"
+        case .batches: "batches"
+        }
+    }
+
+    static let capacity = 32
+}
+
+/// Counts of one batch, kept in a local variable by a worker (no atomics, no exclusivity checks) and added to
+/// the shared ``DatapathCounters`` once per batch.
+public struct CounterBatch {
+    var values: InlineArray<32, UInt64>
+
+    public init() { values = InlineArray(repeating: 0) }
+
+    public mutating func count(_ counter: DatapathCounter, _ n: UInt64 = 1) {
+        values[counter.rawValue] &+= n
+    }
+
+    public subscript(_ counter: DatapathCounter) -> UInt64 { values[counter.rawValue] }
+}
+
+/// Counters shared by all workers and read by the housekeeping thread.
+public final class DatapathCounters: Sendable {
+    private let values: InlineArray<32, Atomic<UInt64>>
+
+    public init() {
+        values = InlineArray { _ in Atomic<UInt64>(0) }
+    }
+
+    /// Adds a batch's counts (one relaxed atomic add per non-zero counter).
+    public func add(_ batch: CounterBatch) {
+        for i in 0..<DatapathCounter.allCases.count where batch.values[i] != 0 {
+            values[i].wrappingAdd(batch.values[i], ordering: .relaxed)
+        }
+    }
+
+    public func add(_ counter: DatapathCounter, _ n: UInt64 = 1) {
+        values[counter.rawValue].wrappingAdd(n, ordering: .relaxed)
+    }
+
+    public subscript(_ counter: DatapathCounter) -> UInt64 {
+        values[counter.rawValue].load(ordering: .relaxed)
+    }
+}

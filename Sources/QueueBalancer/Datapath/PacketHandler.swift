@@ -1,0 +1,95 @@
+/// What the kernel is told to do with a queued packet.
+public enum Verdict: Equatable, Sendable {
+    /// NF_ACCEPT, packet unchanged.
+    case accept
+    /// NF_DROP.
+    case drop
+    /// NF_ACCEPT with the packet as rewritten in the buffer (the verdict carries the payload).
+    case acceptRewritten
+}
+
+/// The per-packet pipeline, independent of the kernel queue: parse -> classify (virtual service or reply)
+/// -> track and schedule -> rewrite -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
+///
+/// Allocation-free, no logging, one tracker stripe lock per packet.
+public final class PacketHandler: Sendable {
+    public let tracker: ConnectionTracker
+    private let services: [ServiceEntry]
+
+    /// One virtual service as the packet path needs it.
+    struct ServiceEntry: Sendable {
+        let vip: UInt32
+        let port: UInt16
+        let transport: TransportProtocol
+        let reals: [Endpoint]
+        let scheduler: any Scheduler
+    }
+
+    public init(config: BalancerConfig, tracker: ConnectionTracker) {
+        self.tracker = tracker
+        services = config.services.compactMap { service in
+            guard let vip = service.vip.ipv4, service.mode == .nat else { return nil }
+            return ServiceEntry(vip: vip, port: service.port, transport: service.transport,
+                                reals: service.reals.map(\.endpoint),
+                                scheduler: service.scheduler.makeScheduler(weights: service.reals.map(\.weight)))
+        }
+    }
+
+    /// Decides the verdict of one packet, rewriting `bytes` in place when the verdict is ``Verdict/acceptRewritten``.
+    public func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict {
+        let packet: IPv4Packet
+        switch IPv4Packet.parse(UnsafeRawBufferPointer(bytes)) {
+        case .transport(let parsed): packet = parsed
+        case .malformed: counters.count(.droppedMalformed); return .drop
+        case .fragment: counters.count(.droppedFragment); return .drop
+        case .icmp: counters.count(.passedICMP); return .accept
+        case .otherProtocol: counters.count(.passedOtherProtocol); return .accept
+        case .notIPv4: counters.count(.passedNotIPv4); return .accept
+        }
+        if packet.hasOptions { counters.count(.withIPOptions) }
+        let key = FlowKey(
+            source: Endpoint(address: IPAddress(ipv4: packet.source), port: packet.sourcePort),
+            destination: Endpoint(address: IPAddress(ipv4: packet.destination), port: packet.destinationPort),
+            transport: packet.transport)
+
+        if let serviceIndex = matchService(packet) {
+            let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
+                let service = services[serviceIndex]
+                guard let real = service.scheduler.pick(for: flow) else { return nil }
+                return ConnectionTracker.Assignment(realServer: service.reals[real], service: UInt32(serviceIndex),
+                                                    realIndex: UInt32(real))
+            }
+            switch outcome {
+            case .forward(let real, let created):
+                guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
+                NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
+                if created { counters.count(.connectionsCreated) }
+                counters.count(.forwarded)
+                return .acceptRewritten
+            case .noConnection: counters.count(.droppedNoConnection); return .drop
+            case .noRealServer: counters.count(.droppedNoRealServer); return .drop
+            case .full: counters.count(.droppedTableFull); return .drop
+            case .conflict: counters.count(.droppedConflict); return .drop
+            }
+        }
+        if let virtual = tracker.reply(key, flags: packet.tcpFlags, now: now), let address = virtual.address.ipv4 {
+            NATRewrite.rewriteSource(bytes, packet, address: address, port: virtual.port)
+            counters.count(.replied)
+            return .acceptRewritten
+        }
+        // Not for a virtual service and not a tracked reply: e.g. a real server answering a health check sent
+        // from the balancer itself. Passing it unchanged is what the kernel would have done without nfqlb.
+        counters.count(.passedUnmatched)
+        return .accept
+    }
+
+    private func matchService(_ packet: IPv4Packet) -> Int? {
+        for i in services.indices {
+            let s = services[i]
+            if s.vip == packet.destination && s.port == packet.destinationPort && s.transport == packet.transport {
+                return i
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,86 @@
+import Synchronization
+
+/// One worker thread per NFQUEUE: receive a batch, hand every packet to the ``PacketHandler``, send all
+/// verdicts of the batch in one go, add the batch's counts to the shared counters.
+///
+/// Everything the loop touches is allocated in ``init``; per batch it keeps its counts in a local
+/// ``CounterBatch`` and reads the clock once.
+final class QueueWorker: @unchecked Sendable {
+    let socket: QueueSocket
+    let handler: PacketHandler
+    let counters: DatapathCounters
+    let stop: StopSignal
+    private let batch: ReceiveBatch
+    private let verdicts: VerdictWriter
+
+    /// Messages per `recvmmsg`.
+    static let batchSize = 64
+    /// Bytes per message buffer: the largest IPv4 packet plus the netlink headers and metadata attributes.
+    static let messageSize = 65536 + 1024
+
+    init(socket: QueueSocket, handler: PacketHandler, counters: DatapathCounters, stop: StopSignal, sendLimit: Int) {
+        self.socket = socket
+        self.handler = handler
+        self.counters = counters
+        self.stop = stop
+        batch = ReceiveBatch(capacity: QueueWorker.batchSize, messageSize: QueueWorker.messageSize)
+        verdicts = VerdictWriter(limit: sendLimit)
+    }
+
+    /// Runs until `stop` is raised (noticed within the socket's 200 ms receive timeout).
+    func run() {
+        while !stop.isRaised {
+            var local = CounterBatch()
+            switch socket.receive(into: batch) {
+            case .messages(let n):
+                if n == 0 { continue }
+                local.count(.batches)
+                process(n, &local)
+            case .overrun:
+                local.count(.receiveOverruns)
+            case .failed:
+                local.count(.receiveErrors)
+            }
+            counters.add(local)
+        }
+    }
+
+    private func process(_ n: Int, _ local: inout CounterBatch) {
+        let now = monotonicMilliseconds()
+        let queue = socket.queue
+        verdicts.reset()
+        for i in 0..<n {
+            guard let message = PacketMessage.parse(batch.message(i)) else { continue }
+            local.count(.received)
+            var verdict = handler.handle(message.payload, now: now, counters: &local)
+            if verdict == .acceptRewritten && message.payload.count > 0xFFFF - 4 {
+                local.count(.droppedMalformed)
+                verdict = .drop
+            }
+            let code: VerdictWriter.Code = verdict == .drop ? .drop : .accept
+            let payload = verdict == .acceptRewritten ? UnsafeRawBufferPointer(message.payload) : nil
+            if !verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload) {
+                flush(&local)
+                verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload)
+            }
+        }
+        flush(&local)
+    }
+
+    private func flush(_ local: inout CounterBatch) {
+        guard verdicts.count > 0 else { return }
+        if socket.send(verdicts.bytes, count: verdicts.used) != nil {
+            // The kernel holds these packets until the queue is unbound; count them as lost.
+            local.count(.droppedVerdictSend, UInt64(verdicts.count))
+        }
+        verdicts.reset()
+    }
+}
+
+/// A stop request shared by the signal handler, the workers and the housekeeping loop.
+public final class StopSignal: Sendable {
+    private let flag = Atomic<Bool>(false)
+    public init() {}
+    public func raise() { flag.store(true, ordering: .relaxed) }
+    public var isRaised: Bool { flag.load(ordering: .relaxed) }
+}

@@ -1,0 +1,70 @@
+import Foundation
+
+/// The iptables rules a configuration needs, as `iptables-restore --noflush` input.
+///
+/// Everything lives in dedicated chains (``chain``) reached by one jump from the built-in chain, so the
+/// setup script can install, replace and remove nfqlb's rules without touching anyone else's.
+/// Per DESIGN.md, both directions are queued in the raw table's PREROUTING (priority -300): before routing
+/// (the rewritten destination is then routed) and before conntrack, with `CT --notrack` so conntrack does not
+/// fill with half-seen tuples that the handler rewrites.
+public enum IptablesRules {
+    /// The chain in the raw table holding nfqlb's rules.
+    public static let chain = "NFQLB-PREROUTING"
+
+    /// The `iptables-restore --noflush` input for `config`.
+    public static func restoreInput(for config: BalancerConfig, source: String? = nil) -> String {
+        var lines: [String] = []
+        lines.append("# nfqlb rules" + (source.map { " for \($0)" } ?? "") + ": apply with iptables-restore --noflush")
+        lines.append("*raw")
+        lines.append(":\(chain) - [0:0]")
+        let target = queueTarget(config.queues)
+        var seen = Set<String>()
+        func add(_ match: String, _ comment: String) {
+            guard seen.insert(match).inserted else { return }
+            lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j CT --notrack")
+            lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j \(target)")
+        }
+        for service in config.services where service.vip.isIPv4 {
+            let proto = service.transport.description
+            add("-d \(service.vip)/32 -p \(proto) -m \(proto) --dport \(service.port)",
+                "nfqlb \(service.mode) \(service): client to VIP")
+            if service.mode == .nat {
+                for real in service.reals {
+                    add("-s \(real.address)/32 -p \(proto) -m \(proto) --sport \(real.port)",
+                        "nfqlb \(service.mode) \(service): reply from \(real.endpoint)")
+                }
+            }
+        }
+        lines.append("-I PREROUTING 1 -j \(chain)")
+        lines.append("COMMIT")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// `--queue-num N` for one queue, `--queue-balance A:B` for several (consecutive, checked by the config).
+    static func queueTarget(_ queues: [UInt16]) -> String {
+        let sorted = queues.sorted()
+        if sorted.count == 1 { return "NFQUEUE --queue-num \(sorted[0])" }
+        return "NFQUEUE --queue-balance \(sorted.first!):\(sorted.last!)"
+    }
+
+    /// Whether the jump to ``chain`` is installed in this network namespace (`iptables -t raw -C`).
+    /// Nil when iptables cannot be run.
+    public static func installed() -> Bool? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["iptables", "-w", "-t", "raw", "-C", "PREROUTING", "-j", chain]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            return nil
+        }
+        process.waitUntilExit()
+        switch process.terminationStatus {
+        case 0: return true
+        case 1: return false
+        default: return nil
+        }
+    }
+}

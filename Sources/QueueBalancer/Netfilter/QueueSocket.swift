@@ -1,0 +1,211 @@
+import CNFQueue
+import Glibc
+
+/// A number of an NFQUEUE (`iptables -j NFQUEUE --queue-num N`).
+public struct QueueNumber: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    public var description: String { String(rawValue) }
+}
+
+/// An errno with the operation that failed, printed as one line.
+public struct QueueError: Error, CustomStringConvertible {
+    public var operation: String
+    public var errno: Int32
+    public var hint: String?
+
+    public var description: String {
+        let text = String(cString: strerror(errno))
+        return "\(operation): \(text)" + (hint.map { " (\($0))" } ?? "")
+    }
+}
+
+/// The netlink socket of one NFQUEUE, bound and configured: the only place nfqlb calls libmnl and
+/// libnetfilter_queue, and the only place it calls socket syscalls.
+///
+/// Set-up goes through libmnl and libnetfilter_queue's `nfq_nlmsg_*` helpers (one message carrying the bind
+/// command, copy mode, queue length and flags, acknowledged). The per-packet path does not use the libraries:
+/// ``receive(into:)`` is one `recvmmsg(2)` and ``send(_:count:)`` one `sendto(2)`; messages are parsed and
+/// built in Swift (``PacketMessage``, ``VerdictWriter``).
+///
+/// errno policy: EINTR and EAGAIN (the receive timeout that lets a worker notice a stop request) return 0
+/// messages; ENOBUFS (the kernel dropped packets because the receive buffer was full) is reported as
+/// ``ReceiveResult/overrun`` and the socket stays usable.
+public final class QueueSocket {
+    public let queue: QueueNumber
+    private let socket: OpaquePointer
+    private let fd: Int32
+    private let portID: UInt32
+
+    /// Opens the socket, sizes its buffers and binds `queue` with full-packet copies, fail-open off.
+    /// - Parameters:
+    ///   - bufferBytes: receive and send buffer size (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`).
+    ///   - queueLength: kernel queue length (packets waiting for a verdict) before it drops.
+    ///   - copyRange: bytes of each packet copied to user space.
+    public init(queue: QueueNumber, bufferBytes: Int, queueLength: UInt32, copyRange: UInt32 = 0xFFFF) throws(QueueError) {
+        self.queue = queue
+        guard let socket = mnl_socket_open(NETLINK_NETFILTER) else {
+            throw QueueError(operation: "opening the netfilter netlink socket", errno: nfqlb_errno())
+        }
+        self.socket = socket
+        fd = mnl_socket_get_fd(socket)
+        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) >= 0 else {
+            let e = nfqlb_errno()
+            mnl_socket_close(socket)
+            throw QueueError(operation: "binding the netlink socket", errno: e)
+        }
+        portID = mnl_socket_get_portid(socket)
+        var size = Int32(clamping: bufferBytes)
+        // FORCE variants ignore net.core.rmem_max (needs CAP_NET_ADMIN, which binding a queue needs anyway).
+        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        // A receive timeout so that a worker blocked in recvmmsg notices a stop request.
+        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+
+        do {
+            try configure { header in
+                nfq_nlmsg_cfg_put_cmd(header, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_BIND.rawValue))
+                nfq_nlmsg_cfg_put_params(header, UInt8(NFQNL_COPY_PACKET.rawValue), Int32(copyRange))
+                nfq_nlmsg_cfg_put_qmaxlen(header, queueLength)
+                // Fail-open explicitly off: an overloaded queue must drop, never pass un-NATed packets (DESIGN.md).
+                mnl_attr_put_u32(header, UInt16(NFQA_CFG_FLAGS.rawValue), UInt32(0).bigEndian)
+                mnl_attr_put_u32(header, UInt16(NFQA_CFG_MASK.rawValue), NFQLB_CFG_F_FAIL_OPEN.bigEndian)
+            }
+        } catch {
+            mnl_socket_close(socket)
+            var error = error
+            error.operation = "binding NFQUEUE \(queue)"
+            switch error.errno {
+            case EPERM: error.hint = "nfqlb needs CAP_NET_ADMIN: run it as root"
+            case EBUSY: error.hint = "another process has bound queue \(queue)"
+            default: break
+            }
+            throw error
+        }
+    }
+
+    /// Sends one config message built by `fill` with NLM_F_ACK and waits for the kernel's answer.
+    private func configure(_ fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws(QueueError) {
+        let size = 8192 // MNL_SOCKET_BUFFER_SIZE (a function-like macro)
+        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+        defer { buffer.deallocate() }
+        guard let header = nfq_nlmsg_put(buffer, Int32(NFQNL_MSG_CONFIG.rawValue), UInt32(queue.rawValue)) else {
+            throw QueueError(operation: "building the config message", errno: EINVAL)
+        }
+        header.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
+        let sequence = header.pointee.nlmsg_seq
+        fill(header)
+        guard mnl_socket_sendto(socket, header, Int(header.pointee.nlmsg_len)) >= 0 else {
+            throw QueueError(operation: "sending the config message", errno: nfqlb_errno())
+        }
+        while true {
+            let n = mnl_socket_recvfrom(socket, buffer, size)
+            if n < 0 {
+                let e = nfqlb_errno()
+                if e == EINTR { continue }
+                throw QueueError(operation: "reading the config answer", errno: e)
+            }
+            let result = mnl_cb_run(buffer, n, sequence, portID, nil, nil)
+            if result < 0 { throw QueueError(operation: "config", errno: nfqlb_errno()) }
+            if result == MNL_CB_STOP || result == MNL_CB_OK { return }
+        }
+    }
+
+    /// Unbinds the queue (the kernel then drops what it still holds for it) and closes the socket.
+    public func close() {
+        try? configure { header in
+            nfq_nlmsg_cfg_put_cmd(header, UInt16(AF_INET), UInt8(NFQNL_CFG_CMD_UNBIND.rawValue))
+        }
+        mnl_socket_close(socket)
+    }
+
+    /// What a receive returned.
+    public enum ReceiveResult {
+        /// This many messages (0 after a timeout or an interrupt).
+        case messages(Int)
+        /// ENOBUFS: the kernel dropped packets for want of buffer space.
+        case overrun
+        /// Another error, with its errno.
+        case failed(Int32)
+    }
+
+    /// Receives up to `batch.capacity` messages with one `recvmmsg(2)` (MSG_WAITFORONE: blocks for the first,
+    /// then takes what is already queued).
+    public func receive(into batch: ReceiveBatch) -> ReceiveResult {
+        let n = nfqlb_recvmmsg(fd, batch.headers, UInt32(batch.capacity), Int32(MSG_WAITFORONE), nil)
+        if n >= 0 { return .messages(Int(n)) }
+        let e = nfqlb_errno()
+        switch e {
+        case EAGAIN, EWOULDBLOCK, EINTR: return .messages(0)
+        case ENOBUFS: return .overrun
+        default: return .failed(e)
+        }
+    }
+
+    /// Sends `count` bytes of verdict messages to the kernel in one `sendto(2)`. Returns errno on failure.
+    public func send(_ bytes: UnsafeRawPointer, count: Int) -> Int32? {
+        var address = sockaddr_nl()
+        address.nl_family = sa_family_t(AF_NETLINK)
+        while true {
+            let sent = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, bytes, count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size))
+                }
+            }
+            if sent >= 0 { return nil }
+            let e = nfqlb_errno()
+            if e != EINTR { return e }
+        }
+    }
+}
+
+/// Preallocated `recvmmsg` vectors: `capacity` message buffers of `messageSize` bytes each, owned for the
+/// lifetime of a worker.
+public final class ReceiveBatch {
+    public let capacity: Int
+    public let messageSize: Int
+    let headers: UnsafeMutablePointer<nfqlb_mmsghdr>
+    private let iovecs: UnsafeMutablePointer<iovec>
+    private let storage: UnsafeMutableRawPointer
+
+    public init(capacity: Int, messageSize: Int) {
+        self.capacity = capacity
+        self.messageSize = messageSize
+        storage = .allocate(byteCount: capacity * messageSize, alignment: 16)
+        iovecs = .allocate(capacity: capacity)
+        headers = .allocate(capacity: capacity)
+        for i in 0..<capacity {
+            iovecs[i] = iovec(iov_base: storage + i * messageSize, iov_len: messageSize)
+            var header = nfqlb_mmsghdr()
+            header.msg_hdr.msg_iov = iovecs + i
+            header.msg_hdr.msg_iovlen = 1
+            headers[i] = header
+        }
+    }
+
+    deinit {
+        storage.deallocate()
+        iovecs.deallocate()
+        headers.deallocate()
+    }
+
+    /// The bytes of received message `index` (valid until the next receive).
+    public func message(_ index: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: messageStart(index), count: messageLength(index))
+    }
+
+    func messageStart(_ index: Int) -> UnsafeMutableRawPointer { storage + index * messageSize }
+    func messageLength(_ index: Int) -> Int { Int(headers[index].msg_len) }
+}
+
+/// Milliseconds of CLOCK_MONOTONIC_COARSE: the tracker's clock, read once per batch.
+public func monotonicMilliseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
+    return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+}

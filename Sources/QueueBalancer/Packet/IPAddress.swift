@@ -1,0 +1,137 @@
+/// An IPv4 or IPv6 address held in 16 bytes, IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+///
+/// One representation for both families lets the tracker, the schedulers and the config share one
+/// implementation; the datapath converts at the edge with ``init(ipv4:)`` and ``ipv4``.
+/// Invariant: `high` and `low` hold the address in network byte order read as big-endian integers.
+public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The first 8 bytes of the address, big-endian.
+    public var high: UInt64
+    /// The last 8 bytes of the address, big-endian.
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// An IPv4 address given as the 32-bit value of its four bytes in network order (`a << 24 | b << 16 | ...`).
+    public init(ipv4 value: UInt32) {
+        high = 0
+        low = 0x0000_FFFF_0000_0000 | UInt64(value)
+    }
+
+    /// Whether this is an IPv4 address (IPv4-mapped form).
+    public var isIPv4: Bool { high == 0 && (low >> 32) == 0xFFFF }
+
+    /// The IPv4 value (`a << 24 | ...`), or nil for an IPv6 address.
+    public var ipv4: UInt32? { isIPv4 ? UInt32(truncatingIfNeeded: low) : nil }
+
+    /// Parses dotted-quad IPv4 or RFC 4291 text IPv6 (with `::` and an embedded IPv4 tail). Nil when invalid.
+    public init?(_ text: String) {
+        if text.contains(":") {
+            guard let parsed = IPAddress.parseIPv6(Substring(text)) else { return nil }
+            self = parsed
+        } else {
+            guard let v4 = IPAddress.parseIPv4(Substring(text)) else { return nil }
+            self.init(ipv4: v4)
+        }
+    }
+
+    static func parseIPv4(_ text: Substring) -> UInt32? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var value: UInt32 = 0
+        for part in parts {
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
+                  let byte = UInt8(part), !(part.count > 1 && part.first == "0") else { return nil }
+            value = value << 8 | UInt32(byte)
+        }
+        return value
+    }
+
+    static func parseIPv6(_ text: Substring) -> IPAddress? {
+        // Split at "::" at most once; each side is a list of 16-bit groups, the last may be IPv4.
+        func groups(_ side: Substring, allowIPv4Tail: Bool) -> [UInt16]? {
+            if side.isEmpty { return [] }
+            var result: [UInt16] = []
+            let parts = side.split(separator: ":", omittingEmptySubsequences: false)
+            for (i, part) in parts.enumerated() {
+                if i == parts.count - 1, allowIPv4Tail, part.contains(".") {
+                    guard let v4 = parseIPv4(part) else { return nil }
+                    result.append(UInt16(v4 >> 16))
+                    result.append(UInt16(v4 & 0xFFFF))
+                } else {
+                    guard (1...4).contains(part.count), let g = UInt16(part, radix: 16) else { return nil }
+                    result.append(g)
+                }
+            }
+            return result
+        }
+        var all: [UInt16]
+        if let range = text.range(of: "::") {
+            let head = text[text.startIndex..<range.lowerBound]
+            let tail = text[range.upperBound...]
+            guard !tail.contains("::"), let h = groups(head, allowIPv4Tail: false),
+                  let t = groups(tail, allowIPv4Tail: true), h.count + t.count <= 7 else { return nil }
+            all = h + Array(repeating: 0, count: 8 - h.count - t.count) + t
+        } else {
+            guard let g = groups(text, allowIPv4Tail: true), g.count == 8 else { return nil }
+            all = g
+        }
+        var high: UInt64 = 0, low: UInt64 = 0
+        for i in 0..<4 { high = high << 16 | UInt64(all[i]) }
+        for i in 4..<8 { low = low << 16 | UInt64(all[i]) }
+        return IPAddress(high: high, low: low)
+    }
+
+    public var description: String {
+        if let v4 = ipv4 {
+            return "\(v4 >> 24).\(v4 >> 16 & 0xFF).\(v4 >> 8 & 0xFF).\(v4 & 0xFF)"
+        }
+        var g: [UInt16] = []
+        for i in (0..<4).reversed() { g.append(UInt16(truncatingIfNeeded: high >> (16 * UInt64(i)))) }
+        for i in (0..<4).reversed() { g.append(UInt16(truncatingIfNeeded: low >> (16 * UInt64(i)))) }
+        // RFC 5952: compress the longest run (>= 2) of zero groups, the first one on a tie.
+        var bestStart = -1, bestLen = 1, i = 0
+        while i < 8 {
+            if g[i] == 0 {
+                var j = i
+                while j < 8 && g[j] == 0 { j += 1 }
+                if j - i > bestLen { bestStart = i; bestLen = j - i }
+                i = j
+            } else { i += 1 }
+        }
+        let hex = g.map { String($0, radix: 16) }
+        if bestStart < 0 { return hex.joined(separator: ":") }
+        let head = hex[0..<bestStart].joined(separator: ":")
+        let tail = hex[(bestStart + bestLen)...].joined(separator: ":")
+        return head + "::" + tail
+    }
+
+    public static func < (a: IPAddress, b: IPAddress) -> Bool {
+        (a.high, a.low) < (b.high, b.low)
+    }
+}
+
+/// An address and a port: one side of a flow.
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPAddress
+    public var port: UInt16
+
+    public init(address: IPAddress, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    public var description: String {
+        address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"
+    }
+}
+
+/// The transport protocols nfqlb balances; raw values are IP protocol numbers.
+public enum TransportProtocol: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case tcp = 6
+    case udp = 17
+
+    public var description: String { self == .tcp ? "tcp" : "udp" }
+}
