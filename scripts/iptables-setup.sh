@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs (up) or removes (down) what nfqlb needs in the current network namespace:
+#   - the iptables rules `nfqlb rules --config FILE` prints (raw table, chain NFQLB-PREROUTING, one jump
+#     from PREROUTING), applied with iptables-restore --noflush;
+#   - the sysctls of the balancer: ip_forward=1 (NAT forwards), rp_filter=0 (rewritten replies come from the
+#     VIP on the server-side interface), accept_local=1 (needed when the VIP is also a local address).
+# `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
+# sysctls are saved with their previous value the first time, and `down` restores exactly those.
+#
+# Usage: scripts/iptables-setup.sh up CONFIG | down
+# The nfqlb binary is found through $NFQLB, then PATH, then this package's release or debug build.
+set -euo pipefail
+
+chain=NFQLB-PREROUTING
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+netns_id=$(stat -L -c %i /proc/self/ns/net)
+state=/run/nfqlb/netns-$netns_id
+saved=$state/sysctl.saved
+
+die() { echo "iptables-setup: $*" >&2; exit 2; }
+
+find_nfqlb() {
+    if [ -n "${NFQLB:-}" ]; then echo "$NFQLB"; return; fi
+    if command -v nfqlb >/dev/null 2>&1; then command -v nfqlb; return; fi
+    for build in release debug; do
+        if [ -x "$root/.build/$build/nfqlb" ]; then echo "$root/.build/$build/nfqlb"; return; fi
+    done
+    die "nfqlb not found: set NFQLB, put nfqlb on PATH, or build it (swift build -c release)"
+}
+
+# set_sysctl KEY VALUE: records the old value once, then sets the new one.
+set_sysctl() {
+    local key=$1 value=$2 path old
+    path=/proc/sys/${key//.//}
+    [ -w "$path" ] || return 0
+    old=$(cat "$path")
+    [ "$old" = "$value" ] && return 0
+    grep -q "^$key " "$saved" 2>/dev/null || echo "$key $old" >> "$saved"
+    echo "$value" > "$path"
+}
+
+remove_rules() {
+    while iptables -w -t raw -D PREROUTING -j "$chain" 2>/dev/null; do :; done
+    if iptables -w -t raw -S "$chain" >/dev/null 2>&1; then
+        iptables -w -t raw -F "$chain"
+        iptables -w -t raw -X "$chain"
+    fi
+}
+
+up() {
+    local config=$1 nfqlb rules dev
+    [ -f "$config" ] || die "no such config file: $config"
+    nfqlb=$(find_nfqlb)
+    rules=$("$nfqlb" rules --config "$config") || die "nfqlb refused $config"
+    command -v iptables-restore >/dev/null || die "iptables is not installed (apt-get install iptables)"
+    mkdir -p "$state"
+    touch "$saved"
+    set_sysctl net.ipv4.ip_forward 1
+    for dev in all default $(ls /proc/sys/net/ipv4/conf); do
+        set_sysctl "net.ipv4.conf.$dev.rp_filter" 0
+    done
+    set_sysctl net.ipv4.conf.all.accept_local 1
+    remove_rules
+    printf '%s\n' "$rules" | iptables-restore -w --noflush
+    echo "iptables-setup: nfqlb rules installed from $config (netns $netns_id)"
+}
+
+down() {
+    local key value
+    remove_rules
+    if [ -f "$saved" ]; then
+        # Restore in reverse order of change.
+        tac "$saved" | while read -r key value; do
+            path=/proc/sys/${key//.//}
+            [ -w "$path" ] && echo "$value" > "$path" || true
+        done
+    fi
+    rm -rf "$state"
+    echo "iptables-setup: nfqlb rules and sysctls removed (netns $netns_id)"
+}
+
+case "${1:-}" in
+    up) [ $# -eq 2 ] || die "usage: $0 up CONFIG"; up "$2" ;;
+    down) [ $# -eq 1 ] || die "usage: $0 down"; down ;;
+    *) die "usage: $0 up CONFIG | down" ;;
+esac
