@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+@testable import QueueBalancer
+
+@Suite struct ConfigTests {
+    static let valid = """
+    queues: [0, 1]
+    timeouts: { tcp: 600, udp: 60 }
+    services:
+      - vip: 203.0.113.10
+        port: 80
+        protocol: tcp
+        mode: nat
+        scheduler: rr
+        reals:
+          - { address: 198.51.100.11, port: 8080, weight: 1 }
+          - { address: 198.51.100.12, port: 8080, weight: 2 }
+      - vip: 203.0.113.10
+        port: 53
+        protocol: udp
+        mode: nat
+        reals:
+          - { address: 198.51.100.11 }
+    """
+
+    @Test func validConfigLoads() throws {
+        let config = try ConfigLoader.parse(yaml: ConfigTests.valid)
+        #expect(config.queues == [0, 1])
+        #expect(config.services.count == 2)
+        #expect(config.services[0].reals[1] == RealServer(address: IPAddress("198.51.100.12")!, port: 8080, weight: 2))
+        #expect(config.services[1].scheduler == .wrr)
+        #expect(config.services[1].reals[0].port == 53 && config.services[1].reals[0].weight == 1)
+        #expect(config.timeouts.timeout(.established) == 600_000)
+        #expect(config.timeouts.timeout(.udp) == 60_000)
+        #expect(config.timeouts.timeout(.finWait) == 120_000)
+    }
+
+    static let errors: [(String, String, Int, String)] = [
+        ("unknown key", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "schedular: rr"), 8, "unknown key 'schedular'"),
+        ("bad address", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.300"), 11, "'198.51.100.300' is not an IPv4 or IPv6 address"),
+        ("duplicate service", ConfigTests.valid.replacingOccurrences(of: "port: 53", with: "port: 80").replacingOccurrences(of: "protocol: udp", with: "protocol: tcp"), 12, "duplicate service 203.0.113.10:80/tcp (first defined at line 4)"),
+        ("empty reals", ConfigTests.valid.replacingOccurrences(of: "    reals:\n      - { address: 198.51.100.11 }", with: "    reals: []"), 16, "has no real servers"),
+        ("port out of range", ConfigTests.valid.replacingOccurrences(of: "port: 8080, weight: 2", with: "port: 70000, weight: 2"), 11, "port 70000 is out of range 1..65535"),
+        ("weight out of range", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: 65536"), 11, "weight 65536 is out of range 0..65535"),
+        ("negative weight", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: -1"), 11, "weight -1 is out of range 0..65535"),
+        ("mode not yet supported", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 7, "mode 'dr' is not supported yet"),
+        ("unknown mode", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: snat\n    scheduler"), 7, "mode 'snat' is not one of nat | fullnat | dr | tun"),
+        ("unknown scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: xyz"), 8, "scheduler 'xyz' is not one of rr | wrr"),
+        ("bad protocol", ConfigTests.valid.replacingOccurrences(of: "protocol: udp", with: "protocol: sctp"), 14, "protocol 'sctp' is not one of tcp | udp"),
+        ("queues not consecutive", ConfigTests.valid.replacingOccurrences(of: "[0, 1]", with: "[0, 2]"), 1, "consecutive"),
+        ("missing vip", ConfigTests.valid.replacingOccurrences(of: "  - vip: 203.0.113.10\n    port: 53", with: "  - port: 53"), 12, "a service needs 'vip'"),
+        ("IPv6 service", ConfigTests.valid.replacingOccurrences(of: "- vip: 203.0.113.10\n    port: 80", with: "- vip: 2001:db8::10\n    port: 80"), 4, "IPv6 virtual services are not supported by the datapath yet"),
+        ("invalid YAML", "queues: [0\nservices: x", 2, "invalid YAML"),
+        ("duplicate real", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.11"), 11, "real server 198.51.100.11:8080 is listed twice"),
+    ]
+
+    @Test(arguments: errors)
+    func invalidConfigIsRefusedWithLineAndReason(_ name: String, _ yaml: String, _ line: Int, _ reason: String) {
+        do {
+            _ = try ConfigLoader.parse(yaml: yaml, file: "lb.yaml")
+            Issue.record("\(name): accepted")
+        } catch {
+            #expect(error.line == line, "\(name): \(error)")
+            #expect(error.reason.contains(reason), "\(name): \(error)")
+            #expect(error.description.hasPrefix("lb.yaml:\(line): "), "\(name)")
+        }
+    }
+
+    @Test func addressParsing() {
+        #expect(IPAddress("203.0.113.10")?.ipv4 == 0xCB00_710A)
+        #expect(IPAddress("2001:db8::1")?.description == "2001:db8::1")
+        #expect(IPAddress("::ffff:192.0.2.1")?.ipv4 == 0xC000_0201)
+        #expect(IPAddress("2001:db8:0:0:1:0:0:1")?.description == "2001:db8::1:0:0:1")
+        for bad in ["1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1::2::3", "2001:db8::g", "", "a.b.c.d"] {
+            #expect(IPAddress(bad) == nil, "\(bad)")
+        }
+    }
+}

@@ -1,0 +1,145 @@
+import Testing
+@testable import QueueBalancer
+
+/// The tracker in virtual time: `now` is passed in, in milliseconds.
+@Suite struct ConnectionTrackerTests {
+    let real = endpoint("198.51.100.11", 8080)
+    let other = endpoint("198.51.100.12", 8080)
+
+    func key(_ port: UInt16 = 40000, _ transport: TransportProtocol = .tcp) -> FlowKey {
+        FlowKey(source: endpoint("192.0.2.2", port), destination: endpoint("203.0.113.10", 80), transport: transport)
+    }
+
+    func replyKey(_ port: UInt16 = 40000, from: Endpoint? = nil, _ transport: TransportProtocol = .tcp) -> FlowKey {
+        FlowKey(source: from ?? real, destination: endpoint("192.0.2.2", port), transport: transport)
+    }
+
+    func assign(_ to: Endpoint) -> (FlowKey) -> ConnectionTracker.Assignment? {
+        { _ in ConnectionTracker.Assignment(realServer: to, service: 0, realIndex: 0) }
+    }
+
+    func state(_ tracker: ConnectionTracker) -> ConnectionState? { tracker.snapshot().first?.state }
+
+    @Test func tcpHandshakeDataAndCloseFollowIPVSStates() {
+        let t = ConnectionTracker()
+        #expect(t.inbound(key(), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, created: true))
+        #expect(state(t) == .synReceived)
+        #expect(t.reply(replyKey(), flags: [.syn, .ack], now: 1) == endpoint("203.0.113.10", 80))
+        #expect(state(t) == .synReceived)
+        #expect(t.inbound(key(), flags: .ack, now: 2, schedule: assign(other)) == .forward(real, created: false))
+        #expect(state(t) == .established)
+        #expect(t.snapshot().first?.expires == 2 + 900_000)
+        _ = t.inbound(key(), flags: [.fin, .ack], now: 3, schedule: assign(other))
+        #expect(state(t) == .closeWait)
+        _ = t.reply(replyKey(), flags: [.fin, .ack], now: 4)
+        #expect(state(t) == .timeWait)
+        #expect(t.snapshot().first?.expires == 4 + 120_000)
+    }
+
+    @Test func rstClosesWithTenSecondTimeout() {
+        let t = ConnectionTracker()
+        _ = t.inbound(key(), flags: .syn, now: 0, schedule: assign(real))
+        _ = t.inbound(key(), flags: .ack, now: 1, schedule: assign(real))
+        _ = t.reply(replyKey(), flags: .rst, now: 5)
+        #expect(state(t) == .close)
+        #expect(t.snapshot().first?.expires == 10_005)
+    }
+
+    @Test func nonSYNWithoutConnectionIsRefusedAndNothingIsScheduled() {
+        let t = ConnectionTracker()
+        var scheduled = false
+        let outcome = t.inbound(key(), flags: .ack, now: 0) { _ in scheduled = true; return nil }
+        #expect(outcome == .noConnection)
+        #expect(!scheduled)
+        #expect(t.count == 0)
+    }
+
+    @Test func establishedExpiresAfter900SecondsInVirtualTime() {
+        let t = ConnectionTracker()
+        _ = t.inbound(key(), flags: .syn, now: 0, schedule: assign(real))
+        _ = t.inbound(key(), flags: .ack, now: 1_000, schedule: assign(real))
+        #expect(t.expire(now: 900_999) == 0)
+        #expect(t.reply(replyKey(), flags: .ack, now: 900_999) != nil)   // refreshes: expires 1_800_999
+        #expect(t.expire(now: 1_800_998) == 0)
+        #expect(t.expire(now: 1_800_999) == 1)
+        #expect(t.count == 0)
+        #expect(t.reply(replyKey(), flags: .ack, now: 1_801_000) == nil)
+    }
+
+    @Test func udpLivesThreeHundredSeconds() {
+        let t = ConnectionTracker()
+        #expect(t.inbound(key(5000, .udp), flags: [], now: 0, schedule: assign(real)) == .forward(real, created: true))
+        #expect(state(t) == .udp)
+        #expect(t.inbound(key(5000, .udp), flags: [], now: 299_999, schedule: assign(other)) == .forward(real, created: false))
+        // Expired on lookup: a datagram after the timeout is scheduled anew.
+        #expect(t.inbound(key(5000, .udp), flags: [], now: 299_999 + 300_000, schedule: assign(other)) == .forward(other, created: true))
+        #expect(t.count == 1)
+    }
+
+    @Test func newSYNOnTimeWaitTupleIsRescheduled() {
+        let t = ConnectionTracker()
+        _ = t.inbound(key(), flags: .syn, now: 0, schedule: assign(real))
+        _ = t.inbound(key(), flags: .ack, now: 1, schedule: assign(real))
+        _ = t.inbound(key(), flags: .rst, now: 1, schedule: assign(real))
+        #expect(state(t) == .close)
+        #expect(t.inbound(key(), flags: .syn, now: 2, schedule: assign(other)) == .forward(other, created: true))
+        #expect(t.count == 1)
+        #expect(t.reply(replyKey(from: other), flags: [.syn, .ack], now: 3) != nil)
+        #expect(t.reply(replyKey(from: real), flags: [.syn, .ack], now: 3) == nil)
+    }
+
+    @Test func capacityBoundRefusesAndRecoversAfterExpiry() {
+        let t = ConnectionTracker(configuration: .init(capacity: 8, stripes: 1))
+        for port in 0..<8 {
+            #expect(t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, created: true))
+        }
+        #expect(t.inbound(key(2000), flags: .syn, now: 1, schedule: assign(real)) == .full)
+        // SYN_RECV times out after 60 s; the full stripe expires before refusing.
+        #expect(t.inbound(key(2000), flags: .syn, now: 60_001, schedule: assign(real)) == .forward(real, created: true))
+        #expect(t.count == 1)
+    }
+
+    @Test func replyTupleConflictIsRefused() {
+        let t = ConnectionTracker()
+        _ = t.inbound(key(), flags: .syn, now: 0, schedule: assign(real))
+        // Same client endpoint to another VIP port mapped to the same real server: replies would collide.
+        let second = FlowKey(source: endpoint("192.0.2.2", 40000), destination: endpoint("203.0.113.10", 443), transport: .tcp)
+        #expect(t.inbound(second, flags: .syn, now: 1, schedule: assign(real)) == .conflict)
+    }
+
+    /// Index integrity under churn: many inserts and removals, every live connection still found both ways.
+    @Test func churnKeepsBothIndexesConsistent() {
+        let t = ConnectionTracker(configuration: .init(capacity: 4096, stripes: 4))
+        var now: UInt64 = 0
+        for round in 0..<20 {
+            for port in 0..<1000 {
+                _ = t.inbound(key(UInt16(port + round * 7 % 50)), flags: .syn, now: now, schedule: assign(real))
+            }
+            now += 30_000
+            t.expire(now: now)
+        }
+        for connection in t.snapshot() {
+            #expect(t.reply(connection.reply, flags: .ack, now: now) == connection.inbound.destination)
+        }
+    }
+
+    /// Several threads (as queue workers do) open and answer connections concurrently.
+    @Test func concurrentWorkersSeeEveryConnection() async {
+        let t = ConnectionTracker(configuration: .init(capacity: 100_000, stripes: 16))
+        let real = self.real
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    for i in 0..<5_000 {
+                        let k = FlowKey(source: Endpoint(address: IPAddress(ipv4: 0xC000_0200 | UInt32(worker)), port: UInt16(i)),
+                                        destination: endpoint("203.0.113.10", 80), transport: .tcp)
+                        _ = t.inbound(k, flags: .syn, now: 0) { _ in .init(realServer: real, service: 0, realIndex: 0) }
+                        let r = FlowKey(source: real, destination: k.source, transport: .tcp)
+                        precondition(t.reply(r, flags: [.syn, .ack], now: 1) != nil)
+                    }
+                }
+            }
+        }
+        #expect(t.count == 20_000)
+    }
+}

@@ -1,0 +1,94 @@
+@testable import QueueBalancer
+
+/// Builds IPv4 packets field by field with checksums computed from scratch (a reference independent of
+/// `InternetChecksum`), for table-driven datapath tests.
+struct PacketBuilder {
+    var source: [UInt8] = [192, 0, 2, 2]
+    var destination: [UInt8] = [203, 0, 113, 10]
+    var transport: UInt8 = 6
+    var sourcePort: UInt16 = 40000
+    var destinationPort: UInt16 = 80
+    var tcpFlags: UInt8 = 0x02
+    var payload: [UInt8] = []
+    var options: [UInt8] = []          // IPv4 options, a multiple of 4 bytes
+    var fragmentField: UInt16 = 0x4000  // DF
+    var udpChecksumOff = false
+    var ttl: UInt8 = 64
+
+    /// Naive RFC 1071 sum: add 16-bit big-endian words in 32 bits, fold, complement.
+    static func referenceChecksum(_ bytes: [UInt8]) -> UInt16 {
+        var sum: UInt32 = 0
+        var i = 0
+        while i < bytes.count {
+            let hi = UInt32(bytes[i])
+            let lo = i + 1 < bytes.count ? UInt32(bytes[i + 1]) : 0
+            sum += hi << 8 | lo
+            i += 2
+        }
+        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+        return ~UInt16(sum)
+    }
+
+    func transportBytes() -> [UInt8] {
+        var l4: [UInt8]
+        switch transport {
+        case 6:
+            l4 = be16(sourcePort) + be16(destinationPort) + [0, 0, 0, 1] + [0, 0, 0, 0]
+            l4 += [0x50, tcpFlags] + be16(64240) + [0, 0] + [0, 0]
+        case 17:
+            l4 = be16(sourcePort) + be16(destinationPort) + be16(UInt16(8 + payload.count)) + [0, 0]
+        default:
+            l4 = [8, 0, 0, 0, 0, 1, 0, 1]
+        }
+        l4 += payload
+        if transport == 6 || transport == 17 {
+            let pseudo = source + destination + [0, transport] + be16(UInt16(l4.count))
+            var checksum = PacketBuilder.referenceChecksum(pseudo + l4)
+            if transport == 17 {
+                if udpChecksumOff { checksum = 0 } else if checksum == 0 { checksum = 0xFFFF }
+            }
+            let at = transport == 6 ? 16 : 6
+            l4[at] = UInt8(checksum >> 8)
+            l4[at + 1] = UInt8(checksum & 0xFF)
+        }
+        return l4
+    }
+
+    func build() -> [UInt8] {
+        let l4 = transportBytes()
+        let headerLength = 20 + options.count
+        var ip: [UInt8] = [UInt8(0x40 | headerLength / 4), 0] + be16(UInt16(headerLength + l4.count))
+        ip += [0x12, 0x34] + be16(fragmentField) + [ttl, transport, 0, 0] + source + destination + options
+        let checksum = PacketBuilder.referenceChecksum(ip)
+        ip[10] = UInt8(checksum >> 8)
+        ip[11] = UInt8(checksum & 0xFF)
+        return ip + l4
+    }
+}
+
+func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
+
+func ipv4(_ text: String) -> UInt32 { IPAddress(text)!.ipv4! }
+
+func endpoint(_ text: String, _ port: UInt16) -> Endpoint { Endpoint(address: IPAddress(text)!, port: port) }
+
+/// A NAT config with one TCP and one UDP service on 203.0.113.10 over two real servers.
+func natConfig(scheduler: SchedulerKind = .rr, weights: [UInt32] = [1, 1]) -> BalancerConfig {
+    let reals = weights.enumerated().map { i, w in
+        RealServer(address: IPAddress("198.51.100.\(11 + i)")!, port: 8080, weight: w)
+    }
+    let udpReals = reals.map { RealServer(address: $0.address, port: 5353, weight: $0.weight) }
+    return BalancerConfig(queues: [0], services: [
+        VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: scheduler, reals: reals),
+        VirtualService(vip: IPAddress("203.0.113.10")!, port: 53, transport: .udp, mode: .nat, scheduler: scheduler, reals: udpReals),
+    ])
+}
+
+extension PacketHandler {
+    /// Runs the handler over a copy of `packet`; returns the verdict and the bytes after the call.
+    func run(_ packet: [UInt8], now: UInt64 = 1_000, counters: inout CounterBatch) -> (Verdict, [UInt8]) {
+        var bytes = packet
+        let verdict = bytes.withUnsafeMutableBytes { handle($0, now: now, counters: &counters) }
+        return (verdict, bytes)
+    }
+}
