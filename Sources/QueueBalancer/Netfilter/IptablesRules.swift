@@ -47,24 +47,23 @@ public enum IptablesRules {
         return "NFQUEUE --queue-balance \(sorted.first!):\(sorted.last!)"
     }
 
-    /// Whether the jump to ``chain`` is installed in this network namespace (`iptables -t raw -C`).
-    /// Nil when iptables cannot be run.
+    /// Whether the jump to ``chain`` is installed in this network namespace (from `iptables -t raw -S
+    /// PREROUTING`). Nil when iptables cannot be run.
     public static func installed() -> Bool? {
         let process = Process()
+        let output = Pipe()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["iptables", "-w", "-t", "raw", "-C", "PREROUTING", "-j", chain]
-        process.standardOutput = FileHandle.nullDevice
+        process.arguments = ["iptables", "-w", "-t", "raw", "-S", "PREROUTING"]
+        process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         do {
             try process.run()
         } catch {
             return nil
         }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        switch process.terminationStatus {
-        case 0: return true
-        case 1: return false
-        default: return nil
-        }
+        guard process.terminationStatus == 0 else { return nil }
+        return text.split(separator: "\n").contains { $0 == "-A PREROUTING -j \(chain)" }
     }
 }
