@@ -1,0 +1,63 @@
+import Foundation
+import Testing
+
+/// End-to-end tests: a real lab of network namespaces (client, balancer, three real servers on a bridge),
+/// real HTTP and UDP servers, the real kernel queue and iptables. Each test runs `Tests/e2e/nat.sh SCENARIO`,
+/// which builds its own namespaces (unique names per run), asserts on what the client receives, on checksum
+/// counters and on the rules left behind, and tears everything down in a trap. They need root; CI runs as root.
+@Suite(.serialized, .enabled(if: EndToEnd.canRun, "needs root to create network namespaces"))
+struct EndToEndTests {
+    @Test func roundRobinSpreadsSixtyRequestsEvenly() throws {
+        let output = try EndToEnd.run("rr")
+        #expect(output.contains("distribution rr r1=20 r2=20 r3=20"))
+    }
+
+    @Test func weightedRoundRobinFollowsWeights() throws {
+        let output = try EndToEnd.run("wrr")
+        #expect(output.contains("distribution wrr r1=10 r2=20 r3=30"))
+    }
+
+    @Test func fiveMegabyteDownloadIsByteIdentical() throws {
+        let output = try EndToEnd.run("download")
+        #expect(output.contains("download 5242880 bytes sha256 match"))
+    }
+
+    @Test func udpEchoThroughTheVIP() throws {
+        let output = try EndToEnd.run("udp")
+        #expect(output.contains("distribution udp"))
+    }
+}
+
+enum EndToEnd {
+    static var canRun: Bool { getuid() == 0 || ProcessInfo.processInfo.environment["CI"] != nil }
+
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Runs the scenario; fails the test with the script's output when it exits non-zero.
+    static func run(_ scenario: String) throws -> String {
+        let binary = ProcessInfo.processInfo.environment["NFQLB"]
+            ?? packageRoot.appendingPathComponent(".build/debug/nfqlb").path
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            Issue.record("nfqlb binary not found at \(binary): run `swift build` first (scripts/test.sh does)")
+            return ""
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [packageRoot.appendingPathComponent("Tests/e2e/nat.sh").path, scenario]
+        var environment = ProcessInfo.processInfo.environment
+        environment["NFQLB"] = binary
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        print(output)
+        #expect(process.terminationStatus == 0, "nat.sh \(scenario) failed:\n\(output)")
+        #expect(output.contains("checksum errors: client +0 r1 +0 r2 +0 r3 +0"), "checksum counters moved")
+        #expect(output.contains("cleanup: no rules left"))
+        return output
+    }
+}
