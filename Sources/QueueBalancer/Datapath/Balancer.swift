@@ -51,8 +51,9 @@ public final class Balancer {
             }
         }
         threads.forEach { $0.join() }
-        sockets.forEach { $0.close() }
+        // The last stats while the queues are still bound: the kernel's counters vanish with the binding.
         housekeeping(statsFile: statsFile)
+        sockets.forEach { $0.close() }
         logger.info("nfqlb stopped", metadata: ["stats": "\(statsLine())"])
     }
 
