@@ -53,6 +53,7 @@ up() {
     [ -f "$config" ] || die "no such config file: $config"
     nfqlb=$(find_nfqlb)
     rules=$("$nfqlb" rules --config "$config") || die "nfqlb refused $config"
+    grep -q '^\*raw$' <<<"$rules" || die "$nfqlb rules printed no iptables-restore input"
     command -v iptables-restore >/dev/null || die "iptables is not installed (apt-get install iptables)"
     mkdir -p "$state"
     touch "$saved"

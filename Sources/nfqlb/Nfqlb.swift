@@ -122,6 +122,13 @@ struct Run: ParsableCommand {
                 fail("cannot check the iptables rules (is iptables installed, and are you root?); pass --skip-rules-check to start anyway")
             }
         }
+        // A launcher may start us with signals blocked (Foundation.Process on Linux passes Dispatch's mask on):
+        // unblock the ones that stop us before the worker threads inherit the mask.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGINT)
+        sigaddset(&stopSignals, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
         signal(SIGINT) { _ in stopSignal.raise() }
         signal(SIGTERM) { _ in stopSignal.raise() }
         signal(SIGPIPE, SIG_IGN)

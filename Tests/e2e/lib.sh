@@ -1,144 +1,327 @@
 #!/usr/bin/env bash
-# Helpers for nfqlb's namespace labs (sourced by Tests/e2e/*.sh, scripts/demo.sh and scripts/bench-nat.sh).
+# Helpers for nfqlb's network-namespace labs. Sourced by Tests/e2e/*.sh and scripts/demo.sh; not run directly.
 #
-# Topology (DESIGN.md lab conventions; documentation addresses only, nothing joined to the root namespace):
+# Topology built by lab_nat_up (DESIGN.md "Lab conventions": documentation addresses only, nothing joined to
+# the root namespace, no route out of the lab):
 #
-#   ${P}c client 192.0.2.2 ── veth ── 192.0.2.1 ${P}b balancer 198.51.100.1 (bridge br0) ──┬── ${P}r1 198.51.100.11
-#        route 203.0.113.0/24 via 192.0.2.1                                                 ├── ${P}r2 198.51.100.12
-#        (the VIP is routed to the balancer, not configured on it)                          └── ${P}r3 198.51.100.13
-#                                                                   real servers: default via 198.51.100.1
+#   ${P}c client                 ${P}b balancer                                       real servers
+#   eth0 192.0.2.2/24 ── veth ── client0 192.0.2.1/24
+#   203.0.113.0/24 via 192.0.2.1 br0 198.51.100.1/24 ─┬─ r1 ── veth ── eth0 198.51.100.11/24  ${P}r1
+#   (the VIP 203.0.113.10 is     ip_forward=1         ├─ r2 ── veth ── eth0 198.51.100.12/24  ${P}r2
+#    routed to the balancer,                          └─ r3 ── veth ── eth0 198.51.100.13/24  ${P}r3
+#    not configured on it)                                      (each: default via 198.51.100.1)
 #
-# lab_init PREFIX installs a trap that tears everything down (own PIDs by PID, namespaces by name) on exit.
+# Interfaces are created directly inside their namespaces (ip -n NS link add ... peer ... netns NS2), so their
+# names are short, fixed, and never appear in the root namespace, whatever the length of the prefix.
+#
+# Functions (all expect `set -euo pipefail`, which sourcing this file turns on):
+#   lab_unmask_signals "$@"    first thing in a script: re-exec it if started with signals blocked (see below)
+#   lab_init PREFIX            unique per-run prefix (e.g. nq$$x); temp dir; teardown trap on EXIT/INT/TERM
+#   lab_nat_up                 the namespaces and links above
+#   lab_start_http_servers     python3 http.server on 198.51.100.1X:8080 serving whoami (r1|r2|r3) and big.bin
+#   lab_start_udp_echo         UDP echo on 198.51.100.1X:5353 answering "rX:<payload>"
+#   lab_teardown               stops what this run started, deletes its namespaces and temp dir (idempotent)
+#   lab_extra_teardown         optional, defined by the caller: runs first in lab_teardown (must not exit)
+#   lab_spawn NS LOG CMD...    CMD in the background in NS, output to LOG; PID recorded (LAB_LAST_PID)
+#   in_ns NS CMD...            ip netns exec NS CMD...
+#   udp_ask NS HOST PORT DATA  one datagram from NS; prints "SRC_IP SRC_PORT REPLY" (2 s timeout, exit 1)
+#   csum_errors NS             TcpInCsumErrors + UdpInCsumErrors + Udp6InCsumErrors of NS
+#   queue_bound NS [QUEUE]     true when NFQUEUE QUEUE (default 0) is bound in NS
+#   nfqlb_start CONFIG         iptables-setup.sh up CONFIG, then $NFQLB run in ${P}b; waits for queue 0
+#   nfqlb_stop                 SIGTERM; requires exit status 0 and queue 0 unbound
+#   stat_value NAME            a counter from the stats file of the last nfqlb run
+#   fail MSG / pass MSG        "FAIL: MSG" on stderr and exit 1 / "ok: MSG"
+#
+# Variables for callers: P (prefix), LAB_TMP (temp dir), LAB_ROOT (repository root), LAB_PYTHON,
+# NFQLB (nfqlb binary, needed by nfqlb_start), NFQLB_PID, NFQLB_LOG, NFQLB_STATS, LAB_EXIT_STATUS (in the hook).
 set -euo pipefail
 
-LAB_PIDS=()
-LAB_NS=()
+LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LAB_PIDS=()         # every background process this run started, by PID
+LAB_NS=()           # every namespace this run created
 LAB_TMP=""
+LAB_TORN_DOWN=0
+LAB_EXIT_STATUS=0
 P=""
-
-lab_init() {
-    P=$1
-    LAB_TMP=$(mktemp -d "/tmp/nfqlb-lab-$P.XXXXXX")
-    trap lab_teardown EXIT
-    trap 'exit 130' INT TERM
-}
-
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+NFQLB_PID=""
+NFQLB_LOG=""
+NFQLB_STATS=""
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "ok: $*"; }
 
-# lab_spawn NS LOGFILE CMD...: starts CMD in NS in the background and records its PID.
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# lab_unmask_signals "$@": call it right after sourcing, with the script's arguments. Some launchers start
+# processes with most signals blocked: Foundation.Process on Linux passes Dispatch's worker-thread mask on
+# (swift-corelibs-foundation#4772), so under `swift test` this script, nfqlb and the servers would all have
+# SIGTERM and SIGINT blocked, and `kill -TERM` would never stop them. The mask survives exec and bash cannot
+# change it, so re-exec the calling script once through python3 with an empty mask and default dispositions
+# (python ignores SIGPIPE itself, which must not leak into the script's pipelines).
+lab_unmask_signals() {
+    local key value blocked=""
+    # Read with the builtin: while bash waits for a child (command substitution, pipeline) it blocks
+    # SIGINT/SIGCHLD itself, so the child would see that transient mask, not ours.
+    while read -r key value; do [ "$key" = SigBlk: ] && blocked=$value; done < /proc/$$/status
+    [[ $blocked =~ ^0+$ ]] && return 0
+    if [ -n "${LAB_UNMASKED:-}" ]; then
+        echo "lab: warning: signals still blocked after re-exec (SigBlk $blocked)" >&2
+        return 0
+    fi
+    export LAB_UNMASKED=1
+    exec python3 -c '
+import os, signal, sys
+for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
+    signal.signal(s, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+os.execv(sys.argv[1], sys.argv[1:])
+' "$BASH" "$0" "$@"
+}
+
+# lab_init PREFIX: PREFIX names this run's namespaces (${P}c, ${P}b, ${P}r1..3); make it unique (e.g. nq$$x).
+lab_init() {
+    [ "$(id -u)" = 0 ] || fail "the lab needs root (network namespaces)"
+    [[ ${1:-} =~ ^[a-zA-Z0-9_]{1,40}$ ]] || fail "lab_init: bad prefix '${1:-}' (letters, digits, _)"
+    P=$1
+    # Refuse to adopt namespaces of another run: teardown deletes by these names.
+    local ns
+    for ns in "${P}c" "${P}b" "${P}r1" "${P}r2" "${P}r3"; do
+        [ ! -e "/run/netns/$ns" ] || fail "lab_init: namespace $ns already exists (prefix not unique)"
+    done
+    command -v nstat >/dev/null || fail "nstat not found (apt-get install iproute2)"
+    # The real interpreter, not a wrapper (pyenv shims), so that recorded PIDs are the servers themselves.
+    LAB_PYTHON=$(python3 -c 'import sys; print(sys.executable)') || fail "python3 not found"
+    LAB_TMP=$(mktemp -d "/tmp/nfqlb-lab-$P.XXXXXX")
+    LAB_TORN_DOWN=0
+    # EXIT runs the teardown once; INT/TERM turn into an exit, which runs it.
+    trap lab_teardown EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# lab_spawn NS LOG CMD...: starts CMD in namespace NS in the background. `ip netns exec` execs CMD, so the
+# recorded PID is CMD itself.
 lab_spawn() {
     local ns=$1 log=$2; shift 2
-    ip netns exec "$ns" "$@" >"$log" 2>&1 &
-    LAB_PIDS+=($!)
+    ip netns exec "$ns" "$@" >"$log" 2>&1 </dev/null &
     LAB_LAST_PID=$!
+    LAB_PIDS+=("$LAB_LAST_PID")
+}
+
+# lab_forget_pid PID: drops PID from LAB_PIDS (exact match), once the caller has waited for it.
+lab_forget_pid() {
+    local keep=() pid
+    for pid in "${LAB_PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
+    LAB_PIDS=("${keep[@]}")
+}
+
+# lab_stop_pid PID [TIMEOUT_TENTHS]: SIGTERM, wait up to TIMEOUT (default 50 = 5 s), then SIGKILL.
+# Returns the process's exit status (143 = killed by SIGTERM). Only for PIDs this shell started.
+lab_stop_pid() {
+    local pid=$1 tenths=${2:-50} status=0 _
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq "$tenths"); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "lab: PID $pid ignored SIGTERM for $((tenths / 10)) s, sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || status=$?
+    lab_forget_pid "$pid"
+    return "$status"
 }
 
 lab_teardown() {
+    LAB_EXIT_STATUS=$?
+    [ "$LAB_TORN_DOWN" = 1 ] && return 0
+    LAB_TORN_DOWN=1
+    local errexit=0; [[ $- == *e* ]] && errexit=1
     set +e
+    trap '' INT TERM            # finish cleaning up even if interrupted again
     if declare -F lab_extra_teardown >/dev/null; then lab_extra_teardown; fi
-    local pid
-    for pid in "${LAB_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${LAB_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+    local pid ns
+    for pid in "${LAB_PIDS[@]}"; do lab_stop_pid "$pid" 30; done
     LAB_PIDS=()
-    local ns
-    for ns in "${LAB_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    # Every namespace of this run: those recorded, and the standard names in case setup stopped half-way.
+    for ns in "${LAB_NS[@]}" "${P}c" "${P}b" "${P}r1" "${P}r2" "${P}r3"; do
+        [ -n "$P" ] && [ -e "/run/netns/$ns" ] || continue
+        if [ -n "$(ip netns pids "$ns" 2>/dev/null)" ]; then
+            echo "lab: warning: processes not started by this run still in $ns: $(ip netns pids "$ns" | tr '\n' ' ')" >&2
+        fi
+        ip netns del "$ns" 2>/dev/null || echo "lab: warning: could not delete namespace $ns" >&2
+    done
     LAB_NS=()
     [ -n "$LAB_TMP" ] && rm -rf "$LAB_TMP"
     LAB_TMP=""
+    trap - INT TERM
+    [ "$errexit" = 1 ] && set -e
+    return 0
 }
 
-lab_add_ns() { ip netns add "$1"; LAB_NS+=("$1"); ip -n "$1" link set lo up; }
+# lab_add_ns NAME: creates a namespace, records it, brings up its loopback.
+lab_add_ns() {
+    ip netns add "$1"
+    LAB_NS+=("$1")
+    ip -n "$1" link set lo up
+}
 
 lab_nat_up() {
     local c=${P}c b=${P}b i r
-    lab_add_ns "$c"; lab_add_ns "$b"
-    ip link add "${P}c0" type veth peer name "${P}b0"
-    ip link set "${P}c0" netns "$c"; ip link set "${P}b0" netns "$b"
-    ip -n "$c" addr add 192.0.2.2/24 dev "${P}c0"; ip -n "$c" link set "${P}c0" up
-    ip -n "$c" route add 203.0.113.0/24 via 192.0.2.1
-    ip -n "$c" route add 198.51.100.0/24 via 192.0.2.1
-    ip -n "$b" addr add 192.0.2.1/24 dev "${P}b0"; ip -n "$b" link set "${P}b0" up
-    ip -n "$b" link add br0 type bridge; ip -n "$b" addr add 198.51.100.1/24 dev br0; ip -n "$b" link set br0 up
+    [ -n "$P" ] || fail "lab_nat_up: call lab_init first"
+    lab_add_ns "$c"
+    lab_add_ns "$b"
+
+    # client <-> balancer
+    ip -n "$c" link add eth0 type veth peer name client0 netns "$b"
+    ip -n "$c" addr add 192.0.2.2/24 dev eth0
+    ip -n "$c" link set eth0 up
+    ip -n "$c" route add 203.0.113.0/24 via 192.0.2.1     # the VIP range is routed to the balancer
+    ip -n "$b" addr add 192.0.2.1/24 dev client0
+    ip -n "$b" link set client0 up
+
+    # balancer: bridge for the real servers, forwarding on
+    ip -n "$b" link add br0 type bridge
+    ip -n "$b" addr add 198.51.100.1/24 dev br0
+    ip -n "$b" link set br0 up
     in_ns "$b" sysctl -qw net.ipv4.ip_forward=1
+
+    # real servers, each on a bridge port of the balancer
     for i in 1 2 3; do
         r=${P}r$i
         lab_add_ns "$r"
-        ip link add "${P}r${i}a" type veth peer name "${P}r${i}b"
-        ip link set "${P}r${i}a" netns "$r"; ip link set "${P}r${i}b" netns "$b"
-        ip -n "$b" link set "${P}r${i}b" master br0; ip -n "$b" link set "${P}r${i}b" up
-        ip -n "$r" addr add "198.51.100.1$i/24" dev "${P}r${i}a"; ip -n "$r" link set "${P}r${i}a" up
+        ip -n "$r" link add eth0 type veth peer name "r$i" netns "$b"
+        ip -n "$b" link set "r$i" master br0
+        ip -n "$b" link set "r$i" up
+        ip -n "$r" addr add "198.51.100.1$i/24" dev eth0
+        ip -n "$r" link set eth0 up
         ip -n "$r" route add default via 198.51.100.1
     done
 }
 
-# A 5 MB file, the same on every server, and a whoami file naming each server.
+# lab_start_http_servers: python3 http.server in each real server, serving $LAB_TMP/wwwX/{whoami,big.bin}.
+# big.bin: LAB_BIG_BYTES (default 5 MiB) random bytes, the same file (hard links) on every server.
 lab_start_http_servers() {
-    local i dir
-    head -c 5242880 /dev/urandom > "$LAB_TMP/big.bin"
+    local i dir _
+    [ -f "$LAB_TMP/big.bin" ] || head -c "${LAB_BIG_BYTES:-5242880}" /dev/urandom > "$LAB_TMP/big.bin"
     for i in 1 2 3; do
-        dir=$LAB_TMP/www$i; mkdir -p "$dir"
+        dir=$LAB_TMP/www$i
+        mkdir -p "$dir"
         echo "r$i" > "$dir/whoami"
-        ln -s "$LAB_TMP/big.bin" "$dir/big.bin"
-        lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" python3 -m http.server 8080 --bind "198.51.100.1$i" --directory "$dir"
+        ln -f "$LAB_TMP/big.bin" "$dir/big.bin"
+        lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" \
+            "$LAB_PYTHON" -m http.server 8080 --bind "198.51.100.1$i" --directory "$dir"
     done
+    # Ready when each answers its own whoami (bounded: 50 x 0.1 s + curl time).
     for i in 1 2 3; do
         for _ in $(seq 50); do
-            in_ns "${P}r$i" curl -s --max-time 1 -o /dev/null "http://198.51.100.1$i:8080/whoami" && continue 2
+            if [ "$(in_ns "${P}r$i" curl -s --max-time 1 "http://198.51.100.1$i:8080/whoami")" = "r$i" ]; then
+                continue 2
+            fi
             sleep 0.1
         done
-        fail "HTTP server r$i did not start: $(cat "$LAB_TMP/http$i.log")"
+        fail "HTTP server r$i did not answer within 5 s: $(cat "$LAB_TMP/http$i.log")"
     done
 }
 
-# UDP echo on 198.51.100.1x:5353 answering "r<i>:<payload>" from the address it was sent to.
+# udp_ask NS HOST PORT PAYLOAD [TIMEOUT]: one datagram from a new socket in NS; prints
+# "SRC_IP SRC_PORT REPLY" of the answer, or fails (status 1) after TIMEOUT seconds (default 2).
+udp_ask() {
+    in_ns "$1" "$LAB_PYTHON" -c '
+import socket, sys
+host, port, payload, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(timeout)
+s.sendto(payload.encode(), (host, port))
+try:
+    data, peer = s.recvfrom(65535)
+except OSError as e:
+    sys.exit("udp_ask %s:%d: %s" % (host, port, e))
+print(peer[0], peer[1], data.decode(errors="replace"))
+' "$2" "$3" "$4" "${5:-2}"
+}
+
+# lab_start_udp_echo: UDP echo on 198.51.100.1X:5353 in each real server, answering "rX:<payload>". Bound to
+# the specific address, so replies leave from the address the datagram was sent to.
 lab_start_udp_echo() {
-    local i
+    local i _
     cat > "$LAB_TMP/udp_echo.py" <<'PY'
 import socket, sys
-name, address = sys.argv[1], sys.argv[2]
+name, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((address, 5353))
+s.bind((address, port))
 while True:
     data, peer = s.recvfrom(65535)
     s.sendto(name.encode() + b":" + data, peer)
 PY
     for i in 1 2 3; do
-        lab_spawn "${P}r$i" "$LAB_TMP/udp$i.log" python3 "$LAB_TMP/udp_echo.py" "r$i" "198.51.100.1$i"
+        lab_spawn "${P}r$i" "$LAB_TMP/udp$i.log" "$LAB_PYTHON" "$LAB_TMP/udp_echo.py" "r$i" "198.51.100.1$i" 5353
+    done
+    for i in 1 2 3; do
+        for _ in $(seq 50); do
+            if [ "$(udp_ask "${P}r$i" "198.51.100.1$i" 5353 ready 0.1 2>/dev/null)" = "198.51.100.1$i 5353 r$i:ready" ]; then
+                continue 2
+            fi
+            sleep 0.1
+        done
+        fail "UDP echo r$i did not answer within 5 s: $(cat "$LAB_TMP/udp$i.log")"
     done
 }
 
-# csum_errors NS: TCP + UDP checksum errors counted by the namespace's stack.
+# csum_errors NS: checksum errors counted by NS's stack (absolute values, nstat history untouched).
 csum_errors() {
-    in_ns "$1" nstat -asz 2>/dev/null | awk '$1=="TcpInCsumErrors"||$1=="UdpInCsumErrors"||$1=="Udp6InCsumErrors"{s+=$2} END{print s+0}'
+    in_ns "$1" nstat -asz | awk '
+        $1 == "TcpInCsumErrors" || $1 == "UdpInCsumErrors" || $1 == "Udp6InCsumErrors" { sum += $2 }
+        END { print sum + 0 }'
 }
 
-# nfqlb_start CONFIG: installs the rules and starts nfqlb in the balancer; waits until its queue is bound.
+# queue_bound NS [QUEUE]: the first column of /proc/net/netfilter/nfnetlink_queue lists the bound queues.
+queue_bound() {
+    in_ns "$1" cat /proc/net/netfilter/nfnetlink_queue | awk -v q="${2:-0}" '$1 == q { found = 1 } END { exit !found }'
+}
+
+# nfqlb_start CONFIG: installs nfqlb's rules in the balancer (scripts/iptables-setup.sh up, idempotent) and
+# starts "$NFQLB run" there; returns once queue 0 is bound (bounded: 10 s). Sets NFQLB_PID.
 nfqlb_start() {
-    local config=$1 root
-    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-    in_ns "${P}b" env NFQLB="$NFQLB" "$root/scripts/iptables-setup.sh" up "$config" >/dev/null
-    lab_spawn "${P}b" "$LAB_TMP/nfqlb.log" "$NFQLB" run --config "$config" --stats-file "$LAB_TMP/stats"
+    local config=$1 _
+    [ -n "${NFQLB:-}" ] && [ -x "$NFQLB" ] || fail "NFQLB must name the nfqlb binary (got '${NFQLB:-}')"
+    [ -z "$NFQLB_PID" ] || fail "nfqlb_start: nfqlb already running (PID $NFQLB_PID)"
+    export NFQLB
+    in_ns "${P}b" "$LAB_ROOT/scripts/iptables-setup.sh" up "$config" || fail "iptables-setup.sh up $config failed"
+    NFQLB_LOG=$LAB_TMP/nfqlb.log
+    NFQLB_STATS=$LAB_TMP/stats
+    rm -f "$NFQLB_STATS"
+    echo "=== nfqlb run --config $config" >> "$NFQLB_LOG"
+    lab_spawn "${P}b" "$LAB_TMP/nfqlb.out" "$NFQLB" run --config "$config" --stats-file "$NFQLB_STATS"
     NFQLB_PID=$LAB_LAST_PID
     for _ in $(seq 100); do
-        kill -0 "$NFQLB_PID" 2>/dev/null || fail "nfqlb exited: $(cat "$LAB_TMP/nfqlb.log")"
-        [ -s "$LAB_TMP/stats" ] && in_ns "${P}b" grep -qE '^ *0 +[1-9]' /proc/net/netfilter/nfnetlink_queue && return 0
+        if ! kill -0 "$NFQLB_PID" 2>/dev/null; then
+            local status=0
+            wait "$NFQLB_PID" || status=$?
+            lab_forget_pid "$NFQLB_PID"; NFQLB_PID=""
+            cat "$LAB_TMP/nfqlb.out" >> "$NFQLB_LOG"
+            fail "nfqlb exited with status $status before binding its queue; log:
+$(cat "$LAB_TMP/nfqlb.out")"
+        fi
+        queue_bound "${P}b" 0 && return 0
         sleep 0.1
     done
-    fail "nfqlb did not bind its queue within 10 s: $(cat "$LAB_TMP/nfqlb.log")"
+    fail "nfqlb did not bind queue 0 within 10 s; log:
+$(cat "$LAB_TMP/nfqlb.out")"
 }
 
-# nfqlb_stop: SIGTERM, requires exit status 0 and the queue unbound.
+# nfqlb_stop: SIGTERM to nfqlb; requires exit status 0 and queue 0 unbound afterwards.
 nfqlb_stop() {
     local status=0
-    kill -TERM "$NFQLB_PID"
-    wait "$NFQLB_PID" || status=$?
-    LAB_PIDS=("${LAB_PIDS[@]/$NFQLB_PID}")
-    [ "$status" = 0 ] || fail "nfqlb exited with status $status: $(cat "$LAB_TMP/nfqlb.log")"
-    if in_ns "${P}b" grep -qE '^ *0 +[1-9]' /proc/net/netfilter/nfnetlink_queue; then fail "queue 0 still bound after nfqlb stopped"; fi
+    [ -n "$NFQLB_PID" ] || fail "nfqlb_stop: nfqlb is not running"
+    lab_stop_pid "$NFQLB_PID" 100 || status=$?
+    NFQLB_PID=""
+    cat "$LAB_TMP/nfqlb.out" >> "$NFQLB_LOG"
+    [ "$status" = 0 ] || fail "nfqlb exited with status $status after SIGTERM; log:
+$(cat "$LAB_TMP/nfqlb.out")"
+    if queue_bound "${P}b" 0; then fail "queue 0 still bound after nfqlb stopped"; fi
 }
 
-# stat_value NAME: a counter from nfqlb's stats file.
-stat_value() { awk -v n="$1" '$1==n{print $2}' "$LAB_TMP/stats"; }
+# stat_value NAME: a counter from the stats file nfqlb writes ("name value" per line); empty when absent.
+stat_value() { awk -v n="$1" '$1 == n { print $2 }' "$NFQLB_STATS" 2>/dev/null; }

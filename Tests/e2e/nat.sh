@@ -1,25 +1,71 @@
 #!/usr/bin/env bash
-# End-to-end test of LVS NAT mode in a namespace lab (see lib.sh for the topology).
-# Usage: NFQLB=/path/to/nfqlb Tests/e2e/nat.sh rr|wrr|download|udp|all
-# Prints "ok: ..." lines and the figures the Swift wrapper checks; exits non-zero on the first failure.
+# End-to-end test of nfqlb's LVS NAT mode in a lab of network namespaces (topology: see lib.sh).
+#
+# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|all]     (root; default: all)
+#
+#   rr        60 sequential HTTP requests to 203.0.113.10:80, scheduler rr 1:1:1   -> exactly 20/20/20
+#   wrr       60 sequential HTTP requests, scheduler wrr 1:2:3                      -> exactly 10/20/30
+#   download  5 MiB file through the VIP, sha256 identical to the original
+#   udp       30 datagrams to 203.0.113.10:53, each from a new socket (new source port): all answered,
+#             from 203.0.113.10:53, rr -> exactly 10/10/10
+#   all       rr, download, udp with one nfqlb; then nfqlb is stopped and restarted with the wrr config
+#
+# Every scenario also checks: no new TCP/UDP checksum errors in the client and the real servers; nfqlb stops on
+# SIGTERM with status 0 and unbinds queue 0; nfqlb's own drop counters stay 0; `iptables-setup.sh down` leaves
+# no NFQLB rule. Prints "ok: ..." lines plus these lines, which Tests/QueueBalancerTests/EndToEndTests.swift
+# looks for:
+#   distribution rr r1=20 r2=20 r3=20 | distribution wrr r1=.. | distribution udp r1=.. r2=.. r3=..
+#   download 5242880 bytes sha256 match
+#   checksum errors: client +0 r1 +0 r2 +0 r3 +0
+#   cleanup: no rules left
+# Exit status 0 only if everything passed; the lab is torn down in every case.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../.." && pwd)
-source "$here/lib.sh"
-scenario=${1:-all}
-: "${NFQLB:?set NFQLB to the nfqlb binary}"
 
-# Short unique prefix: interface names must stay within 15 characters.
-lab_init "nq$$$(printf '%s' "$scenario" | head -c 1)"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+lab_unmask_signals "$@"
+
+scenario=${1:-all}
+case "$scenario" in
+    rr|wrr|download|udp|all) ;;
+    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|all]" >&2; exit 2 ;;
+esac
+[ -n "${NFQLB:-}" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
+[[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "NFQLB=$NFQLB is not an executable absolute path"
+export NFQLB
+setup=$LAB_ROOT/scripts/iptables-setup.sh
+[ -x "$setup" ] || fail "$setup not found"
+
+lab_init "nq$$x"
+
+# Runs first in the teardown: stop nfqlb if still running, show why we failed, remove the rules.
 lab_extra_teardown() {
-    [ -n "${NFQLB_PID:-}" ] && kill -TERM "$NFQLB_PID" 2>/dev/null
-    in_ns "${P}b" "$root/scripts/iptables-setup.sh" down >/dev/null 2>&1 || true
+    local failed=0
+    [ "$LAB_EXIT_STATUS" != 0 ] && [ -n "$LAB_TMP" ] && failed=1
+    if [ "$failed" = 1 ] && [ -e "/run/netns/${P}b" ]; then
+        echo "--- /proc/net/netfilter/nfnetlink_queue in the balancer (at failure)" >&2
+        in_ns "${P}b" cat /proc/net/netfilter/nfnetlink_queue >&2
+    fi
+    if [ -n "$NFQLB_PID" ]; then lab_stop_pid "$NFQLB_PID" 50; NFQLB_PID=""; fi
+    if [ "$failed" = 1 ]; then
+        {
+            echo "--- nfqlb log (last 30 lines)"
+            cat "$NFQLB_LOG" "$LAB_TMP/nfqlb.out" 2>/dev/null | tail -n 30
+            echo "--- nfqlb stats (non-zero)"
+            grep -v ' 0$' "$NFQLB_STATS" 2>/dev/null || echo "(no stats file)"
+        } >&2
+    fi
+    if [ -e "/run/netns/${P}b" ]; then in_ns "${P}b" "$setup" down >/dev/null 2>&1; fi
 }
+
 lab_nat_up
 lab_start_http_servers
 lab_start_udp_echo
+pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 
-# write_config FILE SCHEDULER W1 W2 W3
+# write_config FILE TCP_SCHEDULER W1 W2 W3: TCP 203.0.113.10:80 -> :8080 with that scheduler and weights;
+# UDP 203.0.113.10:53 -> :5353, rr 1:1:1.
 write_config() {
     cat > "$1" <<YAML
 queues: [0]
@@ -37,118 +83,144 @@ services:
     port: 53
     protocol: udp
     mode: nat
-    scheduler: $2
+    scheduler: rr
     reals:
-      - { address: 198.51.100.11, port: 5353, weight: $3 }
-      - { address: 198.51.100.12, port: 5353, weight: $4 }
-      - { address: 198.51.100.13, port: 5353, weight: $5 }
+      - { address: 198.51.100.11, port: 5353, weight: 1 }
+      - { address: 198.51.100.12, port: 5353, weight: 1 }
+      - { address: 198.51.100.13, port: 5353, weight: 1 }
 YAML
 }
 
-declare -A csum_before
-hosts=(c r1 r2 r3)
-for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
-
-# http_distribution NAME N: N sequential requests for /whoami through the VIP; prints the distribution.
-http_distribution() {
-    local name=$1 n=$2 answer
-    declare -A count=([r1]=0 [r2]=0 [r3]=0)
-    for i in $(seq "$n"); do
-        answer=$(in_ns "${P}c" curl -s --max-time 5 http://203.0.113.10/whoami) || fail "request $i through the VIP failed (stats: $(tr '\n' ' ' < "$LAB_TMP/stats"))"
-        [ -n "${count[$answer]+x}" ] || fail "request $i: unexpected answer '$answer'"
-        count[$answer]=$((count[$answer] + 1))
+# stop_and_check: SIGTERM nfqlb (status 0, queue unbound: lib.sh), then its final counters.
+stop_and_check() {
+    nfqlb_stop
+    echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
+    local forwarded replied counter value
+    forwarded=$(stat_value forwarded); replied=$(stat_value replied)
+    [ "${forwarded:-0}" -gt 0 ] && [ "${replied:-0}" -gt 0 ] ||
+        fail "nfqlb counted no rewritten packets (forwarded=${forwarded:-?} replied=${replied:-?})"
+    for counter in dropped_malformed dropped_no_real_server dropped_table_full dropped_verdict_send \
+                   receive_errors kernel_queue_dropped kernel_user_dropped; do
+        value=$(stat_value "$counter")
+        [ -z "$value" ] || [ "$value" = 0 ] || fail "nfqlb counter $counter = $value (want 0)"
     done
-    echo "distribution $name r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
+    pass "nfqlb stopped on SIGTERM with status 0, queue 0 unbound, no drops"
 }
 
-run_rr() {
-    write_config "$LAB_TMP/rr.yaml" rr 1 1 1
-    nfqlb_start "$LAB_TMP/rr.yaml"
-    local line; line=$(http_distribution rr 60); echo "$line"
-    [ "$line" = "distribution rr r1=20 r2=20 r3=20" ] || fail "rr distribution: $line"
-    pass "rr: 60 requests answered, 20 per real server"
+# http_run NAME N EXPECTED: N sequential GET /whoami through the VIP from the client; prints
+# "distribution NAME r1=.. r2=.. r3=.." and requires that line to equal EXPECTED and every request answered.
+http_run() {
+    local name=$1 n=$2 expected=$3 i answer failed=0 line
+    local -A count=([r1]=0 [r2]=0 [r3]=0)
+    for i in $(seq "$n"); do
+        answer=$(in_ns "${P}c" curl -s --max-time 5 http://203.0.113.10/whoami) || answer=""
+        if [[ $answer =~ ^r[123]$ ]]; then
+            count[$answer]=$((count[$answer] + 1))
+        else
+            failed=$((failed + 1))
+            echo "request $i: no valid answer ('$answer')" >&2
+            [ "$failed" -lt 5 ] || break     # bounded: give up after 5 failed requests
+        fi
+    done
+    line="distribution $name r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
+    echo "$line"
+    [ "$failed" = 0 ] || fail "$name: $failed of $n requests through the VIP got no valid answer"
+    [ "$line" = "$expected" ] || fail "$name: got '$line', want '$expected'"
+    pass "$name: $n requests answered, ${expected#distribution $name }"
 }
 
-run_wrr() {
-    write_config "$LAB_TMP/wrr.yaml" wrr 1 2 3
-    nfqlb_start "$LAB_TMP/wrr.yaml"
-    local line; line=$(http_distribution wrr 60); echo "$line"
-    [ "$line" = "distribution wrr r1=10 r2=20 r3=30" ] || fail "wrr distribution: $line"
-    pass "wrr: 60 requests answered in proportion 1:2:3"
-}
+run_rr() { http_run rr 60 "distribution rr r1=20 r2=20 r3=20"; }
+run_wrr() { http_run wrr 60 "distribution wrr r1=10 r2=20 r3=30"; }
 
 run_download() {
-    write_config "$LAB_TMP/dl.yaml" rr 1 1 1
-    nfqlb_start "$LAB_TMP/dl.yaml"
-    in_ns "${P}c" curl -s --max-time 60 -o "$LAB_TMP/download.bin" http://203.0.113.10/big.bin || fail "download through the VIP failed"
     local want got size
+    rm -f "$LAB_TMP/download.bin"
+    in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" http://203.0.113.10/big.bin ||
+        fail "download of big.bin through the VIP failed (curl status $?)"
     want=$(sha256sum < "$LAB_TMP/big.bin" | cut -d' ' -f1)
     got=$(sha256sum < "$LAB_TMP/download.bin" | cut -d' ' -f1)
     size=$(stat -c %s "$LAB_TMP/download.bin")
-    [ "$want" = "$got" ] || fail "download differs: $size bytes, sha256 $got, want $want"
+    [ "$size" = "$(stat -c %s "$LAB_TMP/big.bin")" ] || fail "download: $size bytes, want $(stat -c %s "$LAB_TMP/big.bin")"
+    [ "$want" = "$got" ] || fail "download: sha256 $got, want $want"
     echo "download $size bytes sha256 match"
+    pass "download: byte-identical through the VIP"
 }
 
 run_udp() {
-    write_config "$LAB_TMP/udp.yaml" rr 1 1 1
-    nfqlb_start "$LAB_TMP/udp.yaml"
-    # 30 datagrams, each from a new socket (new source port, so a new connection), 2 s timeout each.
-    local line
-    line=$(in_ns "${P}c" python3 - <<'PY'
+    local out
+    # All 30 sockets stay open until the end, so the kernel gives each its own source port: 30 new
+    # connections for the balancer, hence exactly 10 per server with rr.
+    cat > "$LAB_TMP/udp_client.py" <<'PY'
 import socket, sys
 count = {"r1": 0, "r2": 0, "r3": 0}
+sockets, ports = [], set()
 for i in range(30):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sockets.append(s)
     s.settimeout(2)
-    s.sendto(b"ping%d" % i, ("203.0.113.10", 53))
+    payload = b"ping%d" % i
+    s.sendto(payload, ("203.0.113.10", 53))
+    ports.add(s.getsockname()[1])
     try:
         data, peer = s.recvfrom(2048)
     except socket.timeout:
-        sys.exit("datagram %d: no answer" % i)
+        sys.exit("datagram %d: no answer within 2 s" % i)
     if peer != ("203.0.113.10", 53):
-        sys.exit("datagram %d: answer from %s, not from the VIP" % (i, peer))
-    name, _, payload = data.decode().partition(":")
-    if payload != "ping%d" % i or name not in count:
+        sys.exit("datagram %d: answer from %s:%d, not from 203.0.113.10:53" % (i, peer[0], peer[1]))
+    name, _, echoed = data.partition(b":")
+    if echoed != payload or name.decode() not in count:
         sys.exit("datagram %d: bad answer %r" % (i, data))
-    count[name] += 1
-    s.close()
+    count[name.decode()] += 1
+if len(ports) != 30:
+    sys.exit("only %d distinct source ports" % len(ports))
 print("distribution udp r1=%d r2=%d r3=%d" % (count["r1"], count["r2"], count["r3"]))
 PY
-) || fail "UDP through the VIP: $line"
-    echo "$line"
-    [ "$line" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp distribution: $line"
-    pass "udp: 30 datagrams answered from the VIP, 10 per real server"
+    out=$(in_ns "${P}c" "$LAB_PYTHON" "$LAB_TMP/udp_client.py" 2>&1) || fail "udp through the VIP: $out"
+    echo "$out"
+    [[ $out =~ r1=[1-9].*r2=[1-9].*r3=[1-9] ]] || fail "udp: not every real server answered ($out)"
+    [ "$out" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp: rr over 30 new flows gave '$out', want 10 each"
+    pass "udp: 30 datagrams from 30 source ports answered from 203.0.113.10:53, every server seen"
 }
 
-case "$scenario" in
-    rr) run_rr ;;
-    wrr) run_wrr ;;
-    download) run_download ;;
-    udp) run_udp ;;
-    all)
-        run_rr; nfqlb_stop
-        run_wrr; nfqlb_stop
-        run_download; nfqlb_stop
-        run_udp ;;
-    *) fail "unknown scenario $scenario (rr|wrr|download|udp|all)" ;;
-esac
+# Checksum error counters of the client and the real servers before any traffic through the VIP.
+hosts=(c r1 r2 r3)
+declare -A csum_before
+for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
 
-nfqlb_stop   # writes the stats file a last time
-echo "stats: $(grep -v ' 0$' "$LAB_TMP/stats" | tr '\n' ' ')"
-[ "$(stat_value forwarded)" -gt 0 ] && [ "$(stat_value replied)" -gt 0 ] || fail "nfqlb counted no rewritten packets"
-for counter in dropped_malformed dropped_no_real_server dropped_table_full dropped_verdict_send kernel_queue_dropped kernel_user_dropped; do
-    [ "$(stat_value $counter)" = 0 ] || fail "$counter = $(stat_value $counter)"
-done
+rr_config=$LAB_TMP/nat-rr.yaml
+wrr_config=$LAB_TMP/nat-wrr.yaml
+write_config "$rr_config" rr 1 1 1
+write_config "$wrr_config" wrr 1 2 3
+
+case "$scenario" in
+    rr)       nfqlb_start "$rr_config";  run_rr ;;
+    wrr)      nfqlb_start "$wrr_config"; run_wrr ;;
+    download) nfqlb_start "$rr_config";  run_download ;;
+    udp)      nfqlb_start "$rr_config";  run_udp ;;
+    all)
+        nfqlb_start "$rr_config"
+        run_rr
+        run_download
+        run_udp
+        stop_and_check
+        # Second configuration: setup `up` again (idempotent, replaces the rules), new nfqlb.
+        nfqlb_start "$wrr_config"
+        run_wrr ;;
+esac
+stop_and_check
+
 line="checksum errors:"
 for h in "${hosts[@]}"; do
-    delta=$(( $(csum_errors "${P}$h") - ${csum_before[$h]} ))
     label=$h; [ "$h" = c ] && label=client
-    line="$line $label +$delta"
+    line="$line $label +$(( $(csum_errors "${P}$h") - ${csum_before[$h]} ))"
 done
 echo "$line"
 [ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0" ] || fail "checksum errors appeared"
 
-in_ns "${P}b" "$root/scripts/iptables-setup.sh" down >/dev/null
-if in_ns "${P}b" iptables-save | grep -q NFQLB; then fail "rules left behind: $(in_ns "${P}b" iptables-save | grep NFQLB)"; fi
-[ "$(in_ns "${P}b" sysctl -n net.ipv4.conf.all.accept_local)" = 0 ] || fail "accept_local not restored"
+in_ns "${P}b" "$setup" down >/dev/null || fail "iptables-setup.sh down failed"
+if in_ns "${P}b" iptables-save | grep -q NFQLB; then
+    fail "rules left behind: $(in_ns "${P}b" iptables-save | grep NFQLB | tr '\n' ' ')"
+fi
+[ "$(in_ns "${P}b" sysctl -n net.ipv4.conf.all.accept_local)" = 0 ] || fail "accept_local not restored by down"
 echo "cleanup: no rules left"
+pass "nat.sh $scenario: all checks passed"
