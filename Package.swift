@@ -36,6 +36,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Drives the packet handler over synthetic traffic: cost and allocations per packet.
+        .executableTarget(
+            name: "nfqlb-bench",
+            dependencies: ["QueueBalancer"]
+        ),
         .testTarget(
             name: "QueueBalancerTests",
             dependencies: ["QueueBalancer"]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Checks that nfqlb's per-packet path allocates nothing: runs nfqlb-bench (the PacketHandler over synthetic
+# traffic, one new connection every five packets) with an LD_PRELOAD malloc counter, for two packet counts,
+# and prints the allocations per packet from the difference. Exits 1 if it is not 0.
+#
+# Usage: scripts/check-allocations.sh [debug|release]   (default release; builds nfqlb-bench)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+configuration=${1:-release}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+gcc -O2 -shared -fPIC -o "$work/malloc-count.so" "$root/scripts/malloc-count.c"
+(cd "$root" && swift build -c "$configuration" --product nfqlb-bench >/dev/null)
+bench=$(cd "$root" && swift build -c "$configuration" --show-bin-path)/nfqlb-bench
+
+count() { LD_PRELOAD="$work/malloc-count.so" "$bench" "$1" 2>&1 >/dev/null | awk '$1=="allocations"{print $2}'; }
+small=20000; large=220000
+a=$(count $small); b=$(count $large)
+per=$(awk -v a="$a" -v b="$b" -v n=$((large - small)) 'BEGIN{printf "%.4f", (b-a)/n}')
+echo "allocations: $a for $small packets, $b for $large packets: $per per packet ($configuration)"
+[ "$a" = "$b" ] || { echo "FAIL: the packet path allocates" >&2; exit 1; }
