@@ -33,19 +33,7 @@ Each box is a network namespace created for this demo and deleted at the end.
 TEXT
 
 say "Checking packages"
-packages=(iproute2 iptables curl python3 pkg-config libnetfilter-queue-dev libmnl-dev libnfnetlink-dev)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-    echo "all present: ${packages[*]}"
-fi
+bash "$root/scripts/ensure-packages.sh"
 
 if [ -n "${NFQLB:-}" ]; then
     [ -x "$NFQLB" ] || fail "NFQLB=$NFQLB is not executable"

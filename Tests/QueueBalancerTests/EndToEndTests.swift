@@ -24,7 +24,22 @@ struct EndToEndTests {
 
     @Test func udpEchoThroughTheVIP() throws {
         let output = try EndToEnd.run("udp")
-        #expect(output.contains("distribution udp"))
+        #expect(output.contains("distribution udp r1=10 r2=10 r3=10"))
+    }
+
+    @Test func vipConfiguredLocallyOnTheBalancer() throws {
+        let output = try EndToEnd.run("local-vip")
+        #expect(output.contains("distribution rr r1=20 r2=20 r3=20"))
+        #expect(output.contains("distribution udp r1=10 r2=10 r3=10"))
+    }
+
+    /// One lab, nfqlb stopped and restarted with another config (setup `up` again: idempotent).
+    @Test func restartWithANewConfiguration() throws {
+        let output = try EndToEnd.run("all")
+        for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
+                     "distribution udp r1=10 r2=10 r3=10", "distribution wrr r1=10 r2=20 r3=30"] {
+            #expect(output.contains(line))
+        }
     }
 }
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test of nfqlb's LVS NAT mode in a lab of network namespaces (topology: see lib.sh).
 #
-# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|all]     (root; default: all)
+# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|all]     (root; default: all)
 #
 #   rr        60 sequential HTTP requests to 203.0.113.10:80, scheduler rr 1:1:1   -> exactly 20/20/20
 #   wrr       60 sequential HTTP requests, scheduler wrr 1:2:3                      -> exactly 10/20/30
 #   download  5 MiB file through the VIP, sha256 identical to the original
 #   udp       30 datagrams to 203.0.113.10:53, each from a new socket (new source port): all answered,
 #             from 203.0.113.10:53, rr -> exactly 10/10/10
+#   local-vip rr and udp with the VIP also configured on the balancer's lo (needs accept_local=1)
 #   all       rr, download, udp with one nfqlb; then nfqlb is stopped and restarted with the wrr config
 #
 # Every scenario also checks: no new TCP/UDP checksum errors in the client and the real servers; nfqlb stops on
@@ -28,8 +29,8 @@ lab_unmask_signals "$@"
 
 scenario=${1:-all}
 case "$scenario" in
-    rr|wrr|download|udp|all) ;;
-    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|all]" >&2; exit 2 ;;
+    rr|wrr|download|udp|local-vip|all) ;;
+    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|all]" >&2; exit 2 ;;
 esac
 [ -n "${NFQLB:-}" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
 [[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "NFQLB=$NFQLB is not an executable absolute path"
@@ -197,6 +198,13 @@ case "$scenario" in
     wrr)      nfqlb_start "$wrr_config"; run_wrr ;;
     download) nfqlb_start "$rr_config";  run_download ;;
     udp)      nfqlb_start "$rr_config";  run_udp ;;
+    local-vip)
+        # The VIP is also a local address of the balancer: the rewritten replies then carry a local source
+        # address, which the kernel accepts only with accept_local=1 (set by iptables-setup.sh up).
+        ip -n "${P}b" addr add 203.0.113.10/32 dev lo
+        nfqlb_start "$rr_config"
+        run_rr
+        run_udp ;;
     all)
         nfqlb_start "$rr_config"
         run_rr

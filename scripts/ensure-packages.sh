@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages nfqlb's build, tests and labs need, only those missing.
+# Usage: scripts/ensure-packages.sh          (root; sourced or run)
+set -euo pipefail
+packages=(libnetfilter-queue-dev libmnl-dev libnfnetlink-dev pkg-config iptables iproute2 curl python3 iperf3 gcc)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "packages present: ${packages[*]}"
+fi
