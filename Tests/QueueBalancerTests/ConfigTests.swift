@@ -35,27 +35,40 @@ import Testing
         #expect(config.timeouts.timeout(.finWait) == 120_000)
     }
 
-    static let errors: [(String, String, Int, String)] = [
-        ("unknown key", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "schedular: rr"), 8, "unknown key 'schedular'"),
-        ("bad address", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.300"), 11, "'198.51.100.300' is not an IPv4 or IPv6 address"),
-        ("duplicate service", ConfigTests.valid.replacingOccurrences(of: "port: 53", with: "port: 80").replacingOccurrences(of: "protocol: udp", with: "protocol: tcp"), 12, "duplicate service 203.0.113.10:80/tcp (first defined at line 4)"),
-        ("empty reals", ConfigTests.valid.replacingOccurrences(of: "    reals:\n      - { address: 198.51.100.11 }", with: "    reals: []"), 16, "has no real servers"),
-        ("port out of range", ConfigTests.valid.replacingOccurrences(of: "port: 8080, weight: 2", with: "port: 70000, weight: 2"), 11, "port 70000 is out of range 1..65535"),
-        ("weight out of range", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: 65536"), 11, "weight 65536 is out of range 0..65535"),
-        ("negative weight", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: -1"), 11, "weight -1 is out of range 0..65535"),
-        ("mode not yet supported", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 7, "mode 'dr' is not supported yet"),
-        ("unknown mode", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: snat\n    scheduler"), 7, "mode 'snat' is not one of nat | fullnat | dr | tun"),
-        ("unknown scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: xyz"), 8, "scheduler 'xyz' is not one of rr | wrr"),
-        ("bad protocol", ConfigTests.valid.replacingOccurrences(of: "protocol: udp", with: "protocol: sctp"), 14, "protocol 'sctp' is not one of tcp | udp"),
-        ("queues not consecutive", ConfigTests.valid.replacingOccurrences(of: "[0, 1]", with: "[0, 2]"), 1, "consecutive"),
-        ("missing vip", ConfigTests.valid.replacingOccurrences(of: "  - vip: 203.0.113.10\n    port: 53", with: "  - port: 53"), 12, "a service needs 'vip'"),
-        ("IPv6 service", ConfigTests.valid.replacingOccurrences(of: "- vip: 203.0.113.10\n    port: 80", with: "- vip: 2001:db8::10\n    port: 80"), 4, "IPv6 virtual services are not supported by the datapath yet"),
-        ("invalid YAML", "queues: [0\nservices: x", 2, "invalid YAML"),
-        ("duplicate real", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.11"), 11, "real server 198.51.100.11:8080 is listed twice"),
+    /// One refused configuration: its name (shown by the test runner), the YAML, the line and the reason.
+    struct Refusal: CustomTestStringConvertible, Sendable {
+        var name: String
+        var yaml: String
+        var line: Int
+        var reason: String
+        init(_ name: String, _ yaml: String, _ line: Int, _ reason: String) {
+            (self.name, self.yaml, self.line, self.reason) = (name, yaml, line, reason)
+        }
+        var testDescription: String { name }
+    }
+
+    static let errors: [Refusal] = [
+        Refusal("unknown key", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "schedular: rr"), 8, "unknown key 'schedular'"),
+        Refusal("bad address", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.300"), 11, "'198.51.100.300' is not an IPv4 or IPv6 address"),
+        Refusal("duplicate service", ConfigTests.valid.replacingOccurrences(of: "port: 53", with: "port: 80").replacingOccurrences(of: "protocol: udp", with: "protocol: tcp"), 12, "duplicate service 203.0.113.10:80/tcp (first defined at line 4)"),
+        Refusal("empty reals", ConfigTests.valid.replacingOccurrences(of: "    reals:\n      - { address: 198.51.100.11 }", with: "    reals: []"), 16, "has no real servers"),
+        Refusal("port out of range", ConfigTests.valid.replacingOccurrences(of: "port: 8080, weight: 2", with: "port: 70000, weight: 2"), 11, "port 70000 is out of range 1..65535"),
+        Refusal("weight out of range", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: 65536"), 11, "weight 65536 is out of range 0..65535"),
+        Refusal("negative weight", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: -1"), 11, "weight -1 is out of range 0..65535"),
+        Refusal("mode not yet supported", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 7, "mode 'dr' is not supported yet"),
+        Refusal("unknown mode", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: snat\n    scheduler"), 7, "mode 'snat' is not one of nat | fullnat | dr | tun"),
+        Refusal("unknown scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: xyz"), 8, "scheduler 'xyz' is not one of rr | wrr"),
+        Refusal("bad protocol", ConfigTests.valid.replacingOccurrences(of: "protocol: udp", with: "protocol: sctp"), 14, "protocol 'sctp' is not one of tcp | udp"),
+        Refusal("queues not consecutive", ConfigTests.valid.replacingOccurrences(of: "[0, 1]", with: "[0, 2]"), 1, "consecutive"),
+        Refusal("missing vip", ConfigTests.valid.replacingOccurrences(of: "  - vip: 203.0.113.10\n    port: 53", with: "  - port: 53"), 12, "a service needs 'vip'"),
+        Refusal("IPv6 service", ConfigTests.valid.replacingOccurrences(of: "- vip: 203.0.113.10\n    port: 80", with: "- vip: 2001:db8::10\n    port: 80"), 4, "IPv6 virtual services are not supported by the datapath yet"),
+        Refusal("invalid YAML", "queues: [0\nservices: x", 2, "invalid YAML"),
+        Refusal("duplicate real", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.11"), 11, "real server 198.51.100.11:8080 is listed twice"),
     ]
 
     @Test(arguments: errors)
-    func invalidConfigIsRefusedWithLineAndReason(_ name: String, _ yaml: String, _ line: Int, _ reason: String) {
+    func invalidConfigIsRefusedWithLineAndReason(_ refusal: Refusal) {
+        let (name, yaml, line, reason) = (refusal.name, refusal.yaml, refusal.line, refusal.reason)
         do {
             _ = try ConfigLoader.parse(yaml: yaml, file: "lb.yaml")
             Issue.record("\(name): accepted")

@@ -33,6 +33,14 @@ struct EndToEndTests {
         #expect(output.contains("distribution udp r1=10 r2=10 r3=10"))
     }
 
+    /// Two queues: the two directions of each connection land on different workers sharing one table.
+    @Test func twoQueuesShareOneConnectionTable() throws {
+        let output = try EndToEnd.run("multiqueue")
+        #expect(output.contains("distribution rr r1=20 r2=20 r3=20"))
+        #expect(output.contains("download 5242880 bytes sha256 match"))
+        #expect(output.contains("queues used: 2"))
+    }
+
     /// One lab, nfqlb stopped and restarted with another config (setup `up` again: idempotent).
     @Test func restartWithANewConfiguration() throws {
         let output = try EndToEnd.run("all")

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test of nfqlb's LVS NAT mode in a lab of network namespaces (topology: see lib.sh).
 #
-# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|all]     (root; default: all)
+# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|all]     (root; default: all)
 #
 #   rr        60 sequential HTTP requests to 203.0.113.10:80, scheduler rr 1:1:1   -> exactly 20/20/20
 #   wrr       60 sequential HTTP requests, scheduler wrr 1:2:3                      -> exactly 10/20/30
 #   download  5 MiB file through the VIP, sha256 identical to the original
 #   udp       30 datagrams to 203.0.113.10:53, each from a new socket (new source port): all answered,
 #             from 203.0.113.10:53, rr -> exactly 10/10/10
+#   multiqueue rr and download with queues [0, 1]: the two directions on different queues, one table
 #   local-vip rr and udp with the VIP also configured on the balancer's lo (needs accept_local=1)
 #   all       rr, download, udp with one nfqlb; then nfqlb is stopped and restarted with the wrr config
 #
@@ -29,8 +30,8 @@ lab_unmask_signals "$@"
 
 scenario=${1:-all}
 case "$scenario" in
-    rr|wrr|download|udp|local-vip|all) ;;
-    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|all]" >&2; exit 2 ;;
+    rr|wrr|download|udp|local-vip|multiqueue|all) ;;
+    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|multiqueue|all]" >&2; exit 2 ;;
 esac
 [ -n "${NFQLB:-}" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
 [[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "NFQLB=$NFQLB is not an executable absolute path"
@@ -69,7 +70,7 @@ pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 # UDP 203.0.113.10:53 -> :5353, rr 1:1:1.
 write_config() {
     cat > "$1" <<YAML
-queues: [0]
+queues: ${QUEUES:-[0]}
 services:
   - vip: 203.0.113.10
     port: 80
@@ -100,7 +101,7 @@ stop_and_check() {
     forwarded=$(stat_value forwarded); replied=$(stat_value replied)
     [ "${forwarded:-0}" -gt 0 ] && [ "${replied:-0}" -gt 0 ] ||
         fail "nfqlb counted no rewritten packets (forwarded=${forwarded:-?} replied=${replied:-?})"
-    for counter in dropped_malformed dropped_no_real_server dropped_table_full dropped_verdict_send \
+    for counter in dropped_malformed dropped_no_real_server dropped_table_full dropped_verdict_send kernel_messages \
                    receive_errors kernel_queue_dropped kernel_user_dropped; do
         value=$(stat_value "$counter")
         [ -z "$value" ] || [ "$value" = 0 ] || fail "nfqlb counter $counter = $value (want 0)"
@@ -198,6 +199,17 @@ case "$scenario" in
     wrr)      nfqlb_start "$wrr_config"; run_wrr ;;
     download) nfqlb_start "$rr_config";  run_download ;;
     udp)      nfqlb_start "$rr_config";  run_udp ;;
+    multiqueue)
+        # Two queues with --queue-balance 0:1: the kernel hashes addresses only, so a connection's two
+        # directions land on different queues and two workers share one connection table.
+        QUEUES="[0, 1]" write_config "$LAB_TMP/nat-mq.yaml" rr 1 1 1
+        nfqlb_start "$LAB_TMP/nat-mq.yaml"
+        run_rr
+        run_download
+        used=$(in_ns "${P}b" awk '($1 == 0 || $1 == 1) && $8 > 0 { n++ } END { print n + 0 }' /proc/net/netfilter/nfnetlink_queue)
+        [ "$used" = 2 ] || fail "multiqueue: packets went through $used of the 2 queues"
+        echo "queues used: 2"
+        pass "multiqueue: both queues carried packets, every connection answered" ;;
     local-vip)
         # The VIP is also a local address of the balancer: the rewritten replies then carry a local source
         # address, which the kernel accepts only with accept_local=1 (set by iptables-setup.sh up).

@@ -43,6 +43,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case receiveOverruns
     /// Batches received (received / batches = mean batch size).
     case batches
+    /// Netlink messages other than queued packets, e.g. the kernel's error answer to a verdict it refused.
+    case kernelMessages
 
     /// The name in the stats file and logs.
     public var name: String {
@@ -67,6 +69,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .receiveErrors: "receive_errors"
         case .receiveOverruns: "receive_overruns"
         case .batches: "batches"
+        case .kernelMessages: "kernel_messages"
         }
     }
 

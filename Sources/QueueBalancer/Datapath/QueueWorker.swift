@@ -50,7 +50,10 @@ final class QueueWorker: @unchecked Sendable {
         let queue = socket.queue
         verdicts.reset()
         for i in 0..<n {
-            guard let message = PacketMessage.parse(batch.message(i)) else { continue }
+            guard let message = PacketMessage.parse(batch.message(i)) else {
+                local.count(.kernelMessages)
+                continue
+            }
             local.count(.received)
             var verdict = handler.handle(message.payload, now: now, counters: &local)
             if verdict == .acceptRewritten && message.payload.count > 0xFFFF - 4 {

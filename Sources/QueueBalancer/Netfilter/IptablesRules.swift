@@ -1,4 +1,4 @@
-import Foundation
+import Glibc
 
 /// The iptables rules a configuration needs, as `iptables-restore --noflush` input.
 ///
@@ -50,20 +50,8 @@ public enum IptablesRules {
     /// Whether the jump to ``chain`` is installed in this network namespace (from `iptables -t raw -S
     /// PREROUTING`). Nil when iptables cannot be run.
     public static func installed() -> Bool? {
-        let process = Process()
-        let output = Pipe()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["iptables", "-w", "-t", "raw", "-S", "PREROUTING"]
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        do {
-            try process.run()
-        } catch {
-            return nil
-        }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
+        guard let (status, text) = runCapturingOutput(["iptables", "-w", "-t", "raw", "-S", "PREROUTING"]),
+              status == 0 else { return nil }
         return text.split(separator: "\n").contains { $0 == "-A PREROUTING -j \(chain)" }
     }
 }

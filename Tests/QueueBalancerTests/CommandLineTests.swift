@@ -1,0 +1,85 @@
+import Foundation
+import Testing
+
+/// The nfqlb command as a user meets it: exit statuses and the one-line errors. Runs the built binary.
+@Suite struct CommandLineTests {
+    struct Result {
+        var status: Int32
+        var output: String
+        var error: String
+    }
+
+    static func nfqlb(_ arguments: [String], wrappedIn wrapper: [String] = []) throws -> Result {
+        let binary = ProcessInfo.processInfo.environment["NFQLB"]
+            ?? EndToEnd.packageRoot.appendingPathComponent(".build/debug/nfqlb").path
+        let process = Process()
+        let command = wrapper + [binary] + arguments
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, output: output, error: error)
+    }
+
+    static func write(_ text: String) throws -> String {
+        let path = NSTemporaryDirectory() + "nfqlb-cli-\(UUID().uuidString).yaml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    static let example = EndToEnd.packageRoot.appendingPathComponent("examples/nat.yaml").path
+
+    @Test func checkAcceptsTheExample() throws {
+        let result = try Self.nfqlb(["check", "--config", Self.example])
+        #expect(result.status == 0)
+        #expect(result.output.contains("203.0.113.10:80/tcp nat wrr: 198.51.100.11:8080 w1, 198.51.100.12:8080 w2"))
+    }
+
+    @Test func badConfigExitsTwoWithFileLineAndReason() throws {
+        let path = try Self.write("queues: [0]\nservices:\n  - vip: 203.0.113.10\n    port: 80\n    protocol: tcp\n    mode: nat\n    reals:\n      - { address: 198.51.100.11, weight: 70000 }\n")
+        defer { unlink(path) }
+        for command in ["check", "rules", "run"] {
+            let result = try Self.nfqlb([command, "--config", path])
+            #expect(result.status == 2, "\(command)")
+            #expect(result.error == "nfqlb: \(path):8: weight 70000 is out of range 0..65535\n", "\(command)")
+            #expect(result.output.isEmpty)
+        }
+    }
+
+    @Test func rulesPrintRestoreInput() throws {
+        let result = try Self.nfqlb(["rules", "--config", Self.example])
+        #expect(result.status == 0)
+        #expect(result.output.contains("*raw\n:NFQLB-PREROUTING - [0:0]\n"))
+        #expect(result.output.hasSuffix("COMMIT\n"))
+    }
+
+    @Test func helpTeaches() throws {
+        let result = try Self.nfqlb(["--help"])
+        #expect(result.output.contains("Typical use, as root:"))
+        #expect(result.output.contains("scripts/iptables-setup.sh up lb.yaml"))
+        let run = try Self.nfqlb(["run", "--help"])
+        #expect(run.output.contains("--stats-file <path>"))
+    }
+
+    /// In a new, empty network namespace (`unshare -n`) nothing is installed: one line, exit 1.
+    @Test(.enabled(if: EndToEnd.canRun, "needs root for unshare -n"))
+    func runWithoutRulesExplainsInOneLine() throws {
+        let result = try Self.nfqlb(["run", "--config", Self.example], wrappedIn: ["unshare", "-n"])
+        #expect(result.status == 1)
+        #expect(result.error == "nfqlb: the iptables rules are not installed in this network namespace: run scripts/iptables-setup.sh up \(Self.example) first (or pass --skip-rules-check)\n")
+    }
+
+    /// As an unprivileged user binding the queue fails: one line naming CAP_NET_ADMIN, exit 1.
+    @Test(.enabled(if: EndToEnd.canRun, "needs root to drop to another user"))
+    func runWithoutCapNetAdminExplainsInOneLine() throws {
+        let result = try Self.nfqlb(["run", "--config", Self.example, "--skip-rules-check"],
+                                    wrappedIn: ["unshare", "-n", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        #expect(result.status == 1)
+        #expect(result.error == "nfqlb: binding NFQUEUE 0: Operation not permitted (nfqlb needs CAP_NET_ADMIN: run it as root)\n")
+    }
+}
