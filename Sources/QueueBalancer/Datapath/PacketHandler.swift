@@ -15,6 +15,14 @@ public enum Verdict: Equatable, Sendable {
 public final class PacketHandler: Sendable {
     public let tracker: ConnectionTracker
     private let services: [ServiceEntry]
+    /// The match fields of `services`, same order: plain values, so matching a packet retains nothing.
+    private let serviceKeys: [ServiceKey]
+
+    struct ServiceKey: Sendable {
+        let vip: UInt32
+        let port: UInt16
+        let transport: TransportProtocol
+    }
 
     /// One virtual service as the packet path needs it.
     struct ServiceEntry: Sendable {
@@ -33,6 +41,7 @@ public final class PacketHandler: Sendable {
                                 reals: service.reals.map(\.endpoint),
                                 scheduler: service.scheduler.makeScheduler(weights: service.reals.map(\.weight)))
         }
+        serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
     }
 
     /// Decides the verdict of one packet, rewriting `bytes` in place when the verdict is ``Verdict/acceptRewritten``.
@@ -84,12 +93,12 @@ public final class PacketHandler: Sendable {
     }
 
     private func matchService(_ packet: IPv4Packet) -> Int? {
-        for i in services.indices {
-            let s = services[i]
-            if s.vip == packet.destination && s.port == packet.destinationPort && s.transport == packet.transport {
+        serviceKeys.withUnsafeBufferPointer { keys in
+            for i in keys.indices where keys[i].vip == packet.destination
+                && keys[i].port == packet.destinationPort && keys[i].transport == packet.transport {
                 return i
             }
+            return nil
         }
-        return nil
     }
 }
