@@ -2,6 +2,8 @@
 # Installs (up) or removes (down) what nfqlb needs in the current network namespace:
 #   - the iptables rules `nfqlb rules --config FILE` prints (raw table, chain NFQLB-PREROUTING, one jump
 #     from PREROUTING), applied with iptables-restore --noflush;
+#   - for DR services, the policy routing `nfqlb rules --config FILE --routes` prints (one fwmark rule and
+#     one table per real server), applied with ip -batch, and send_redirects=0;
 #   - the sysctls of the balancer: ip_forward=1 (NAT forwards), rp_filter=0 (rewritten replies come from the
 #     VIP on the server-side interface), accept_local=1 (needed when the VIP is also a local address).
 # `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
@@ -17,6 +19,7 @@ root=$(dirname "$here")
 netns_id=$(stat -L -c %i /proc/self/ns/net)
 state=/run/nfqlb/netns-$netns_id
 saved=$state/sysctl.saved
+routes_down=$state/routes.down   # `ip -batch` input that removes the DR policy routes `up` added
 
 die() { echo "iptables-setup: $*" >&2; exit 2; }
 
@@ -40,6 +43,11 @@ set_sysctl() {
     echo "$value" > "$path"
 }
 
+remove_routes() {
+    if [ -s "$routes_down" ]; then ip -batch "$routes_down" 2>/dev/null || true; fi
+    rm -f "$routes_down"
+}
+
 remove_rules() {
     while iptables -w -t raw -D PREROUTING -j "$chain" 2>/dev/null; do :; done
     if iptables -w -t raw -S "$chain" >/dev/null 2>&1; then
@@ -49,7 +57,7 @@ remove_rules() {
 }
 
 up() {
-    local config=$1 nfqlb rules dev
+    local config=$1 nfqlb rules routes dev
     [ -f "$config" ] || die "no such config file: $config"
     nfqlb=$(find_nfqlb)
     rules=$("$nfqlb" rules --config "$config") || die "nfqlb refused $config"
@@ -62,7 +70,17 @@ up() {
         set_sysctl "net.ipv4.conf.$dev.rp_filter" 0
     done
     set_sysctl net.ipv4.conf.all.accept_local 1
+    routes=$("$nfqlb" rules --config "$config" --routes) || die "nfqlb refused $config"
+    for dev in all default $(ls /proc/sys/net/ipv4/conf); do
+        # DR sends packets out towards a real server, possibly on the interface they came in on: no redirects.
+        [ -n "$routes" ] && set_sysctl "net.ipv4.conf.$dev.send_redirects" 0
+    done
     remove_rules
+    remove_routes
+    if [ -n "$routes" ]; then
+        printf '%s\n' "$routes" | ip -batch -
+        printf '%s\n' "$routes" | awk '$1 == "rule" { sub(/^rule add/, "rule del"); print } $1 == "route" { print "route flush table " $NF }' > "$routes_down"
+    fi
     printf '%s\n' "$rules" | iptables-restore -w --noflush
     echo "iptables-setup: nfqlb rules installed from $config (netns $netns_id)"
 }
@@ -70,6 +88,7 @@ up() {
 down() {
     local key value
     remove_rules
+    remove_routes
     if [ -f "$saved" ]; then
         # Restore in reverse order of change.
         tac "$saved" | while read -r key value; do

@@ -19,7 +19,7 @@ struct Nfqlb: ParsableCommand {
           nfqlb run --config lb.yaml                   # balance until SIGINT/SIGTERM
           scripts/iptables-setup.sh down               # remove the rules
         """,
-        subcommands: [Run.self, Check.self, Rules.self]
+        subcommands: [Run.self, Check.self, Rules.self, RealServerCommand.self]
     )
 }
 
@@ -62,18 +62,82 @@ struct Rules: ParsableCommand {
         abstract: "Print the iptables-restore input a configuration needs.",
         discussion: """
         The rules live in the raw table's NFQLB-PREROUTING chain, reached by one jump from PREROUTING. \
-        scripts/iptables-setup.sh applies them (with the sysctls) and removes them; to apply by hand:
+        DR services also need one fwmark rule and routing table per real server (--routes). \
+        scripts/iptables-setup.sh applies both (with the sysctls) and removes them; to apply by hand:
           nfqlb rules --config lb.yaml | iptables-restore --noflush
+          nfqlb rules --config lb.yaml --routes | ip -batch -
         """
     )
 
     @OptionGroup var options: ConfigOptions
 
+    @Flag(help: "Print the policy routing of DR real servers instead, as `ip -batch` input.")
+    var routes = false
+
     func run() throws {
         let config = try options.load()
-        print(IptablesRules.restoreInput(for: config, source: options.config), terminator: "")
+        if routes {
+            print(IptablesRules.routeCommands(for: config), terminator: "")
+        } else {
+            print(IptablesRules.restoreInput(for: config, source: options.config), terminator: "")
+        }
     }
 }
+
+struct RealServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "real-server",
+        abstract: "Prepare a real server for LVS DR or TUN (run on the real server, as root).",
+        discussion: """
+        In DR and TUN the packets reach the real server still addressed to the VIP, and the real server \
+        answers the client directly from the VIP. So the VIP goes on the real server's lo, and the real server \
+        must never answer ARP for it (arp_ignore=1, arp_announce=2): on the shared network only the balancer \
+        owns the VIP. Both commands are idempotent; teardown undoes only what setup did.
+          nfqlb real-server setup --vip 203.0.113.10 --mode dr
+          nfqlb real-server teardown --vip 203.0.113.10
+        """,
+        subcommands: [Setup.self, Teardown.self]
+    )
+
+    struct Setup: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put the VIP on lo and set the ARP sysctls.")
+
+        @Option(help: "The virtual IP address the balancer forwards to this server.")
+        var vip: String
+
+        @Option(help: "The forwarding mode: dr or tun.")
+        var mode: RealServerSetup.Mode = .dr
+
+        func run() throws {
+            guard let address = IPAddress(vip) else { throw ValidationError("'\(vip)' is not an IP address") }
+            try RealServerCommand.report { () throws(RealServerSetup.Failure) in try RealServerSetup().setup(vip: address, mode: mode) }
+        }
+    }
+
+    struct Teardown: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Undo what setup did for this VIP.")
+
+        @Option(help: "The virtual IP address given to setup.")
+        var vip: String
+
+        func run() throws {
+            guard let address = IPAddress(vip) else { throw ValidationError("'\(vip)' is not an IP address") }
+            try RealServerCommand.report { () throws(RealServerSetup.Failure) in try RealServerSetup().teardown(vip: address) }
+        }
+    }
+
+    static func report(_ body: () throws(RealServerSetup.Failure) -> [String]) throws {
+        do {
+            let done = try body()
+            print(done.isEmpty ? "nothing to change" : done.joined(separator: "\n"))
+        } catch {
+            FileHandle.standardError.write(Data("nfqlb: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+extension RealServerSetup.Mode: ExpressibleByArgument {}
 
 /// Raised by SIGINT/SIGTERM; read by the balancer's loops.
 let stopSignal = StopSignal()

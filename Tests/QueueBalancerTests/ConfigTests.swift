@@ -55,7 +55,8 @@ import Testing
         Refusal("port out of range", ConfigTests.valid.replacingOccurrences(of: "port: 8080, weight: 2", with: "port: 70000, weight: 2"), 11, "port 70000 is out of range 1..65535"),
         Refusal("weight out of range", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: 65536"), 11, "weight 65536 is out of range 0..65535"),
         Refusal("negative weight", ConfigTests.valid.replacingOccurrences(of: "weight: 2", with: "weight: -1"), 11, "weight -1 is out of range 0..65535"),
-        Refusal("mode not yet supported", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 7, "mode 'dr' is not supported yet"),
+        Refusal("mode not yet supported", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: fullnat\n    scheduler"), 7, "mode 'fullnat' is not supported yet"),
+        Refusal("DR real server on another port", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 10, "a dr real server's port must equal the VIP port 80 (dr does not rewrite ports), not 8080"),
         Refusal("unknown mode", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: snat\n    scheduler"), 7, "mode 'snat' is not one of nat | fullnat | dr | tun"),
         Refusal("unknown scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: xyz"), 8, "scheduler 'xyz' is not one of rr | wrr"),
         Refusal("bad protocol", ConfigTests.valid.replacingOccurrences(of: "protocol: udp", with: "protocol: sctp"), 14, "protocol 'sctp' is not one of tcp | udp"),
@@ -77,6 +78,21 @@ import Testing
             #expect(error.reason.contains(reason), "\(name): \(error)")
             #expect(error.description.hasPrefix("lb.yaml:\(line): "), "\(name)")
         }
+    }
+
+    @Test func directRoutesNumberDistinctDRRealServers() throws {
+        let yaml = """
+        queues: [0]
+        fwmark-base: 100
+        services:
+          - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: dr, reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 } ] }
+          - { vip: 203.0.113.10, port: 53, protocol: udp, mode: dr, reals: [ { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+          - { vip: 203.0.113.11, port: 80, protocol: tcp, mode: nat, reals: [ { address: 198.51.100.14 } ] }
+        """
+        let routes = try ConfigLoader.parse(yaml: yaml).directRoutes
+        #expect(routes.map(\.realServer.description) == ["198.51.100.11", "198.51.100.12", "198.51.100.13"])
+        #expect(routes.map(\.mark) == [100, 101, 102])
+        #expect(routes.map(\.table) == [100, 101, 102])
     }
 
     @Test func addressParsing() {

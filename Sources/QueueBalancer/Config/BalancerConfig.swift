@@ -11,10 +11,34 @@ public struct BalancerConfig: Sendable, Equatable {
     /// Netlink socket receive and send buffer per queue, in MiB (`socket-buffer-mb`).
     public var socketBufferMiB: Int = 16
     public var timeouts: ConnectionTimeouts = .ipvsDefaults
+    /// First fwmark (and routing table) of the DR real servers (`fwmark-base`).
+    public var fwmarkBase: UInt32 = 0x1000
 
     public init(queues: [UInt16], services: [VirtualService]) {
         self.queues = queues
         self.services = services
+    }
+}
+
+/// The policy route that steers a DR packet to one real server: `ip rule add fwmark MARK table TABLE` and
+/// `ip route replace default via REAL table TABLE`. One per distinct DR real-server address.
+public struct DirectRoute: Sendable, Equatable {
+    public var realServer: IPAddress
+    public var mark: UInt32
+    public var table: UInt32
+}
+
+extension BalancerConfig {
+    /// The policy routes of the DR real servers, numbered from ``fwmarkBase`` in order of first appearance.
+    public var directRoutes: [DirectRoute] {
+        var routes: [DirectRoute] = []
+        for service in services where service.mode == .dr {
+            for real in service.reals where !routes.contains(where: { $0.realServer == real.address }) {
+                let number = fwmarkBase + UInt32(routes.count)
+                routes.append(DirectRoute(realServer: real.address, mark: number, table: number))
+            }
+        }
+        return routes
     }
 }
 
@@ -24,7 +48,7 @@ public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConverti
     case nat
     /// Source and destination rewritten (not implemented yet).
     case fullnat
-    /// Unchanged packet steered to the real server's MAC (not implemented yet).
+    /// Unchanged packet steered to the real server's MAC: the verdict sets a fwmark, policy routing does the rest.
     case dr
     /// IPIP-encapsulated to the real server (not implemented yet).
     case tun
@@ -32,7 +56,7 @@ public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConverti
     public var description: String { rawValue }
 
     /// The modes the datapath implements today.
-    public static let supported: [ForwardingMode] = [.nat]
+    public static let supported: [ForwardingMode] = [.nat, .dr]
 }
 
 /// A virtual service: `VIP:port/protocol`, like one `ipvsadm -A` line with its `-a` lines.

@@ -22,6 +22,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// Schema (see README "Configuration"):
 /// ```yaml
 /// queues: [0]                 # required; consecutive NFQUEUE numbers
+/// fwmark-base: 4096           # optional: first fwmark / routing table of the DR real servers
 /// max-connections: 262144     # optional
 /// queue-length: 8192          # optional, kernel queue length per queue
 /// socket-buffer-mb: 16        # optional
@@ -31,7 +32,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     vip: 203.0.113.10
 ///     port: 80
 ///     protocol: tcp           # tcp | udp
-///     mode: nat               # nat (fullnat | dr | tun: later)
+///     mode: nat               # nat | dr (fullnat | tun: later)
 ///     scheduler: wrr          # rr | wrr (default wrr)
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
@@ -131,7 +132,7 @@ private struct Reader {
 
     func balancer(_ root: Node) throws(ConfigError) -> BalancerConfig {
         let top = try mapping(root, "the configuration", allowed: [
-            "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts",
+            "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts", "fwmark-base",
         ])
         let queuesNode = try required(top, "queues", in: "the configuration", at: root)
         guard case .sequence(let queueList) = queuesNode, !queueList.isEmpty else {
@@ -166,6 +167,9 @@ private struct Reader {
         if let node = top["max-connections"] { config.maxConnections = try integer(node, "max-connections", 1...(1 << 26)) }
         if let node = top["queue-length"] { config.queueLength = UInt32(try integer(node, "queue-length", 1...(1 << 20))) }
         if let node = top["socket-buffer-mb"] { config.socketBufferMiB = try integer(node, "socket-buffer-mb", 1...1024) }
+        if let node = top["fwmark-base"] {
+            config.fwmarkBase = UInt32(try integer(node, "fwmark-base", 1...0x7FFF_0000))
+        }
         if let node = top["timeouts"] {
             let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])
             func seconds(_ key: String) throws(ConfigError) -> UInt64? {
@@ -215,6 +219,9 @@ private struct Reader {
                 throw fail(addressNode, "real server \(rip) is not of the same address family as vip \(vip) (\(mode) cannot translate between families)")
             }
             let rport = try r["port"].map { n throws(ConfigError) in UInt16(try integer(n, "port", 1...65535)) } ?? port
+            if mode == .dr || mode == .tun, rport != port {
+                throw fail(r["port"], "a \(mode) real server's port must equal the VIP port \(port) (\(mode) does not rewrite ports), not \(rport)")
+            }
             let weight = try r["weight"].map { n throws(ConfigError) in UInt32(try integer(n, "weight", 0...65535)) } ?? 1
             let real = RealServer(address: rip, port: rport, weight: weight)
             guard !reals.contains(where: { $0.endpoint == real.endpoint }) else {

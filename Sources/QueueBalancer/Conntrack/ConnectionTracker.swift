@@ -50,8 +50,9 @@ public final class ConnectionTracker: Sendable {
 
     /// What to do with a packet travelling client -> virtual service.
     public enum InboundOutcome: Sendable, Equatable {
-        /// Forward to this real server; `created` when the packet opened a new connection.
-        case forward(Endpoint, created: Bool)
+        /// Forward to this real server (index `realIndex` in its service); `created` when the packet opened a
+        /// new connection.
+        case forward(Endpoint, realIndex: Int, created: Bool)
         /// A TCP packet other than an initial SYN with no connection (IPVS drops these too).
         case noConnection
         /// The scheduler found no real server with a weight above zero.
@@ -106,7 +107,7 @@ public final class ConnectionTracker: Sendable {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
                     table.entries[found].state = state
                     table.entries[found].expires = now &+ timeouts.timeout(state)
-                    return .forward(entry.reply.source, created: false)
+                    return .forward(entry.reply.source, realIndex: Int(entry.realIndex), created: false)
                 }
                 // Expired, or a new SYN reusing the tuple of a finished connection: schedule afresh.
                 table.remove(found, hasher: hasher)
@@ -129,7 +130,7 @@ public final class ConnectionTracker: Sendable {
                 service: assignment.service, realIndex: assignment.realIndex, state: state, live: true, nextFree: -1)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
-            return .forward(assignment.realServer, created: true)
+            return .forward(assignment.realServer, realIndex: Int(assignment.realIndex), created: true)
         }
     }
 

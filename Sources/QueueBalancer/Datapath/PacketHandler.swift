@@ -6,10 +6,12 @@ public enum Verdict: Equatable, Sendable {
     case drop
     /// NF_ACCEPT with the packet as rewritten in the buffer (the verdict carries the payload).
     case acceptRewritten
+    /// NF_ACCEPT, packet unchanged, with this fwmark set (DR: policy routing steers it to the real server).
+    case acceptMarked(UInt32)
 }
 
 /// The per-packet pipeline, independent of the kernel queue: parse -> classify (virtual service or reply)
-/// -> track and schedule -> rewrite -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
+/// -> track and schedule -> forward (NAT: rewrite; DR: fwmark) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
 ///
 /// Allocation-free, no logging, one tracker stripe lock per packet.
 public final class PacketHandler: Sendable {
@@ -29,16 +31,21 @@ public final class PacketHandler: Sendable {
         let vip: UInt32
         let port: UInt16
         let transport: TransportProtocol
+        let mode: ForwardingMode
         let reals: [Endpoint]
+        /// DR: the fwmark of each real server (its policy route); unused for NAT.
+        let marks: [UInt32]
         let scheduler: any Scheduler
     }
 
     public init(config: BalancerConfig, tracker: ConnectionTracker) {
         self.tracker = tracker
+        let routes = config.directRoutes
         services = config.services.compactMap { service in
-            guard let vip = service.vip.ipv4, service.mode == .nat else { return nil }
-            return ServiceEntry(vip: vip, port: service.port, transport: service.transport,
-                                reals: service.reals.map(\.endpoint),
+            guard let vip = service.vip.ipv4, service.mode == .nat || service.mode == .dr else { return nil }
+            let marks = service.reals.map { real in routes.first { $0.realServer == real.address }?.mark ?? 0 }
+            return ServiceEntry(vip: vip, port: service.port, transport: service.transport, mode: service.mode,
+                                reals: service.reals.map(\.endpoint), marks: marks,
                                 scheduler: service.scheduler.makeScheduler(weights: service.reals.map(\.weight)))
         }
         serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
@@ -69,11 +76,13 @@ public final class PacketHandler: Sendable {
                                                     realIndex: UInt32(real))
             }
             switch outcome {
-            case .forward(let real, let created):
-                guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
-                NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
+            case .forward(let real, let realIndex, let created):
                 if created { counters.count(.connectionsCreated) }
                 counters.count(.forwarded)
+                let service = services[serviceIndex]
+                if service.mode == .dr { return .acceptMarked(service.marks[realIndex]) }
+                guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
+                NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 return .acceptRewritten
             case .noConnection: counters.count(.droppedNoConnection); return .drop
             case .noRealServer: counters.count(.droppedNoRealServer); return .drop

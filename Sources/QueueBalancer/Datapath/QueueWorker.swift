@@ -62,9 +62,11 @@ final class QueueWorker: @unchecked Sendable {
             }
             let code: VerdictWriter.Code = verdict == .drop ? .drop : .accept
             let payload = verdict == .acceptRewritten ? UnsafeRawBufferPointer(message.payload) : nil
-            if !verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload) {
+            var mark: UInt32? = nil
+            if case .acceptMarked(let m) = verdict { mark = m }
+            if !verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload, mark: mark) {
                 flush(&local)
-                verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload)
+                verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload, mark: mark)
             }
         }
         flush(&local)

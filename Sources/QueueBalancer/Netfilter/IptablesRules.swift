@@ -40,6 +40,18 @@ public enum IptablesRules {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// The policy routing of the DR real servers, as `ip -batch` input: one fwmark rule and one table with a
+    /// default route via the real server each. Empty when the config has no DR service.
+    public static func routeCommands(for config: BalancerConfig) -> String {
+        config.directRoutes.map { route in
+            "rule add fwmark 0x\(String(route.mark, radix: 16)) table \(route.table) pref \(routeRulePreference)\n"
+                + "route replace default via \(route.realServer) table \(route.table)\n"
+        }.joined()
+    }
+
+    /// Preference of the fwmark rules: after `local` (0), before `main` (32766).
+    public static let routeRulePreference = 100
+
     /// `--queue-num N` for one queue, `--queue-balance A:B` for several (consecutive, checked by the config).
     static func queueTarget(_ queues: [UInt16]) -> String {
         let sorted = queues.sorted()
