@@ -51,14 +51,28 @@ struct EndToEndTests {
     }
 }
 
+/// DR: marked packets steered by policy routing, real servers prepared by `nfqlb real-server setup`, replies
+/// straight back to the client through a router.
+@Suite(.serialized, .enabled(if: EndToEnd.canRun, "needs root to create network namespaces"))
+struct DirectRoutingEndToEndTests {
+    @Test func directRoutingBalancesAndRepliesBypassTheBalancer() throws {
+        let output = try EndToEnd.run("", script: "dr.sh")
+        for line in ["distribution dr r1=10 r2=10 r3=10", "download 5242880 bytes identical",
+                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
+                     "direct return: balancer handled no reply"] {
+            #expect(output.contains(line))
+        }
+    }
+}
+
 enum EndToEnd {
     static var canRun: Bool { getuid() == 0 || ProcessInfo.processInfo.environment["CI"] != nil }
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
 
-    /// Runs the scenario; fails the test with the script's output when it exits non-zero.
-    static func run(_ scenario: String) throws -> String {
+    /// Runs `Tests/e2e/SCRIPT SCENARIO`; fails the test with the script's output when it exits non-zero.
+    static func run(_ scenario: String, script: String = "nat.sh") throws -> String {
         let binary = ProcessInfo.processInfo.environment["NFQLB"]
             ?? packageRoot.appendingPathComponent(".build/debug/nfqlb").path
         guard FileManager.default.isExecutableFile(atPath: binary) else {
@@ -67,7 +81,7 @@ enum EndToEnd {
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [packageRoot.appendingPathComponent("Tests/e2e/nat.sh").path, scenario]
+        process.arguments = [packageRoot.appendingPathComponent("Tests/e2e/\(script)").path, scenario]
         var environment = ProcessInfo.processInfo.environment
         environment["NFQLB"] = binary
         process.environment = environment
@@ -78,7 +92,7 @@ enum EndToEnd {
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         print(output)
-        #expect(process.terminationStatus == 0, "nat.sh \(scenario) failed:\n\(output)")
+        #expect(process.terminationStatus == 0, "\(script) \(scenario) failed:\n\(output)")
         #expect(output.contains("checksum errors: client +0 r1 +0 r2 +0 r3 +0"), "checksum counters moved")
         #expect(output.contains("cleanup: no rules left"))
         return output

@@ -200,6 +200,52 @@ lab_nat_up() {
     done
 }
 
+# lab_dr_up: the lab for DR (and later TUN): replies must not pass the balancer, so a router ${P}g joins the
+# client network (bridge brc, 192.0.2.254) and the server network (bridge brs, 198.51.100.254), and the real
+# servers' default route is the router. The client still routes the VIP range to the balancer (192.0.2.1);
+# the balancer's server-side address is 198.51.100.1.
+#
+#   ${P}c 192.0.2.2 ──┐                 ┌── 198.51.100.1  ${P}b balancer ── 192.0.2.1 ──┐
+#                     brc (in ${P}g) ───┘                                               │ (also on brc)
+#                     192.0.2.254 router 198.51.100.254 ── brs ── ${P}r1..3 198.51.100.1x (default via .254)
+lab_dr_up() {
+    local c=${P}c b=${P}b g=${P}g i r dev
+    [ -n "$P" ] || fail "lab_dr_up: call lab_init first"
+    lab_add_ns "$c"; lab_add_ns "$b"; lab_add_ns "$g"
+    ip -n "$g" link add brc type bridge
+    ip -n "$g" link add brs type bridge
+    ip -n "$g" addr add 192.0.2.254/24 dev brc
+    ip -n "$g" addr add 198.51.100.254/24 dev brs
+    ip -n "$g" link set brc up
+    ip -n "$g" link set brs up
+    # lab_dr_port NS IFNAME BRIDGE PORTNAME: a veth from NS to a port of a router bridge.
+    lab_dr_port() {
+        ip -n "$1" link add "$2" type veth peer name "$4" netns "$g"
+        ip -n "$g" link set "$4" master "$3"
+        ip -n "$g" link set "$4" up
+        ip -n "$1" link set "$2" up
+    }
+    lab_dr_port "$c" eth0 brc c0
+    ip -n "$c" addr add 192.0.2.2/24 dev eth0
+    ip -n "$c" route add 203.0.113.0/24 via 192.0.2.1
+    lab_dr_port "$b" client0 brc b0
+    ip -n "$b" addr add 192.0.2.1/24 dev client0
+    lab_dr_port "$b" servers0 brs b1
+    ip -n "$b" addr add 198.51.100.1/24 dev servers0
+    in_ns "$b" sysctl -qw net.ipv4.ip_forward=1
+    # The router forwards the real servers' replies (source: the VIP) to the client.
+    in_ns "$g" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "$g" route add 203.0.113.0/24 via 192.0.2.1
+    for dev in all default brc brs; do in_ns "$g" sysctl -qw "net.ipv4.conf.$dev.rp_filter=0"; done
+    for i in 1 2 3; do
+        r=${P}r$i
+        lab_add_ns "$r"
+        lab_dr_port "$r" eth0 brs "r$i"
+        ip -n "$r" addr add "198.51.100.1$i/24" dev eth0
+        ip -n "$r" route add default via 198.51.100.254
+    done
+}
+
 # lab_start_http_servers: python3 http.server in each real server, serving $LAB_TMP/wwwX/{whoami,big.bin}.
 # big.bin: LAB_BIG_BYTES (default 5 MiB) random bytes, the same file (hard links) on every server.
 lab_start_http_servers() {

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# End-to-end test of LVS DR mode (direct routing) in a lab of network namespaces (lab_dr_up in lib.sh): the
+# balancer only picks the real server and marks the packet; policy routing delivers it unchanged to the real
+# server's MAC; the real server (prepared by `nfqlb real-server setup`) holds the VIP on lo and answers the
+# client directly through the router, never through the balancer.
+#
+# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/dr.sh      (root)
+# Checks: 30 HTTP requests spread 10/10/10 (rr); a 5 MiB download and a 3 MiB upload byte-identical; 30 UDP
+# datagrams answered from the VIP, 10/10/10; the balancer rewrote nothing and forwarded no reply (its FORWARD
+# counter for packets from the VIP stays 0) while the router carried the replies; no checksum errors; after
+# stopping: no iptables rule, no fwmark rule, no route table left, and real-server teardown removes the VIP.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source "$here/lib.sh"
+lab_unmask_signals "$@"
+[ -n "${NFQLB:-}" ] && [[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
+export NFQLB
+setup=$LAB_ROOT/scripts/iptables-setup.sh
+vip=203.0.113.10
+
+lab_init "nd$$x"
+lab_extra_teardown() {
+    if [ -n "$NFQLB_PID" ]; then lab_stop_pid "$NFQLB_PID" 50; NFQLB_PID=""; fi
+    if [ "$LAB_EXIT_STATUS" != 0 ] && [ -n "$NFQLB_LOG" ]; then
+        { echo "--- nfqlb log"; tail -n 30 "$LAB_TMP/nfqlb.out" 2>/dev/null; echo "--- stats"; grep -v ' 0$' "$NFQLB_STATS" 2>/dev/null; } >&2
+    fi
+    if [ -e "/run/netns/${P}b" ]; then in_ns "${P}b" "$setup" down >/dev/null 2>&1; fi
+    return 0
+}
+lab_dr_up
+
+# The real servers: the LVS recipe through nfqlb itself, then services bound to the VIP (DR keeps the port).
+for i in 1 2 3; do
+    in_ns "${P}r$i" "$NFQLB" real-server setup --vip "$vip" --mode dr >/dev/null || fail "real-server setup on r$i"
+    [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 1 ] || fail "arp_ignore not set on r$i"
+done
+in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode dr | grep -q "nothing to change" || fail "real-server setup is not idempotent"
+head -c 5242880 /dev/urandom > "$LAB_TMP/big.bin"
+cat > "$LAB_TMP/sink.py" <<'PY'
+# TCP upload sink: reads until the client shuts down its side, answers "<bytes> <sha256>".
+import hashlib, socket, sys, threading
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+def serve(conn):
+    h, n = hashlib.sha256(), 0
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        h.update(data); n += len(data)
+    conn.sendall(b"%d %s" % (n, h.hexdigest().encode()))
+    conn.close()
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+PY
+cat > "$LAB_TMP/echo.py" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[2], 53))
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(sys.argv[1].encode() + b":" + data, peer)
+PY
+for i in 1 2 3; do
+    mkdir -p "$LAB_TMP/www$i"; echo "r$i" > "$LAB_TMP/www$i/whoami"; ln -f "$LAB_TMP/big.bin" "$LAB_TMP/www$i/big.bin"
+    lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" "$LAB_PYTHON" -m http.server 80 --bind "$vip" --directory "$LAB_TMP/www$i"
+    lab_spawn "${P}r$i" "$LAB_TMP/sink$i.log" "$LAB_PYTHON" "$LAB_TMP/sink.py" "$vip" 9000
+    lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_TMP/echo.py" "r$i" "$vip"
+done
+for i in 1 2 3; do
+    for _ in $(seq 50); do
+        in_ns "${P}r$i" curl -s --max-time 1 -o /dev/null "http://$vip/whoami" && continue 2
+        sleep 0.1
+    done
+    fail "HTTP server on r$i did not start"
+done
+pass "lab up: client, balancer, router, 3 real servers holding $vip on lo"
+
+cat > "$LAB_TMP/dr.yaml" <<YAML
+queues: [0]
+services:
+  - { vip: $vip, port: 80, protocol: tcp, mode: dr, scheduler: rr,
+      reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+  - { vip: $vip, port: 9000, protocol: tcp, mode: dr, scheduler: rr,
+      reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+  - { vip: $vip, port: 53, protocol: udp, mode: dr, scheduler: rr,
+      reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+YAML
+
+hosts=(c r1 r2 r3)
+declare -A csum_before
+for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
+# Counting rules: replies (source: the VIP) forwarded by the router, and by the balancer (must stay 0).
+in_ns "${P}g" iptables -w -A FORWARD -s "$vip" -j ACCEPT
+in_ns "${P}b" iptables -w -A FORWARD -s "$vip" -j ACCEPT
+nfqlb_start "$LAB_TMP/dr.yaml"
+in_ns "${P}b" ip rule | grep -q "fwmark 0x1000 lookup 4096" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
+
+declare -A count=([r1]=0 [r2]=0 [r3]=0)
+for i in $(seq 30); do
+    answer=$(in_ns "${P}c" curl -s --max-time 5 "http://$vip/whoami") || fail "request $i through the VIP failed"
+    [[ $answer =~ ^r[123]$ ]] || fail "request $i: unexpected answer '$answer'"
+    count[$answer]=$((count[$answer] + 1))
+done
+line="distribution dr r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
+echo "$line"
+[ "$line" = "distribution dr r1=10 r2=10 r3=10" ] || fail "dr: $line"
+
+in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$vip/big.bin" || fail "download failed"
+cmp -s "$LAB_TMP/big.bin" "$LAB_TMP/download.bin" || fail "download differs"
+echo "download 5242880 bytes identical"
+
+head -c 3145728 /dev/urandom > "$LAB_TMP/up.bin"
+want="3145728 $(sha256sum < "$LAB_TMP/up.bin" | cut -d' ' -f1)"
+got=$(in_ns "${P}c" "$LAB_PYTHON" - "$vip" "$LAB_TMP/up.bin" <<'PY'
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=30)
+s.sendall(open(sys.argv[2], "rb").read())
+s.shutdown(socket.SHUT_WR)
+answer = b""
+while True:
+    data = s.recv(4096)
+    if not data:
+        break
+    answer += data
+print(answer.decode())
+PY
+) || fail "upload failed"
+[ "$got" = "$want" ] || fail "upload: server saw '$got', want '$want'"
+echo "upload 3145728 bytes identical"
+
+udp=$(in_ns "${P}c" "$LAB_PYTHON" - "$vip" <<'PY'
+import socket, sys
+vip = sys.argv[1]
+count = {"r1": 0, "r2": 0, "r3": 0}
+sockets = []
+for i in range(30):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sockets.append(s)
+    s.settimeout(2)
+    s.sendto(b"ping%d" % i, (vip, 53))
+    data, peer = s.recvfrom(2048)
+    if peer != (vip, 53):
+        sys.exit("answer from %s" % (peer,))
+    name, _, payload = data.decode().partition(":")
+    if payload != "ping%d" % i:
+        sys.exit("bad answer %r" % data)
+    count[name] += 1
+print("distribution udp r1=%d r2=%d r3=%d" % (count["r1"], count["r2"], count["r3"]))
+PY
+) || fail "UDP through the VIP: $udp"
+echo "$udp"
+[ "$udp" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp: $udp"
+
+nfqlb_stop
+echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
+[ "$(stat_value replied)" = 0 ] || fail "the balancer handled replies"
+[ "$(stat_value forwarded)" -gt 0 ] || fail "nfqlb forwarded nothing"
+for counter in dropped_malformed dropped_no_real_server dropped_verdict_send kernel_messages kernel_queue_dropped kernel_user_dropped; do
+    [ "$(stat_value $counter)" = 0 ] || fail "$counter = $(stat_value $counter)"
+done
+via_router=$(in_ns "${P}g" iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '$8 == v { print $1 }')
+via_balancer=$(in_ns "${P}b" iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '$8 == v { print $1 }')
+echo "replies from the VIP: via router $via_router packets, via balancer $via_balancer packets"
+[ "$via_balancer" = 0 ] && [ "$via_router" -gt 0 ] || fail "replies did not take the direct return path"
+echo "direct return: balancer handled no reply"
+
+line="checksum errors:"
+for h in "${hosts[@]}"; do
+    label=$h; [ "$h" = c ] && label=client
+    line="$line $label +$(( $(csum_errors "${P}$h") - ${csum_before[$h]} ))"
+done
+echo "$line"
+[ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0" ] || fail "checksum errors appeared"
+
+in_ns "${P}b" iptables -w -D FORWARD -s "$vip" -j ACCEPT
+in_ns "${P}b" "$setup" down >/dev/null
+in_ns "${P}b" iptables-save | grep -q NFQLB && fail "iptables rules left behind"
+in_ns "${P}b" ip rule | grep -q fwmark && fail "fwmark rules left behind: $(in_ns "${P}b" ip rule)"
+[ -z "$(in_ns "${P}b" ip route show table 4096 2>/dev/null)" ] || fail "route table 4096 left behind"
+for i in 1 2 3; do
+    in_ns "${P}r$i" "$NFQLB" real-server teardown --vip "$vip" >/dev/null
+    in_ns "${P}r$i" ip -o addr show dev lo | grep -q "$vip" && fail "VIP still on lo of r$i"
+    [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 0 ] || fail "arp_ignore not restored on r$i"
+done
+echo "cleanup: no rules left"
+pass "dr.sh: all checks passed"
