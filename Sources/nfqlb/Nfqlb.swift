@@ -177,6 +177,13 @@ struct Run: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "nfqlb")
+        if let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8) {
+            let bounds = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { UInt16($0) }
+            if bounds.count == 2, bounds[0] <= bounds[1],
+               let conflict = config.fullnatPortConflict(kernelRange: bounds[0]...bounds[1]) {
+                fail(conflict)
+            }
+        }
         if !skipRulesCheck {
             switch IptablesRules.installed() {
             case true?: break

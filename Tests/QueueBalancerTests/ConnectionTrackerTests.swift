@@ -24,7 +24,7 @@ import Testing
         let t = ConnectionTracker()
         #expect(t.inbound(key(), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, realIndex: 0, created: true))
         #expect(state(t) == .synReceived)
-        #expect(t.reply(replyKey(), flags: [.syn, .ack], now: 1) == endpoint("203.0.113.10", 80))
+        #expect(t.reply(replyKey(), flags: [.syn, .ack], now: 1) == key())
         #expect(state(t) == .synReceived)
         #expect(t.inbound(key(), flags: .ack, now: 2, schedule: assign(other)) == .forward(real, realIndex: 0, created: false))
         #expect(state(t) == .established)
@@ -119,7 +119,7 @@ import Testing
             t.expire(now: now)
         }
         for connection in t.snapshot() {
-            #expect(t.reply(connection.reply, flags: .ack, now: now) == connection.inbound.destination)
+            #expect(t.reply(connection.reply, flags: .ack, now: now) == connection.inbound)
         }
     }
 

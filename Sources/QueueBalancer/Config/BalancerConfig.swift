@@ -13,6 +13,8 @@ public struct BalancerConfig: Sendable, Equatable {
     public var timeouts: ConnectionTimeouts = .ipvsDefaults
     /// First fwmark (and routing table) of the DR real servers (`fwmark-base`).
     public var fwmarkBase: UInt32 = 0x1000
+    /// FULLNAT local ports (`fullnat-ports`); must not overlap the kernel's `ip_local_port_range`.
+    public var fullnatPorts: ClosedRange<UInt16> = 61000...65535
 
     public init(queues: [UInt16], services: [VirtualService]) {
         self.queues = queues
@@ -29,6 +31,29 @@ public struct DirectRoute: Sendable, Equatable {
 }
 
 extension BalancerConfig {
+    /// Why the FULLNAT ports clash with the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`), or nil.
+    /// A clash would let the balancer's own sockets on a local address collide with translated connections.
+    public func fullnatPortConflict(kernelRange: ClosedRange<UInt16>) -> String? {
+        guard services.contains(where: { $0.mode == .fullnat }), fullnatPorts.overlaps(kernelRange) else { return nil }
+        return "fullnat-ports \(fullnatPorts.lowerBound)-\(fullnatPorts.upperBound) overlap the kernel's ip_local_port_range "
+            + "\(kernelRange.lowerBound)-\(kernelRange.upperBound): choose a range outside it "
+            + "(or narrow net.ipv4.ip_local_port_range)"
+    }
+
+    /// The FULLNAT port allocators: one per (local address, real server, protocol), in config order.
+    public var portAllocators: [ConnectionTracker.PortAllocatorKey] {
+        var keys: [ConnectionTracker.PortAllocatorKey] = []
+        for service in services where service.mode == .fullnat {
+            for local in service.localAddresses {
+                for real in service.reals {
+                    let key = ConnectionTracker.PortAllocatorKey(local: local, real: real.endpoint, transport: service.transport)
+                    if !keys.contains(key) { keys.append(key) }
+                }
+            }
+        }
+        return keys
+    }
+
     /// The policy routes of the DR real servers, numbered from ``fwmarkBase`` in order of first appearance.
     public var directRoutes: [DirectRoute] {
         var routes: [DirectRoute] = []
@@ -46,7 +71,7 @@ extension BalancerConfig {
 public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConvertible {
     /// Destination rewritten to the real server; replies come back through the balancer and are rewritten.
     case nat
-    /// Source and destination rewritten (not implemented yet).
+    /// Source and destination rewritten: the client's address becomes a local address of the balancer.
     case fullnat
     /// Unchanged packet steered to the real server's MAC: the verdict sets a fwmark, policy routing does the rest.
     case dr
@@ -56,7 +81,7 @@ public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConverti
     public var description: String { rawValue }
 
     /// The modes the datapath implements today.
-    public static let supported: [ForwardingMode] = [.nat, .dr]
+    public static let supported: [ForwardingMode] = [.nat, .fullnat, .dr]
 }
 
 /// A virtual service: `VIP:port/protocol`, like one `ipvsadm -A` line with its `-a` lines.
@@ -68,9 +93,13 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var mode: ForwardingMode
     public var scheduler: SchedulerKind
     public var reals: [RealServer]
+    /// FULLNAT: the balancer's addresses on the server side that connections to the real servers leave from.
+    public var localAddresses: [IPAddress]
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
-                mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wrr, reals: [RealServer]) {
+                mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wrr, reals: [RealServer],
+                localAddresses: [IPAddress] = []) {
+        self.localAddresses = localAddresses
         self.name = name
         self.vip = vip
         self.port = port

@@ -23,6 +23,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// ```yaml
 /// queues: [0]                 # required; consecutive NFQUEUE numbers
 /// fwmark-base: 4096           # optional: first fwmark / routing table of the DR real servers
+/// fullnat-ports: 61000-65535  # optional: FULLNAT local ports, outside ip_local_port_range
 /// max-connections: 262144     # optional
 /// queue-length: 8192          # optional, kernel queue length per queue
 /// socket-buffer-mb: 16        # optional
@@ -32,7 +33,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     vip: 203.0.113.10
 ///     port: 80
 ///     protocol: tcp           # tcp | udp
-///     mode: nat               # nat | dr (fullnat | tun: later)
+///     mode: nat               # nat | fullnat | dr (tun: later)
+///     local-addresses: [198.51.100.1]   # fullnat only, required: the balancer's server-side addresses
 ///     scheduler: wrr          # rr | wrr (default wrr)
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
@@ -133,6 +135,7 @@ private struct Reader {
     func balancer(_ root: Node) throws(ConfigError) -> BalancerConfig {
         let top = try mapping(root, "the configuration", allowed: [
             "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts", "fwmark-base",
+            "fullnat-ports",
         ])
         let queuesNode = try required(top, "queues", in: "the configuration", at: root)
         guard case .sequence(let queueList) = queuesNode, !queueList.isEmpty else {
@@ -170,6 +173,14 @@ private struct Reader {
         if let node = top["fwmark-base"] {
             config.fwmarkBase = UInt32(try integer(node, "fwmark-base", 1...0x7FFF_0000))
         }
+        if let node = top["fullnat-ports"] {
+            let text = try scalar(node, "fullnat-ports")
+            let bounds = text.split(separator: "-").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard bounds.count == 2, let low = bounds[0], let high = bounds[1], 1024 <= low, low <= high, high <= 65535 else {
+                throw fail(node, "fullnat-ports '\(text)' is not a range FIRST-LAST within 1024-65535")
+            }
+            config.fullnatPorts = UInt16(low)...UInt16(high)
+        }
         if let node = top["timeouts"] {
             let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])
             func seconds(_ key: String) throws(ConfigError) -> UInt64? {
@@ -184,7 +195,7 @@ private struct Reader {
 
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
-            "name", "vip", "port", "protocol", "mode", "scheduler", "reals",
+            "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -210,6 +221,21 @@ private struct Reader {
         guard case .sequence(let realList) = realsNode, !realList.isEmpty else {
             throw fail(realsNode, "service \(Endpoint(address: vip, port: port))/\(transport) has no real servers")
         }
+        var localAddresses: [IPAddress] = []
+        if let node = map["local-addresses"] {
+            guard mode == .fullnat else { throw fail(node, "local-addresses belong to fullnat services only (mode is \(mode))") }
+            guard case .sequence(let list) = node, !list.isEmpty else {
+                throw fail(node, "local-addresses must be a non-empty list of the balancer's addresses")
+            }
+            for item in list {
+                let local = try address(item, "local address")
+                guard local.isIPv4 == vip.isIPv4 else { throw fail(item, "local address \(local) is not of the vip's address family") }
+                guard !localAddresses.contains(local) else { throw fail(item, "local address \(local) is listed twice") }
+                localAddresses.append(local)
+            }
+        } else if mode == .fullnat {
+            throw fail(node, "a fullnat service needs 'local-addresses' (the balancer's addresses towards the real servers)")
+        }
         var reals: [RealServer] = []
         for realNode in realList {
             let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight"])
@@ -230,6 +256,6 @@ private struct Reader {
             reals.append(real)
         }
         return VirtualService(name: name, vip: vip, port: port, transport: transport, mode: mode,
-                              scheduler: scheduler, reals: reals)
+                              scheduler: scheduler, reals: reals, localAddresses: localAddresses)
     }
 }

@@ -16,6 +16,12 @@ import Synchronization
 ///   (never the whole table at once), normally once a second from the housekeeping thread.
 /// - Bound: ``Configuration/capacity`` connections in all; a new connection in a full stripe first expires
 ///   that stripe, and is refused (``InboundOutcome/full``) when that frees nothing.
+/// - FULLNAT local ports: a connection translated to a local address (LIP) gets a port from the allocator of
+///   its (LIP, real server, protocol). Its reply key's destination is then LIP:lport, so each stripe owns the
+///   ports whose hash with the LIP lands in it, and a new connection takes a port from its own stripe: both
+///   keys still share one stripe and one lock, and the port pools need no lock of their own. Ports come back
+///   (FIFO, so a port rests as long as possible) when the connection is removed. The price: a stripe can run
+///   out of ports for a key before the others (``InboundOutcome/portsExhausted``).
 public final class ConnectionTracker: Sendable {
     public struct Configuration: Sendable {
         /// Maximum number of tracked connections.
@@ -25,13 +31,33 @@ public final class ConnectionTracker: Sendable {
         public var timeouts: ConnectionTimeouts
         /// Seed of the flow hash; random by default.
         public var hashSeed: UInt64
+        /// FULLNAT: one port allocator per key; an ``Assignment/allocator`` indexes this list.
+        public var portAllocators: [PortAllocatorKey]
+        /// FULLNAT: the local ports handed out (outside the kernel's `ip_local_port_range`).
+        public var localPorts: ClosedRange<UInt16>
 
         public init(capacity: Int = 262_144, stripes: Int = 64, timeouts: ConnectionTimeouts = .ipvsDefaults,
-                    hashSeed: UInt64 = UInt64.random(in: 0...UInt64.max)) {
+                    hashSeed: UInt64 = UInt64.random(in: 0...UInt64.max),
+                    portAllocators: [PortAllocatorKey] = [], localPorts: ClosedRange<UInt16> = 61000...65535) {
             self.capacity = capacity
             self.stripes = stripes
             self.timeouts = timeouts
             self.hashSeed = hashSeed
+            self.portAllocators = portAllocators
+            self.localPorts = localPorts
+        }
+    }
+
+    /// What a FULLNAT port allocator is for: connections from `local` to `real` over `transport`.
+    public struct PortAllocatorKey: Sendable, Hashable {
+        public var local: IPAddress
+        public var real: Endpoint
+        public var transport: TransportProtocol
+
+        public init(local: IPAddress, real: Endpoint, transport: TransportProtocol) {
+            self.local = local
+            self.real = real
+            self.transport = transport
         }
     }
 
@@ -40,11 +66,18 @@ public final class ConnectionTracker: Sendable {
         public var realServer: Endpoint
         public var service: UInt32
         public var realIndex: UInt32
+        /// FULLNAT: the local address the connection leaves from, and its port allocator (index into
+        /// ``Configuration/portAllocators``); -1 for modes that keep the client's address.
+        public var localAddress: IPAddress
+        public var allocator: Int32
 
-        public init(realServer: Endpoint, service: UInt32, realIndex: UInt32) {
+        public init(realServer: Endpoint, service: UInt32, realIndex: UInt32,
+                    localAddress: IPAddress = IPAddress(high: 0, low: 0), allocator: Int32 = -1) {
             self.realServer = realServer
             self.service = service
             self.realIndex = realIndex
+            self.localAddress = localAddress
+            self.allocator = allocator
         }
     }
 
@@ -53,6 +86,10 @@ public final class ConnectionTracker: Sendable {
         /// Forward to this real server (index `realIndex` in its service); `created` when the packet opened a
         /// new connection.
         case forward(Endpoint, realIndex: Int, created: Bool)
+        /// FULLNAT: forward to the real server from the local endpoint `local` (LIP:lport).
+        case forwardTranslated(Endpoint, local: Endpoint, realIndex: Int, created: Bool)
+        /// FULLNAT: no free local port for this (local address, real server) in the connection's stripe.
+        case portsExhausted
         /// A TCP packet other than an initial SYN with no connection (IPVS drops these too).
         case noConnection
         /// The scheduler found no real server with a weight above zero.
@@ -85,9 +122,20 @@ public final class ConnectionTracker: Sendable {
         var stripeCount = 1
         while stripeCount < max(1, configuration.stripes) { stripeCount <<= 1 }
         let perStripe = max(1, (configuration.capacity + stripeCount - 1) / stripeCount)
-        stripes = (0..<stripeCount).map { _ in Stripe(capacity: perStripe) }
         stripeMask = stripeCount - 1
-        hasher = FlowHasher(seed: configuration.hashSeed)
+        let hasher = FlowHasher(seed: configuration.hashSeed)
+        // Each stripe's share of every allocator's ports: those whose (LIP, port) hash selects the stripe.
+        var pools = Array(repeating: Array(repeating: [UInt16](), count: configuration.portAllocators.count),
+                          count: stripeCount)
+        for (index, key) in configuration.portAllocators.enumerated() {
+            for port in configuration.localPorts {
+                let stripe = Int(truncatingIfNeeded: hasher.hash(Endpoint(address: key.local, port: port), key.transport))
+                    & (stripeCount - 1)
+                pools[stripe][index].append(port)
+            }
+        }
+        stripes = pools.map { Stripe(capacity: perStripe, pools: $0) }
+        self.hasher = hasher
         timeouts = configuration.timeouts
     }
 
@@ -107,6 +155,10 @@ public final class ConnectionTracker: Sendable {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
                     table.entries[found].state = state
                     table.entries[found].expires = now &+ timeouts.timeout(state)
+                    if entry.allocator >= 0 {
+                        return .forwardTranslated(entry.reply.source, local: entry.reply.destination,
+                                                  realIndex: Int(entry.realIndex), created: false)
+                    }
                     return .forward(entry.reply.source, realIndex: Int(entry.realIndex), created: false)
                 }
                 // Expired, or a new SYN reusing the tuple of a finished connection: schedule afresh.
@@ -116,31 +168,48 @@ public final class ConnectionTracker: Sendable {
                 return .noConnection
             }
             guard let assignment = schedule(key) else { return .noRealServer }
-            let reply = FlowKey(source: assignment.realServer, destination: key.source, transport: key.transport)
+            if table.isFull { _ = table.expire(now: now, hasher: hasher) }
+            var local = key.source
+            if assignment.allocator >= 0 {
+                guard let port = table.takePort(assignment.allocator) else { return .portsExhausted }
+                local = Endpoint(address: assignment.localAddress, port: port)
+            }
+            let reply = FlowKey(source: assignment.realServer, destination: local, transport: key.transport)
             let replyHash = hasher.hash(reply)
             if let other = table.find(reply, hash: replyHash, direction: .reply) {
-                guard table.entries[other].expires <= now else { return .conflict }
+                guard table.entries[other].expires <= now else {
+                    if assignment.allocator >= 0 { table.givePort(assignment.allocator, local.port) }
+                    return .conflict
+                }
                 table.remove(other, hasher: hasher)
             }
-            if table.isFull { _ = table.expire(now: now, hasher: hasher) }
-            guard let slot = table.allocate() else { return .full }
+            guard let slot = table.allocate() else {
+                if assignment.allocator >= 0 { table.givePort(assignment.allocator, local.port) }
+                return .full
+            }
             let state: ConnectionState = isTCP ? ConnectionState.none.next(after: flags, direction: .inbound) : .udp
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: reply, expires: now &+ timeouts.timeout(state),
-                service: assignment.service, realIndex: assignment.realIndex, state: state, live: true, nextFree: -1)
+                service: assignment.service, realIndex: assignment.realIndex, state: state, live: true, nextFree: -1,
+                allocator: assignment.allocator)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
+            if assignment.allocator >= 0 {
+                return .forwardTranslated(assignment.realServer, local: local, realIndex: Int(assignment.realIndex),
+                                          created: true)
+            }
             return .forward(assignment.realServer, realIndex: Int(assignment.realIndex), created: true)
         }
     }
 
     /// Looks up the connection of a real server -> client packet, updates its state and expiry, and returns the
-    /// virtual service endpoint the reply must appear to come from; nil when no live connection matches.
-    public func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> Endpoint? {
+    /// connection's inbound key (client -> VIP): the reply must appear to come from its destination and, under
+    /// FULLNAT, go to its source. Nil when no live connection matches.
+    public func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> FlowKey? {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.destination, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
         let isTCP = key.transport == .tcp
-        return stripe.table.withLock { table -> Endpoint? in
+        return stripe.table.withLock { table -> FlowKey? in
             guard let found = table.find(key, hash: keyHash, direction: .reply) else { return nil }
             let entry = table.entries[found]
             guard entry.expires > now else {
@@ -150,7 +219,7 @@ public final class ConnectionTracker: Sendable {
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
             table.entries[found].state = state
             table.entries[found].expires = now &+ timeouts.timeout(state)
-            return entry.inbound.destination
+            return entry.inbound
         }
     }
 
@@ -195,6 +264,8 @@ struct ConnectionEntry {
     var state: ConnectionState
     var live: Bool
     var nextFree: Int32
+    /// FULLNAT port allocator of the local port (`reply.destination.port`), or -1.
+    var allocator: Int32
 
     func key(_ direction: ConnectionState.Direction) -> FlowKey {
         direction == .inbound ? inbound : reply
@@ -212,8 +283,8 @@ struct IndexSlot {
 final class Stripe: Sendable {
     let table: Mutex<StripeTable>
 
-    init(capacity: Int) {
-        table = Mutex(StripeTable(capacity: capacity))
+    init(capacity: Int, pools: [[UInt16]]) {
+        table = Mutex(StripeTable(capacity: capacity, pools: pools))
     }
 
     deinit {
@@ -232,8 +303,14 @@ struct StripeTable {
     private(set) var highWater = 0
     private var freeHead: Int32 = -1
     private(set) var used = 0
+    /// FULLNAT: this stripe's free local ports, one ring per port allocator.
+    let pools: UnsafeMutablePointer<PortRing>
+    let poolCount: Int
 
-    init(capacity: Int) {
+    init(capacity: Int, pools ports: [[UInt16]]) {
+        poolCount = ports.count
+        pools = .allocate(capacity: max(1, ports.count))
+        for (i, list) in ports.enumerated() { (pools + i).initialize(to: PortRing(ports: list)) }
         self.capacity = capacity
         var slotCount = 4
         while slotCount < capacity * 4 { slotCount <<= 1 }
@@ -246,7 +323,13 @@ struct StripeTable {
     func deallocate() {
         entries.deallocate()
         slots.deallocate()
+        for i in 0..<poolCount { pools[i].deallocate() }
+        pools.deallocate()
     }
+
+    func takePort(_ allocator: Int32) -> UInt16? { pools[Int(allocator)].take() }
+
+    func givePort(_ allocator: Int32, _ port: UInt16) { pools[Int(allocator)].give(port) }
 
     var isFull: Bool { used >= capacity }
 
@@ -279,7 +362,7 @@ struct StripeTable {
                              destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
             reply: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
                            destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
-            expires: 0, service: 0, realIndex: 0, state: .none, live: false, nextFree: -1))
+            expires: 0, service: 0, realIndex: 0, state: .none, live: false, nextFree: -1, allocator: -1))
         return highWater - 1
     }
 
@@ -293,6 +376,7 @@ struct StripeTable {
     mutating func remove(_ entry: Int, hasher: FlowHasher) {
         unindex(entry, hash: hasher.hash(entries[entry].inbound), direction: .inbound)
         unindex(entry, hash: hasher.hash(entries[entry].reply), direction: .reply)
+        if entries[entry].allocator >= 0 { givePort(entries[entry].allocator, entries[entry].reply.destination.port) }
         entries[entry].live = false
         entries[entry].nextFree = freeHead
         freeHead = Int32(entry)
@@ -326,5 +410,39 @@ struct StripeTable {
             removed += 1
         }
         return removed
+    }
+}
+
+/// A FIFO of free ports with fixed capacity (all the ports it starts with): `take` from the head, `give` to
+/// the tail, so a returned port waits behind every other free one before it is used again.
+struct PortRing {
+    let storage: UnsafeMutablePointer<UInt16>
+    let capacity: Int
+    var head = 0
+    var count: Int
+
+    init(ports: [UInt16]) {
+        capacity = max(1, ports.count)
+        storage = .allocate(capacity: capacity)
+        for (i, port) in ports.enumerated() { storage[i] = port }
+        count = ports.count
+    }
+
+    func deallocate() { storage.deallocate() }
+
+    mutating func take() -> UInt16? {
+        guard count > 0 else { return nil }
+        let port = storage[head]
+        head = head + 1 == capacity ? 0 : head + 1
+        count -= 1
+        return port
+    }
+
+    mutating func give(_ port: UInt16) {
+        guard count < capacity else { return }
+        var tail = head + count
+        if tail >= capacity { tail -= capacity }
+        storage[tail] = port
+        count += 1
     }
 }

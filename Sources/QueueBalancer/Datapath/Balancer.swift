@@ -15,7 +15,9 @@ public final class Balancer {
         self.logger = logger
         handler = PacketHandler(
             config: config,
-            tracker: ConnectionTracker(configuration: .init(capacity: config.maxConnections, timeouts: config.timeouts)))
+            tracker: ConnectionTracker(configuration: .init(
+                capacity: config.maxConnections, timeouts: config.timeouts,
+                portAllocators: config.portAllocators, localPorts: config.fullnatPorts)))
     }
 
     /// Binds every queue (all or none: an error unbinds what was bound and is thrown), runs until `stop` is
@@ -57,9 +59,20 @@ public final class Balancer {
         logger.info("nfqlb stopped", metadata: ["stats": "\(statsLine())"])
     }
 
+    private var exhaustedSeen: UInt64 = 0
+
     private func housekeeping(statsFile: String?) {
         let expired = handler.tracker.expire(now: monotonicMilliseconds())
         if expired > 0 { counters.add(.connectionsExpired, UInt64(expired)) }
+        let exhausted = counters[.droppedPortsExhausted]
+        if exhausted > exhaustedSeen {
+            logger.warning("FULLNAT local ports exhausted: new connections refused, existing ones untouched", metadata: [
+                "refused": "\(exhausted - exhaustedSeen)",
+                "fullnat-ports": "\(config.fullnatPorts.lowerBound)-\(config.fullnatPorts.upperBound)",
+                "hint": "widen fullnat-ports or add local-addresses",
+            ])
+            exhaustedSeen = exhausted
+        }
         if let statsFile { writeStats(to: statsFile) }
     }
 

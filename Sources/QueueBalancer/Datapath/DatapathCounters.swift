@@ -25,6 +25,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case droppedTableFull
     /// Dropped: the new connection's reply tuple is held by another connection.
     case droppedConflict
+    /// Dropped: FULLNAT had no free local port for the new connection (widen `fullnat-ports` or add
+    /// local addresses).
+    case droppedPortsExhausted
     /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
     case droppedVerdictSend
     /// Passed unhandled: ICMP.
@@ -60,6 +63,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedNoRealServer: "dropped_no_real_server"
         case .droppedTableFull: "dropped_table_full"
         case .droppedConflict: "dropped_conflict"
+        case .droppedPortsExhausted: "dropped_ports_exhausted"
         case .droppedVerdictSend: "dropped_verdict_send"
         case .passedICMP: "passed_icmp"
         case .passedOtherProtocol: "passed_other_protocol"

@@ -11,7 +11,7 @@ public enum Verdict: Equatable, Sendable {
 }
 
 /// The per-packet pipeline, independent of the kernel queue: parse -> classify (virtual service or reply)
-/// -> track and schedule -> forward (NAT: rewrite; DR: fwmark) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
+/// -> track and schedule -> forward (NAT: rewrite the destination; FULLNAT: both ends; DR: fwmark) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
 ///
 /// Allocation-free, no logging, one tracker stripe lock per packet.
 public final class PacketHandler: Sendable {
@@ -35,17 +35,28 @@ public final class PacketHandler: Sendable {
         let reals: [Endpoint]
         /// DR: the fwmark of each real server (its policy route); unused for NAT.
         let marks: [UInt32]
+        /// FULLNAT: the local addresses, and the port allocator of each (local, real) at
+        /// `localIndex * reals.count + realIndex`.
+        let locals: [IPAddress]
+        let allocators: [Int32]
         let scheduler: any Scheduler
     }
 
     public init(config: BalancerConfig, tracker: ConnectionTracker) {
         self.tracker = tracker
         let routes = config.directRoutes
+        let portAllocators = config.portAllocators
         services = config.services.compactMap { service in
-            guard let vip = service.vip.ipv4, service.mode == .nat || service.mode == .dr else { return nil }
+            guard let vip = service.vip.ipv4, ForwardingMode.supported.contains(service.mode) else { return nil }
             let marks = service.reals.map { real in routes.first { $0.realServer == real.address }?.mark ?? 0 }
+            let allocators = service.localAddresses.flatMap { local in
+                service.reals.map { real in
+                    Int32(portAllocators.firstIndex(of: .init(local: local, real: real.endpoint, transport: service.transport))!)
+                }
+            }
             return ServiceEntry(vip: vip, port: service.port, transport: service.transport, mode: service.mode,
                                 reals: service.reals.map(\.endpoint), marks: marks,
+                                locals: service.localAddresses, allocators: allocators,
                                 scheduler: service.scheduler.makeScheduler(weights: service.reals.map(\.weight)))
         }
         serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
@@ -72,8 +83,15 @@ public final class PacketHandler: Sendable {
             let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
                 let service = services[serviceIndex]
                 guard let real = service.scheduler.pick(for: flow) else { return nil }
-                return ConnectionTracker.Assignment(realServer: service.reals[real], service: UInt32(serviceIndex),
-                                                    realIndex: UInt32(real))
+                guard service.mode == .fullnat else {
+                    return ConnectionTracker.Assignment(realServer: service.reals[real], service: UInt32(serviceIndex),
+                                                        realIndex: UInt32(real))
+                }
+                // Spread clients over the local addresses (IPVS FULLNAT rotates through its pool).
+                let local = Int(flow.source.port) % service.locals.count
+                return ConnectionTracker.Assignment(
+                    realServer: service.reals[real], service: UInt32(serviceIndex), realIndex: UInt32(real),
+                    localAddress: service.locals[local], allocator: service.allocators[local * service.reals.count + real])
             }
             switch outcome {
             case .forward(let real, let realIndex, let created):
@@ -84,14 +102,29 @@ public final class PacketHandler: Sendable {
                 guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 return .acceptRewritten
+            case .forwardTranslated(let real, let local, _, let created):
+                if created { counters.count(.connectionsCreated) }
+                counters.count(.forwarded)
+                guard let address = real.address.ipv4, let localAddress = local.address.ipv4 else {
+                    counters.count(.droppedMalformed); return .drop
+                }
+                NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
+                NATRewrite.rewriteSource(bytes, packet, address: localAddress, port: local.port)
+                return .acceptRewritten
+            case .portsExhausted: counters.count(.droppedPortsExhausted); return .drop
             case .noConnection: counters.count(.droppedNoConnection); return .drop
             case .noRealServer: counters.count(.droppedNoRealServer); return .drop
             case .full: counters.count(.droppedTableFull); return .drop
             case .conflict: counters.count(.droppedConflict); return .drop
             }
         }
-        if let virtual = tracker.reply(key, flags: packet.tcpFlags, now: now), let address = virtual.address.ipv4 {
-            NATRewrite.rewriteSource(bytes, packet, address: address, port: virtual.port)
+        if let inbound = tracker.reply(key, flags: packet.tcpFlags, now: now),
+           let vip = inbound.destination.address.ipv4, let client = inbound.source.address.ipv4 {
+            // NAT: from RIP:rport to VIP:vport. FULLNAT also: to LIP:lport back to CIP:cport.
+            NATRewrite.rewriteSource(bytes, packet, address: vip, port: inbound.destination.port)
+            if inbound.source != key.destination {
+                NATRewrite.rewriteDestination(bytes, packet, address: client, port: inbound.source.port)
+            }
             counters.count(.replied)
             return .acceptRewritten
         }

@@ -24,15 +24,37 @@ public enum IptablesRules {
             lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j CT --notrack")
             lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j \(target)")
         }
+        // FULLNAT rewrites sources to the VIP and the local addresses, which accept_local=1 lets the kernel
+        // accept: so packets arriving from outside with those sources are spoofed, and dropped before queueing.
+        var spoofable: [IPAddress] = []
+        for service in config.services where service.mode == .fullnat {
+            for address in [service.vip] + service.localAddresses where !spoofable.contains(address) {
+                spoofable.append(address)
+            }
+        }
+        for address in spoofable {
+            lines.append("-A \(chain) ! -i lo -s \(address)/32 -m comment --comment \"nfqlb fullnat anti-spoof\" -j DROP")
+        }
+        let ports = "\(config.fullnatPorts.lowerBound):\(config.fullnatPorts.upperBound)"
         for service in config.services where service.vip.isIPv4 {
             let proto = service.transport.description
             add("-d \(service.vip)/32 -p \(proto) -m \(proto) --dport \(service.port)",
                 "nfqlb \(service.mode) \(service): client to VIP")
-            if service.mode == .nat {
+            switch service.mode {
+            case .nat:
                 for real in service.reals {
                     add("-s \(real.address)/32 -p \(proto) -m \(proto) --sport \(real.port)",
                         "nfqlb \(service.mode) \(service): reply from \(real.endpoint)")
                 }
+            case .fullnat:
+                for local in service.localAddresses {
+                    for real in service.reals {
+                        add("-s \(real.address)/32 -d \(local)/32 -p \(proto) -m \(proto) --sport \(real.port) --dport \(ports)",
+                            "nfqlb \(service.mode) \(service): reply from \(real.endpoint) to \(local)")
+                    }
+                }
+            case .dr, .tun:
+                break   // replies go straight to the client
             }
         }
         lines.append("-I PREROUTING 1 -j \(chain)")
