@@ -33,6 +33,16 @@ struct EndToEndTests {
         #expect(output.contains("distribution udp r1=10 r2=10 r3=10"))
     }
 
+    /// FULLNAT: real servers without a route back; they only ever see the balancer's local address.
+    @Test func fullNATNeedsNoGatewayOnTheRealServers() throws {
+        let output = try EndToEnd.run("fullnat")
+        for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
+                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
+                     "fullnat peer: 198.51.100.1"] {
+            #expect(output.contains(line))
+        }
+    }
+
     /// Two queues: the two directions of each connection land on different workers sharing one table.
     @Test func twoQueuesShareOneConnectionTable() throws {
         let output = try EndToEnd.run("multiqueue")
@@ -45,7 +55,8 @@ struct EndToEndTests {
     @Test func restartWithANewConfiguration() throws {
         let output = try EndToEnd.run("all")
         for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
-                     "distribution udp r1=10 r2=10 r3=10", "distribution wrr r1=10 r2=20 r3=30"] {
+                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
+                     "distribution wrr r1=10 r2=20 r3=30"] {
             #expect(output.contains(line))
         }
     }

@@ -36,23 +36,6 @@ for i in 1 2 3; do
 done
 in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode dr | grep -q "nothing to change" || fail "real-server setup is not idempotent"
 head -c 5242880 /dev/urandom > "$LAB_TMP/big.bin"
-cat > "$LAB_TMP/sink.py" <<'PY'
-# TCP upload sink: reads until the client shuts down its side, answers "<bytes> <sha256>".
-import hashlib, socket, sys, threading
-server = socket.create_server((sys.argv[1], int(sys.argv[2])))
-def serve(conn):
-    h, n = hashlib.sha256(), 0
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            break
-        h.update(data); n += len(data)
-    conn.sendall(b"%d %s" % (n, h.hexdigest().encode()))
-    conn.close()
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-PY
 cat > "$LAB_TMP/echo.py" <<'PY'
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -64,9 +47,9 @@ PY
 for i in 1 2 3; do
     mkdir -p "$LAB_TMP/www$i"; echo "r$i" > "$LAB_TMP/www$i/whoami"; ln -f "$LAB_TMP/big.bin" "$LAB_TMP/www$i/big.bin"
     lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" "$LAB_PYTHON" -m http.server 80 --bind "$vip" --directory "$LAB_TMP/www$i"
-    lab_spawn "${P}r$i" "$LAB_TMP/sink$i.log" "$LAB_PYTHON" "$LAB_TMP/sink.py" "$vip" 9000
     lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_TMP/echo.py" "r$i" "$vip"
 done
+lab_start_upload_sinks "$vip" "$vip" "$vip"
 for i in 1 2 3; do
     for _ in $(seq 50); do
         in_ns "${P}r$i" curl -s --max-time 1 -o /dev/null "http://$vip/whoami" && continue 2
@@ -110,24 +93,7 @@ in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$v
 cmp -s "$LAB_TMP/big.bin" "$LAB_TMP/download.bin" || fail "download differs"
 echo "download 5242880 bytes identical"
 
-head -c 3145728 /dev/urandom > "$LAB_TMP/up.bin"
-want="3145728 $(sha256sum < "$LAB_TMP/up.bin" | cut -d' ' -f1)"
-got=$(in_ns "${P}c" "$LAB_PYTHON" - "$vip" "$LAB_TMP/up.bin" <<'PY'
-import socket, sys
-s = socket.create_connection((sys.argv[1], 9000), timeout=30)
-s.sendall(open(sys.argv[2], "rb").read())
-s.shutdown(socket.SHUT_WR)
-answer = b""
-while True:
-    data = s.recv(4096)
-    if not data:
-        break
-    answer += data
-print(answer.decode())
-PY
-) || fail "upload failed"
-[ "$got" = "$want" ] || fail "upload: server saw '$got', want '$want'"
-echo "upload 3145728 bytes identical"
+upload_check "$vip" 3145728
 
 udp=$(in_ns "${P}c" "$LAB_PYTHON" - "$vip" <<'PY'
 import socket, sys

@@ -246,6 +246,56 @@ lab_dr_up() {
     done
 }
 
+# lab_start_upload_sinks ADDRESS1 ADDRESS2 ADDRESS3: in real server i, a TCP sink on ADDRESSi:9000 that reads
+# until the client shuts its side down and answers "<bytes> <sha256>".
+lab_start_upload_sinks() {
+    local i=0 address
+    cat > "$LAB_TMP/sink.py" <<'PY'
+import hashlib, socket, sys, threading
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+def serve(conn):
+    h, n = hashlib.sha256(), 0
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        h.update(data); n += len(data)
+    conn.sendall(b"%d %s" % (n, h.hexdigest().encode()))
+    conn.close()
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+PY
+    for address in "$@"; do
+        i=$((i + 1))
+        lab_spawn "${P}r$i" "$LAB_TMP/sink$i.log" "$LAB_PYTHON" "$LAB_TMP/sink.py" "$address" 9000
+    done
+}
+
+# upload_check HOST BYTES: sends BYTES random bytes from the client to HOST:9000 (bounded: 60 s) and requires
+# the sink's answer to match; prints "upload BYTES bytes identical".
+upload_check() {
+    local host=$1 bytes=$2 want got
+    head -c "$bytes" /dev/urandom > "$LAB_TMP/up.bin"
+    want="$bytes $(sha256sum < "$LAB_TMP/up.bin" | cut -d' ' -f1)"
+    got=$(in_ns "${P}c" timeout 60 "$LAB_PYTHON" - "$host" "$LAB_TMP/up.bin" <<'PY'
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=30)
+s.sendall(open(sys.argv[2], "rb").read())
+s.shutdown(socket.SHUT_WR)
+answer = b""
+while True:
+    data = s.recv(4096)
+    if not data:
+        break
+    answer += data
+print(answer.decode())
+PY
+) || fail "upload of $bytes bytes to $host:9000 failed"
+    [ "$got" = "$want" ] || fail "upload: the server saw '$got', want '$want'"
+    echo "upload $bytes bytes identical"
+}
+
 # lab_start_http_servers: python3 http.server in each real server, serving $LAB_TMP/wwwX/{whoami,big.bin}.
 # big.bin: LAB_BIG_BYTES (default 5 MiB) random bytes, the same file (hard links) on every server.
 lab_start_http_servers() {

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test of nfqlb's LVS NAT mode in a lab of network namespaces (topology: see lib.sh).
 #
-# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|all]     (root; default: all)
+# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|fullnat|all]     (root; default: all)
 #
 #   rr        60 sequential HTTP requests to 203.0.113.10:80, scheduler rr 1:1:1   -> exactly 20/20/20
 #   wrr       60 sequential HTTP requests, scheduler wrr 1:2:3                      -> exactly 10/20/30
 #   download  5 MiB file through the VIP, sha256 identical to the original
 #   udp       30 datagrams to 203.0.113.10:53, each from a new socket (new source port): all answered,
 #             from 203.0.113.10:53, rr -> exactly 10/10/10
+#   fullnat   rr, download, upload, udp in FULLNAT mode, real servers without a route back; their peers: the LIP
 #   multiqueue rr and download with queues [0, 1]: the two directions on different queues, one table
 #   local-vip rr and udp with the VIP also configured on the balancer's lo (needs accept_local=1)
 #   all       rr, download, udp with one nfqlb; then nfqlb is stopped and restarted with the wrr config
@@ -30,8 +31,8 @@ lab_unmask_signals "$@"
 
 scenario=${1:-all}
 case "$scenario" in
-    rr|wrr|download|udp|local-vip|multiqueue|all) ;;
-    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|multiqueue|all]" >&2; exit 2 ;;
+    rr|wrr|download|udp|local-vip|multiqueue|fullnat|all) ;;
+    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|multiqueue|fullnat|all]" >&2; exit 2 ;;
 esac
 [ -n "${NFQLB:-}" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
 [[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "NFQLB=$NFQLB is not an executable absolute path"
@@ -64,18 +65,24 @@ lab_extra_teardown() {
 lab_nat_up
 lab_start_http_servers
 lab_start_udp_echo
+lab_start_upload_sinks 198.51.100.11 198.51.100.12 198.51.100.13
 pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 
 # write_config FILE TCP_SCHEDULER W1 W2 W3: TCP 203.0.113.10:80 -> :8080 with that scheduler and weights;
 # UDP 203.0.113.10:53 -> :5353, rr 1:1:1.
+# MODE (nat or fullnat, default nat) and QUEUES (default [0]) come from the environment. A TCP service on
+# port 9000 (upload sinks) is always there.
 write_config() {
+    local mode=${MODE:-nat} locals=""
+    [ "$mode" = fullnat ] && locals="
+    local-addresses: [198.51.100.1]"
     cat > "$1" <<YAML
 queues: ${QUEUES:-[0]}
 services:
   - vip: 203.0.113.10
     port: 80
     protocol: tcp
-    mode: nat
+    mode: $mode$locals
     scheduler: $2
     reals:
       - { address: 198.51.100.11, port: 8080, weight: $3 }
@@ -84,12 +91,21 @@ services:
   - vip: 203.0.113.10
     port: 53
     protocol: udp
-    mode: nat
+    mode: $mode$locals
     scheduler: rr
     reals:
       - { address: 198.51.100.11, port: 5353, weight: 1 }
       - { address: 198.51.100.12, port: 5353, weight: 1 }
       - { address: 198.51.100.13, port: 5353, weight: 1 }
+  - vip: 203.0.113.10
+    port: 9000
+    protocol: tcp
+    mode: $mode$locals
+    scheduler: rr
+    reals:
+      - { address: 198.51.100.11 }
+      - { address: 198.51.100.12 }
+      - { address: 198.51.100.13 }
 YAML
 }
 
@@ -187,6 +203,7 @@ PY
 # Checksum error counters of the client and the real servers before any traffic through the VIP.
 hosts=(c r1 r2 r3)
 declare -A csum_before
+declare -a skip
 for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
 
 rr_config=$LAB_TMP/nat-rr.yaml
@@ -199,6 +216,23 @@ case "$scenario" in
     wrr)      nfqlb_start "$wrr_config"; run_wrr ;;
     download) nfqlb_start "$rr_config";  run_download ;;
     udp)      nfqlb_start "$rr_config";  run_udp ;;
+    fullnat)
+        # No route back through the balancer on the real servers: FULLNAT does not need one.
+        for i in 1 2 3; do ip -n "${P}r$i" route del default; done
+        MODE=fullnat write_config "$LAB_TMP/fullnat.yaml" rr 1 1 1
+        # Skip the log lines of the servers' own readiness checks.
+        for i in 1 2 3; do skip[$i]=$(wc -l < "$LAB_TMP/http$i.log"); done
+        nfqlb_start "$LAB_TMP/fullnat.yaml"
+        run_rr
+        run_download
+        upload_check 203.0.113.10 3145728
+        run_udp
+        # The real servers' HTTP logs name the peer of each accepted connection: only the local address.
+        peers=$(for i in 1 2 3; do tail -n +$((skip[$i] + 1)) "$LAB_TMP/http$i.log"; done | awk '/GET/ { print $1 }' | sort -u | tr '\n' ' ')
+        echo "real servers saw peers: $peers"
+        [ "$peers" = "198.51.100.1 " ] || fail "fullnat: real servers saw peers '$peers', want only the local address"
+        echo "fullnat peer: 198.51.100.1"
+        pass "fullnat: no gateway on the real servers, every connection from the local address" ;;
     multiqueue)
         # Two queues with --queue-balance 0:1: the kernel hashes addresses only, so a connection's two
         # directions land on different queues and two workers share one connection table.
@@ -221,6 +255,7 @@ case "$scenario" in
         nfqlb_start "$rr_config"
         run_rr
         run_download
+        upload_check 203.0.113.10 3145728
         run_udp
         stop_and_check
         # Second configuration: setup `up` again (idempotent, replaces the rules), new nfqlb.
