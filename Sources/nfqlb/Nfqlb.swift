@@ -19,7 +19,7 @@ struct Nfqlb: ParsableCommand {
           nfqlb run --config lb.yaml                   # balance until SIGINT/SIGTERM
           scripts/iptables-setup.sh down               # remove the rules
         """,
-        subcommands: [Run.self, Check.self, Rules.self, RealServerCommand.self]
+        subcommands: [Run.self, Check.self, Rules.self, RealServerCommand.self, Decap.self]
     )
 }
 
@@ -95,6 +95,8 @@ struct RealServerCommand: ParsableCommand {
         owns the VIP. Both commands are idempotent; teardown undoes only what setup did.
           nfqlb real-server setup --vip 203.0.113.10 --mode dr
           nfqlb real-server teardown --vip 203.0.113.10
+        For TUN, setup also queues IPIP (protocol 4) at mangle INPUT for `nfqlb decap`, which this kernel \
+        needs because it has no ipip module (elsewhere: ip link set tunl0 up, with the VIP on lo).
         """,
         subcommands: [Setup.self, Teardown.self]
     )
@@ -108,9 +110,14 @@ struct RealServerCommand: ParsableCommand {
         @Option(help: "The forwarding mode: dr or tun.")
         var mode: RealServerSetup.Mode = .dr
 
+        @Option(help: "TUN: the NFQUEUE that `nfqlb decap` serves.")
+        var queue: UInt16 = 0
+
         func run() throws {
             guard let address = IPAddress(vip) else { throw ValidationError("'\(vip)' is not an IP address") }
-            try RealServerCommand.report { () throws(RealServerSetup.Failure) in try RealServerSetup().setup(vip: address, mode: mode) }
+            try RealServerCommand.report { () throws(RealServerSetup.Failure) in
+                try RealServerSetup().setup(vip: address, mode: mode, decapQueue: queue)
+            }
         }
     }
 
@@ -141,6 +148,19 @@ extension RealServerSetup.Mode: ExpressibleByArgument {}
 
 /// Raised by SIGINT/SIGTERM; read by the balancer's loops.
 let stopSignal = StopSignal()
+
+/// SIGINT and SIGTERM raise ``stopSignal``. A launcher may start us with signals blocked (Foundation.Process
+/// on Linux passes Dispatch's mask on): unblock them before the worker threads inherit the mask.
+func installStopHandlers() {
+    var stopSignals = sigset_t()
+    sigemptyset(&stopSignals)
+    sigaddset(&stopSignals, SIGINT)
+    sigaddset(&stopSignals, SIGTERM)
+    pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
+    signal(SIGINT) { _ in stopSignal.raise() }
+    signal(SIGTERM) { _ in stopSignal.raise() }
+    signal(SIGPIPE, SIG_IGN)
+}
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -193,17 +213,18 @@ struct Run: ParsableCommand {
                 fail("cannot check the iptables rules (is iptables installed, and are you root?); pass --skip-rules-check to start anyway")
             }
         }
-        // A launcher may start us with signals blocked (Foundation.Process on Linux passes Dispatch's mask on):
-        // unblock the ones that stop us before the worker threads inherit the mask.
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        sigaddset(&stopSignals, SIGINT)
-        sigaddset(&stopSignals, SIGTERM)
-        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
-        signal(SIGINT) { _ in stopSignal.raise() }
-        signal(SIGTERM) { _ in stopSignal.raise() }
-        signal(SIGPIPE, SIG_IGN)
-        let balancer = Balancer(config: config, logger: logger)
+        installStopHandlers()
+        // TUN: the outer source and the MTU of the path towards each real server, from the kernel's routes.
+        var tunnelPaths: [IPAddress: TunnelPath] = [:]
+        for service in config.services where service.mode == .tun {
+            for real in service.reals where tunnelPaths[real.address] == nil {
+                guard let path = TunnelPath.resolve(to: real.address) else {
+                    fail("no route to the TUN real server \(real.address): the tunnel needs one (ip route get \(real.address))")
+                }
+                tunnelPaths[real.address] = path
+            }
+        }
+        let balancer = Balancer(config: config, logger: logger, tunnelPaths: tunnelPaths)
         do {
             try balancer.run(stop: stopSignal, statsFile: statsFile)
         } catch {
@@ -214,6 +235,35 @@ struct Run: ParsableCommand {
     private func fail(_ message: String) -> Never {
         FileHandle.standardError.write(Data("nfqlb: \(message)\n".utf8))
         Foundation.exit(1)
+    }
+}
+
+struct Decap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Decapsulate TUN traffic on a real server whose kernel has no ipip (foreground, root).",
+        discussion: """
+        `nfqlb real-server setup --vip VIP --mode tun --queue N` queues IPIP packets (protocol 4) at mangle INPUT; \
+        `nfqlb decap --queue N` accepts each as its inner packet, which the stack delivers to the service bound \
+        to the VIP. Inner packets with IP options are dropped and counted. SIGINT/SIGTERM stop it.
+        """
+    )
+
+    @Option(help: "The NFQUEUE number given to real-server setup.")
+    var queue: UInt16 = 0
+
+    @Option(help: ArgumentHelp("Write the counters to this file every second and on exit.", valueName: "path"))
+    var statsFile: String?
+
+    func run() throws {
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        installStopHandlers()
+        let runtime = Balancer(decapsulatingQueues: [queue], logger: Logger(label: "nfqlb-decap"))
+        do {
+            try runtime.run(stop: stopSignal, statsFile: statsFile)
+        } catch {
+            FileHandle.standardError.write(Data("nfqlb: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 

@@ -75,13 +75,13 @@ public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConverti
     case fullnat
     /// Unchanged packet steered to the real server's MAC: the verdict sets a fwmark, policy routing does the rest.
     case dr
-    /// IPIP-encapsulated to the real server (not implemented yet).
+    /// IPIP-encapsulated to the real server, which decapsulates (`nfqlb decap`) and answers directly.
     case tun
 
     public var description: String { rawValue }
 
     /// The modes the datapath implements today.
-    public static let supported: [ForwardingMode] = [.nat, .fullnat, .dr]
+    public static let supported: [ForwardingMode] = [.nat, .fullnat, .dr, .tun]
 }
 
 /// A virtual service: `VIP:port/protocol`, like one `ipvsadm -A` line with its `-a` lines.
@@ -95,6 +95,8 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var reals: [RealServer]
     /// FULLNAT: the balancer's addresses on the server side that connections to the real servers leave from.
     public var localAddresses: [IPAddress]
+    /// TUN: the outer source address, instead of the balancer's address on the route to each real server.
+    public var tunnelSource: IPAddress?
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
                 mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wrr, reals: [RealServer],

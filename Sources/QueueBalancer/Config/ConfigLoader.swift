@@ -33,7 +33,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     vip: 203.0.113.10
 ///     port: 80
 ///     protocol: tcp           # tcp | udp
-///     mode: nat               # nat | fullnat | dr (tun: later)
+///     mode: nat               # nat | fullnat | dr | tun
+///     tunnel-source: 192.0.2.1  # tun only, optional: outer source (default: the route's source)
 ///     local-addresses: [198.51.100.1]   # fullnat only, required: the balancer's server-side addresses
 ///     scheduler: wrr          # rr | wrr (default wrr)
 ///     reals:
@@ -195,7 +196,7 @@ private struct Reader {
 
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
-            "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses",
+            "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -236,6 +237,13 @@ private struct Reader {
         } else if mode == .fullnat {
             throw fail(node, "a fullnat service needs 'local-addresses' (the balancer's addresses towards the real servers)")
         }
+        var tunnelSource: IPAddress?
+        if let node = map["tunnel-source"] {
+            guard mode == .tun else { throw fail(node, "tunnel-source belongs to tun services only (mode is \(mode))") }
+            let source = try address(node, "tunnel-source")
+            guard source.isIPv4 else { throw fail(node, "tunnel-source \(source) must be IPv4 (IPIP)") }
+            tunnelSource = source
+        }
         var reals: [RealServer] = []
         for realNode in realList {
             let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight"])
@@ -255,7 +263,9 @@ private struct Reader {
             }
             reals.append(real)
         }
-        return VirtualService(name: name, vip: vip, port: port, transport: transport, mode: mode,
-                              scheduler: scheduler, reals: reals, localAddresses: localAddresses)
+        var service = VirtualService(name: name, vip: vip, port: port, transport: transport, mode: mode,
+                                     scheduler: scheduler, reals: reals, localAddresses: localAddresses)
+        service.tunnelSource = tunnelSource
+        return service
     }
 }

@@ -3,21 +3,33 @@ import Logging
 
 /// A running balancer: one ``QueueWorker`` thread per configured queue sharing one ``PacketHandler`` (and so
 /// one connection tracker), plus a housekeeping loop on the calling thread that expires connections, reads
-/// the kernel's per-queue drop counters and writes the stats file.
+/// the kernel's per-queue drop counters and writes the stats file. The same runtime serves the real server's
+/// TUN ``Decapsulator`` (no tracker then).
 public final class Balancer {
     public let config: BalancerConfig
     public let counters = DatapathCounters()
-    public let handler: PacketHandler
+    public let processor: any PacketProcessor
+    /// The connection table, nil for the decapsulator.
+    public let tracker: ConnectionTracker?
     private let logger: Logger
 
-    public init(config: BalancerConfig, logger: Logger) {
+    /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:)``.
+    public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
         self.config = config
         self.logger = logger
-        handler = PacketHandler(
-            config: config,
-            tracker: ConnectionTracker(configuration: .init(
-                capacity: config.maxConnections, timeouts: config.timeouts,
-                portAllocators: config.portAllocators, localPorts: config.fullnatPorts)))
+        let tracker = ConnectionTracker(configuration: .init(
+            capacity: config.maxConnections, timeouts: config.timeouts,
+            portAllocators: config.portAllocators, localPorts: config.fullnatPorts))
+        self.tracker = tracker
+        processor = PacketHandler(config: config, tracker: tracker, tunnelPaths: tunnelPaths)
+    }
+
+    /// The real server's TUN decapsulator on `queues`.
+    public init(decapsulatingQueues queues: [UInt16], logger: Logger) {
+        config = BalancerConfig(queues: queues, services: [])
+        self.logger = logger
+        tracker = nil
+        processor = Decapsulator()
     }
 
     /// Binds every queue (all or none: an error unbinds what was bound and is thrown), runs until `stop` is
@@ -37,10 +49,10 @@ public final class Balancer {
         // Each send stays well below the send buffer (DESIGN.md: an EMSGSIZE send loses all its verdicts).
         let sendLimit = min(bufferBytes / 4, 1 << 20)
         let workers = sockets.map {
-            QueueWorker(socket: $0, handler: handler, counters: counters, stop: stop, sendLimit: max(sendLimit, 140_000))
+            QueueWorker(socket: $0, handler: processor, counters: counters, stop: stop, sendLimit: max(sendLimit, 140_000))
         }
         let threads = workers.map { WorkerThread.start($0) }
-        logger.info("nfqlb running", metadata: [
+        logger.info(tracker == nil ? "nfqlb decapsulating" : "nfqlb running", metadata: [
             "queues": "\(config.queues.map(String.init).joined(separator: ","))",
             "services": "\(config.services.map(\.description).joined(separator: " "))",
         ])
@@ -62,7 +74,7 @@ public final class Balancer {
     private var exhaustedSeen: UInt64 = 0
 
     private func housekeeping(statsFile: String?) {
-        let expired = handler.tracker.expire(now: monotonicMilliseconds())
+        let expired = tracker?.expire(now: monotonicMilliseconds()) ?? 0
         if expired > 0 { counters.add(.connectionsExpired, UInt64(expired)) }
         let exhausted = counters[.droppedPortsExhausted]
         if exhausted > exhaustedSeen {
@@ -79,7 +91,7 @@ public final class Balancer {
     /// The counters and gauges as `name value` lines.
     public func statsText() -> String {
         var lines = DatapathCounter.allCases.map { "\($0.name) \(counters[$0])" }
-        lines.append("connections_active \(handler.tracker.count)")
+        lines.append("connections_active \(tracker?.count ?? 0)")
         let kernel = KernelQueueStats.read(queues: config.queues)
         lines.append("kernel_queue_dropped \(kernel.queueDropped)")
         lines.append("kernel_user_dropped \(kernel.userDropped)")

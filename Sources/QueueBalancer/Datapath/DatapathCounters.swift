@@ -28,6 +28,13 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Dropped: FULLNAT had no free local port for the new connection (widen `fullnat-ports` or add
     /// local addresses).
     case droppedPortsExhausted
+    /// TUN: packets too big for the tunnel with DF set, answered with ICMP "fragmentation needed" (dropped).
+    case tunnelTooBig
+    /// Real server: tunnelled packets decapsulated (accepted as their inner packet).
+    case decapsulated
+    /// Real server: tunnelled packets whose outer or inner IPv4 header has options (IHL != 5): the kernel keeps
+    /// the outer transport offset, so they cannot be decapsulated in place (dropped).
+    case droppedTunnelHeader
     /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
     case droppedVerdictSend
     /// Passed unhandled: ICMP.
@@ -64,6 +71,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedTableFull: "dropped_table_full"
         case .droppedConflict: "dropped_conflict"
         case .droppedPortsExhausted: "dropped_ports_exhausted"
+        case .tunnelTooBig: "tunnel_too_big"
+        case .decapsulated: "decapsulated"
+        case .droppedTunnelHeader: "dropped_tunnel_header"
         case .droppedVerdictSend: "dropped_verdict_send"
         case .passedICMP: "passed_icmp"
         case .passedOtherProtocol: "passed_other_protocol"

@@ -8,13 +8,25 @@ public enum Verdict: Equatable, Sendable {
     case acceptRewritten
     /// NF_ACCEPT, packet unchanged, with this fwmark set (DR: policy routing steers it to the real server).
     case acceptMarked(UInt32)
+    /// NF_ACCEPT with the packet wrapped in an outer IPv4 header (protocol 4) from `source` to `destination`
+    /// (TUN); the worker writes the header in front of the packet in the verdict.
+    case acceptEncapsulated(source: UInt32, destination: UInt32)
+    /// NF_ACCEPT with the packet replaced by `length` bytes of the buffer from `offset` (an ICMP error built in
+    /// place, or the inner packet of a tunnel).
+    case acceptReplaced(offset: Int, length: Int)
+}
+
+/// Decides verdicts for one kind of queue: the balancer's ``PacketHandler`` or the real server's
+/// ``Decapsulator``. Called by a queue worker for each packet; must not allocate, log or block.
+public protocol PacketProcessor: Sendable {
+    func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict
 }
 
 /// The per-packet pipeline, independent of the kernel queue: parse -> classify (virtual service or reply)
 /// -> track and schedule -> forward (NAT: rewrite the destination; FULLNAT: both ends; DR: fwmark) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
 ///
 /// Allocation-free, no logging, one tracker stripe lock per packet.
-public final class PacketHandler: Sendable {
+public final class PacketHandler: PacketProcessor {
     public let tracker: ConnectionTracker
     private let services: [ServiceEntry]
     /// The match fields of `services`, same order: plain values, so matching a packet retains nothing.
@@ -39,10 +51,14 @@ public final class PacketHandler: Sendable {
         /// `localIndex * reals.count + realIndex`.
         let locals: [IPAddress]
         let allocators: [Int32]
+        /// TUN: per real server, the outer source address and the path MTU towards it.
+        let tunnels: [TunnelPath]
         let scheduler: any Scheduler
     }
 
-    public init(config: BalancerConfig, tracker: ConnectionTracker) {
+    /// - Parameter tunnelPaths: TUN: the outer source and path MTU towards each real server (see
+    ///   ``TunnelPath/resolve(to:)``); a service's `tunnel-source` overrides the source.
+    public init(config: BalancerConfig, tracker: ConnectionTracker, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
         self.tracker = tracker
         let routes = config.directRoutes
         let portAllocators = config.portAllocators
@@ -54,9 +70,14 @@ public final class PacketHandler: Sendable {
                     Int32(portAllocators.firstIndex(of: .init(local: local, real: real.endpoint, transport: service.transport))!)
                 }
             }
+            let tunnels = service.reals.map { real in
+                var path = tunnelPaths[real.address] ?? TunnelPath(source: IPAddress(ipv4: 0), mtu: 1500)
+                if let source = service.tunnelSource { path.source = source }
+                return path
+            }
             return ServiceEntry(vip: vip, port: service.port, transport: service.transport, mode: service.mode,
                                 reals: service.reals.map(\.endpoint), marks: marks,
-                                locals: service.localAddresses, allocators: allocators,
+                                locals: service.localAddresses, allocators: allocators, tunnels: tunnels,
                                 scheduler: service.scheduler.makeScheduler(weights: service.reals.map(\.weight)))
         }
         serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
@@ -99,6 +120,7 @@ public final class PacketHandler: Sendable {
                 counters.count(.forwarded)
                 let service = services[serviceIndex]
                 if service.mode == .dr { return .acceptMarked(service.marks[realIndex]) }
+                if service.mode == .tun { return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters) }
                 guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 return .acceptRewritten
@@ -132,6 +154,25 @@ public final class PacketHandler: Sendable {
         // from the balancer itself. Passing it unchanged is what the kernel would have done without nfqlb.
         counters.count(.passedUnmatched)
         return .accept
+    }
+
+    /// TUN: encapsulate towards the real server, or, when the result would exceed the path MTU and the client
+    /// forbade fragmentation, answer the client with ICMP "fragmentation needed" (MTU - 20) from the VIP in
+    /// place of the packet: routed back to the client, it lowers the client's path MTU (DESIGN.md: otherwise
+    /// the kernel's own ICMP would go to the outer source, the balancer, and the flow would black-hole).
+    private func tunnel(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet, _ path: TunnelPath,
+                        to real: Endpoint, _ counters: inout CounterBatch) -> Verdict {
+        guard let destination = real.address.ipv4, let source = path.source.ipv4 else {
+            counters.count(.droppedMalformed); return .drop
+        }
+        let dontFragment = bytes.loadBigEndianUInt16(at: 6) & 0x4000 != 0
+        if packet.totalLength + IPIPEncapsulation.overhead > path.mtu && dontFragment {
+            counters.count(.tunnelTooBig)
+            let mtu = UInt16(clamping: path.mtu - IPIPEncapsulation.overhead)
+            let length = IPIPEncapsulation.replaceWithFragmentationNeeded(bytes, packet, mtu: mtu, vip: packet.destination)
+            return length > 0 ? .acceptReplaced(offset: 0, length: length) : .drop
+        }
+        return .acceptEncapsulated(source: source, destination: destination)
     }
 
     private func matchService(_ packet: IPv4Packet) -> Int? {

@@ -7,7 +7,7 @@ import Synchronization
 /// ``CounterBatch`` and reads the clock once.
 final class QueueWorker: @unchecked Sendable {
     let socket: QueueSocket
-    let handler: PacketHandler
+    let handler: any PacketProcessor
     let counters: DatapathCounters
     let stop: StopSignal
     private let batch: ReceiveBatch
@@ -18,7 +18,7 @@ final class QueueWorker: @unchecked Sendable {
     /// Bytes per message buffer: the largest IPv4 packet plus the netlink headers and metadata attributes.
     static let messageSize = 65536 + 1024
 
-    init(socket: QueueSocket, handler: PacketHandler, counters: DatapathCounters, stop: StopSignal, sendLimit: Int) {
+    init(socket: QueueSocket, handler: any PacketProcessor, counters: DatapathCounters, stop: StopSignal, sendLimit: Int) {
         self.socket = socket
         self.handler = handler
         self.counters = counters
@@ -55,21 +55,44 @@ final class QueueWorker: @unchecked Sendable {
                 continue
             }
             local.count(.received)
-            var verdict = handler.handle(message.payload, now: now, counters: &local)
-            if verdict == .acceptRewritten && message.payload.count > 0xFFFF - 4 {
-                local.count(.droppedMalformed)
-                verdict = .drop
-            }
-            let code: VerdictWriter.Code = verdict == .drop ? .drop : .accept
-            let payload = verdict == .acceptRewritten ? UnsafeRawBufferPointer(message.payload) : nil
-            var mark: UInt32? = nil
-            if case .acceptMarked(let m) = verdict { mark = m }
-            if !verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload, mark: mark) {
+            let verdict = handler.handle(message.payload, now: now, counters: &local)
+            if !write(verdict, message, &local) {
                 flush(&local)
-                verdicts.append(queue: queue, packetID: message.packetID, verdict: code, payload: payload, mark: mark)
+                if !write(verdict, message, &local) {
+                    // Larger than a whole send: cannot happen with the limits set in init; drop rather than strand.
+                    local.count(.droppedMalformed)
+                    verdicts.append(queue: queue, packetID: message.packetID, verdict: .drop)
+                }
             }
         }
         flush(&local)
+    }
+
+    /// Appends the kernel message for `verdict`; false when the verdict buffer is too full for it.
+    private func write(_ verdict: Verdict, _ message: PacketMessage, _ local: inout CounterBatch) -> Bool {
+        let queue = socket.queue
+        let id = message.packetID
+        switch verdict {
+        case .drop:
+            return verdicts.append(queue: queue, packetID: id, verdict: .drop)
+        case .accept:
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept)
+        case .acceptMarked(let mark):
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark)
+        case .acceptRewritten:
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: UnsafeRawBufferPointer(message.payload))
+        case .acceptReplaced(let offset, let length):
+            let slice = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: slice)
+        case .acceptEncapsulated(let source, let destination):
+            let innerLength = Int(UnsafeRawBufferPointer(message.payload).loadBigEndianUInt16(at: 2))
+            guard innerLength + IPIPEncapsulation.overhead <= 0xFFFF - 4, innerLength <= message.payload.count else {
+                local.count(.droppedMalformed)
+                return verdicts.append(queue: queue, packetID: id, verdict: .drop)
+            }
+            return verdicts.appendEncapsulated(queue: queue, packetID: id, inner: UnsafeRawBufferPointer(message.payload),
+                                               innerLength: innerLength, source: source, destination: destination)
+        }
     }
 
     private func flush(_ local: inout CounterBatch) {

@@ -96,6 +96,7 @@ public final class VerdictWriter {
     public func append(queue: QueueNumber, packetID: UInt32, verdict: Code,
                        payload: UnsafeRawBufferPointer? = nil, mark: UInt32? = nil) -> Bool {
         let payloadLength = payload?.count ?? 0
+        guard payloadLength <= 0xFFFF - 4 else { return false }   // nla_len is 16 bits
         var length = NetlinkLayout.attributesOffset + 12
         if mark != nil { length += 8 }
         if payload != nil { length += NetlinkLayout.align(4 + payloadLength) }
@@ -133,6 +134,32 @@ public final class VerdictWriter {
         }
         used += length
         count += 1
+        return true
+    }
+
+    /// Appends an NF_ACCEPT verdict whose payload is `inner` behind a new outer IPv4 header (IPIP, TUN).
+    /// Returns false (and appends nothing) when it would not fit.
+    public func appendEncapsulated(queue: QueueNumber, packetID: UInt32, inner: UnsafeRawBufferPointer,
+                                   innerLength: Int, source: UInt32, destination: UInt32) -> Bool {
+        let payloadLength = IPIPEncapsulation.overhead + innerLength
+        let length = NetlinkLayout.attributesOffset + 12 + NetlinkLayout.align(4 + payloadLength)
+        guard used + length <= limit, let innerBase = inner.baseAddress else { return false }
+        // Header and verdict attribute as for a payload-less accept, then the payload attribute by hand.
+        let start = used
+        guard append(queue: queue, packetID: packetID, verdict: .accept) else { return false }
+        let p = buffer + start
+        p.storeBytes(of: UInt32(length), toByteOffset: 0, as: UInt32.self)
+        let attribute = p + NetlinkLayout.attributesOffset + 12
+        attribute.storeBytes(of: UInt16(4 + payloadLength), toByteOffset: 0, as: UInt16.self)
+        attribute.storeBytes(of: NetlinkLayout.attributePayload, toByteOffset: 2, as: UInt16.self)
+        IPIPEncapsulation.writeOuterHeader(attribute + 4, inner: inner, innerLength: innerLength,
+                                           source: source, destination: destination)
+        (attribute + 4 + IPIPEncapsulation.overhead).copyMemory(from: innerBase, byteCount: innerLength)
+        let padded = NetlinkLayout.align(4 + payloadLength)
+        if padded > 4 + payloadLength {
+            (attribute + 4 + payloadLength).initializeMemory(as: UInt8.self, repeating: 0, count: padded - 4 - payloadLength)
+        }
+        used = start + length
         return true
     }
 }

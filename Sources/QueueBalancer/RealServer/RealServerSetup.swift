@@ -37,8 +37,13 @@ public struct RealServerSetup {
         ("net/ipv4/conf/lo/arp_announce", "2"),
     ]
 
-    /// Puts `vip` on `lo` and applies the ARP sysctls. Returns what it did, one line per change.
-    public func setup(vip: IPAddress, mode: Mode) throws(Failure) -> [String] {
+    /// The mangle INPUT chain that queues IPIP packets to `nfqlb decap` (TUN on kernels without ipip).
+    public static let decapChain = "NFQLB-DECAP"
+
+    /// Puts `vip` on `lo` and applies the ARP sysctls; for TUN also queues IP protocol 4 at mangle INPUT
+    /// (after reassembly) to `decapQueue`, where `nfqlb decap` turns it into the inner packet. Returns what it
+    /// did, one line per change.
+    public func setup(vip: IPAddress, mode: Mode, decapQueue: UInt16 = 0) throws(Failure) -> [String] {
         guard vip.isIPv4 else { throw Failure(description: "IPv6 real servers are not supported yet (\(vip))") }
         try makeStateDirectory()
         var done: [String] = []
@@ -58,7 +63,29 @@ public struct RealServerSetup {
             try save("", to: stateDirectory + "/vip-\(vip)")
             done.append("added \(vip)/32 to lo")
         }
+        if mode == .tun {
+            let chain = RealServerSetup.decapChain
+            let rule = "-p 4 -m comment --comment \"nfqlb decap: IPIP to queue \(decapQueue)\" -j NFQUEUE --queue-num \(decapQueue)"
+            let installed = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-S", chain])
+            let wanted = "-A \(chain) \(rule)"
+            if installed?.status != 0 || !(installed?.output.contains(wanted) ?? false) {
+                if installed?.status != 0 { try iptables(["-N", chain]) } else { try iptables(["-F", chain]) }
+                try iptables(["-A", chain, "-p", "4", "-m", "comment", "--comment",
+                              "nfqlb decap: IPIP to queue \(decapQueue)", "-j", "NFQUEUE", "--queue-num", "\(decapQueue)"])
+                done.append("queued IPIP (protocol 4) at mangle INPUT to NFQUEUE \(decapQueue) for nfqlb decap")
+            }
+            if runCapturingOutput(["iptables", "-w", "-t", "mangle", "-C", "INPUT", "-j", chain])?.status != 0 {
+                try iptables(["-I", "INPUT", "1", "-j", chain])
+            }
+            try save("", to: stateDirectory + "/decap")
+        }
         return done
+    }
+
+    private func iptables(_ arguments: [String]) throws(Failure) {
+        guard let (status, _) = runCapturingOutput(["iptables", "-w", "-t", "mangle"] + arguments), status == 0 else {
+            throw Failure(description: "`iptables -t mangle \(arguments.joined(separator: " "))` failed (is iptables installed? root?)")
+        }
     }
 
     /// Removes `vip` from `lo` if ``setup(vip:mode:)`` added it; restores the sysctls when no VIP it added
@@ -76,6 +103,13 @@ public struct RealServerSetup {
         let remaining = (try? FileManager.default.contentsOfDirectory(atPath: stateDirectory))?
             .filter { $0.hasPrefix("vip-") } ?? []
         if remaining.isEmpty {
+            if FileManager.default.fileExists(atPath: stateDirectory + "/decap") {
+                let chain = RealServerSetup.decapChain
+                while runCapturingOutput(["iptables", "-w", "-t", "mangle", "-D", "INPUT", "-j", chain])?.status == 0 {}
+                _ = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-F", chain])
+                _ = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-X", chain])
+                done.append("removed the IPIP queue rule (mangle \(chain))")
+            }
             let savedPath = stateDirectory + "/sysctl.saved"
             let saved = (try? String(contentsOfFile: savedPath, encoding: .utf8)) ?? ""
             for line in saved.split(separator: "\n").reversed() {
