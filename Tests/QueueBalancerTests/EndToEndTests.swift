@@ -62,15 +62,25 @@ struct EndToEndTests {
     }
 }
 
-/// DR: marked packets steered by policy routing, real servers prepared by `nfqlb real-server setup`, replies
-/// straight back to the client through a router.
+/// DR and TUN: real servers prepared by `nfqlb real-server setup`, replies straight back to the client
+/// through a router (`Tests/e2e/direct-return.sh`).
 @Suite(.serialized, .enabled(if: EndToEnd.canRun, "needs root to create network namespaces"))
-struct DirectRoutingEndToEndTests {
+struct DirectReturnEndToEndTests {
+    static let common = ["download 5242880 bytes identical", "upload 3145728 bytes identical",
+                         "distribution udp r1=10 r2=10 r3=10", "direct return: balancer handled no reply"]
+
+    /// DR: marked packets steered to the real server's MAC by policy routing.
     @Test func directRoutingBalancesAndRepliesBypassTheBalancer() throws {
-        let output = try EndToEnd.run("", script: "dr.sh")
-        for line in ["distribution dr r1=10 r2=10 r3=10", "download 5242880 bytes identical",
-                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
-                     "direct return: balancer handled no reply"] {
+        let output = try EndToEnd.run("dr", script: "direct-return.sh")
+        for line in ["distribution dr r1=10 r2=10 r3=10"] + Self.common { #expect(output.contains(line)) }
+    }
+
+    /// TUN: IPIP to the real servers, `nfqlb decap` there; the 3 MiB upload with DF over a 1500-byte path
+    /// completes through the ICMP "fragmentation needed" answers.
+    @Test func tunnelBalancesDecapsulatesAndHandlesThePathMTU() throws {
+        let output = try EndToEnd.run("tun", script: "direct-return.sh")
+        for line in ["distribution tun r1=10 r2=10 r3=10", "tunnel too big answered:",
+                     "decapsulated on every real server, none dropped"] + Self.common {
             #expect(output.contains(line))
         }
     }

@@ -65,13 +65,14 @@ public struct RealServerSetup {
         }
         if mode == .tun {
             let chain = RealServerSetup.decapChain
-            let rule = "-p 4 -m comment --comment \"nfqlb decap: IPIP to queue \(decapQueue)\" -j NFQUEUE --queue-num \(decapQueue)"
-            let installed = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-S", chain])
-            let wanted = "-A \(chain) \(rule)"
-            if installed?.status != 0 || !(installed?.output.contains(wanted) ?? false) {
-                if installed?.status != 0 { try iptables(["-N", chain]) } else { try iptables(["-F", chain]) }
-                try iptables(["-A", chain, "-p", "4", "-m", "comment", "--comment",
-                              "nfqlb decap: IPIP to queue \(decapQueue)", "-j", "NFQUEUE", "--queue-num", "\(decapQueue)"])
+            let rule = ["-p", "4", "-m", "comment", "--comment", "nfqlb decap: IPIP to queue \(decapQueue)",
+                        "-j", "NFQUEUE", "--queue-num", "\(decapQueue)"]
+            let chainExists = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-S", chain])?.status == 0
+            let ruleExists = chainExists
+                && runCapturingOutput(["iptables", "-w", "-t", "mangle", "-C", chain] + rule)?.status == 0
+            if !ruleExists {
+                try iptables(chainExists ? ["-F", chain] : ["-N", chain])
+                try iptables(["-A", chain] + rule)
                 done.append("queued IPIP (protocol 4) at mangle INPUT to NFQUEUE \(decapQueue) for nfqlb decap")
             }
             if runCapturingOutput(["iptables", "-w", "-t", "mangle", "-C", "INPUT", "-j", chain])?.status != 0 {

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# End-to-end test of LVS DR mode (direct routing) in a lab of network namespaces (lab_dr_up in lib.sh): the
-# balancer only picks the real server and marks the packet; policy routing delivers it unchanged to the real
-# server's MAC; the real server (prepared by `nfqlb real-server setup`) holds the VIP on lo and answers the
+# End-to-end test of the LVS modes with direct return, in a lab of network namespaces (lab_dr_up in lib.sh):
+#   dr   the balancer only picks the real server and marks the packet; policy routing delivers it unchanged
+#        to the real server's MAC;
+#   tun  the balancer wraps the packet in IPIP to the real server, which decapsulates with `nfqlb decap`
+#        (this kernel has no ipip); packets too big for the tunnel get ICMP "fragmentation needed".
+# Either way the real server (prepared by `nfqlb real-server setup`) holds the VIP on lo and answers the
 # client directly through the router, never through the balancer.
 #
-# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/dr.sh      (root)
+# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/direct-return.sh dr|tun      (root)
 # Checks: 30 HTTP requests spread 10/10/10 (rr); a 5 MiB download and a 3 MiB upload byte-identical; 30 UDP
 # datagrams answered from the VIP, 10/10/10; the balancer rewrote nothing and forwarded no reply (its FORWARD
 # counter for packets from the VIP stays 0) while the router carried the replies; no checksum errors; after
 # stopping: no iptables rule, no fwmark rule, no route table left, and real-server teardown removes the VIP.
 set -euo pipefail
+mode=${1:-dr}
+case "$mode" in dr|tun) ;; *) echo "usage: $0 dr|tun" >&2; exit 2 ;; esac
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/lib.sh"
 lab_unmask_signals "$@"
@@ -17,8 +22,9 @@ lab_unmask_signals "$@"
 export NFQLB
 setup=$LAB_ROOT/scripts/iptables-setup.sh
 vip=203.0.113.10
+declare -a decap_pid
 
-lab_init "nd$$x"
+lab_init "n${mode:0:1}$$x"
 lab_extra_teardown() {
     if [ -n "$NFQLB_PID" ]; then lab_stop_pid "$NFQLB_PID" 50; NFQLB_PID=""; fi
     if [ "$LAB_EXIT_STATUS" != 0 ] && [ -n "$NFQLB_LOG" ]; then
@@ -31,10 +37,20 @@ lab_dr_up
 
 # The real servers: the LVS recipe through nfqlb itself, then services bound to the VIP (DR keeps the port).
 for i in 1 2 3; do
-    in_ns "${P}r$i" "$NFQLB" real-server setup --vip "$vip" --mode dr >/dev/null || fail "real-server setup on r$i"
+    in_ns "${P}r$i" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null || fail "real-server setup on r$i"
     [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 1 ] || fail "arp_ignore not set on r$i"
 done
-in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode dr | grep -q "nothing to change" || fail "real-server setup is not idempotent"
+in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" | grep -q "nothing to change" || fail "real-server setup is not idempotent"
+if [ "$mode" = tun ]; then
+    for i in 1 2 3; do
+        lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --stats-file "$LAB_TMP/decap$i.stats"
+        decap_pid[$i]=$LAB_LAST_PID
+    done
+    for i in 1 2 3; do
+        for _ in $(seq 100); do queue_bound "${P}r$i" 0 && continue 2; sleep 0.1; done
+        fail "nfqlb decap did not bind its queue on r$i: $(cat "$LAB_TMP/decap$i.log")"
+    done
+fi
 head -c 5242880 /dev/urandom > "$LAB_TMP/big.bin"
 cat > "$LAB_TMP/echo.py" <<'PY'
 import socket, sys
@@ -59,25 +75,28 @@ for i in 1 2 3; do
 done
 pass "lab up: client, balancer, router, 3 real servers holding $vip on lo"
 
-cat > "$LAB_TMP/dr.yaml" <<YAML
+cat > "$LAB_TMP/lb.yaml" <<YAML
 queues: [0]
 services:
-  - { vip: $vip, port: 80, protocol: tcp, mode: dr, scheduler: rr,
+  - { vip: $vip, port: 80, protocol: tcp, mode: $mode, scheduler: rr,
       reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
-  - { vip: $vip, port: 9000, protocol: tcp, mode: dr, scheduler: rr,
+  - { vip: $vip, port: 9000, protocol: tcp, mode: $mode, scheduler: rr,
       reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
-  - { vip: $vip, port: 53, protocol: udp, mode: dr, scheduler: rr,
+  - { vip: $vip, port: 53, protocol: udp, mode: $mode, scheduler: rr,
       reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
 YAML
 
 hosts=(c r1 r2 r3)
 declare -A csum_before
 for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
-# Counting rules: replies (source: the VIP) forwarded by the router, and by the balancer (must stay 0).
+# Counting rules: replies (source: the VIP) forwarded by the router, and by the balancer (must stay 0; the
+# balancer's own ICMP "fragmentation needed" answers in TUN mode also come from the VIP, so ICMP is left out).
 in_ns "${P}g" iptables -w -A FORWARD -s "$vip" -j ACCEPT
-in_ns "${P}b" iptables -w -A FORWARD -s "$vip" -j ACCEPT
-nfqlb_start "$LAB_TMP/dr.yaml"
-in_ns "${P}b" ip rule | grep -q "fwmark 0x1000 lookup 4096" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
+in_ns "${P}b" iptables -w -A FORWARD -s "$vip" ! -p icmp -j ACCEPT
+nfqlb_start "$LAB_TMP/lb.yaml"
+if [ "$mode" = dr ]; then
+    in_ns "${P}b" ip rule | grep -q "fwmark 0x1000 lookup 4096" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
+fi
 
 declare -A count=([r1]=0 [r2]=0 [r3]=0)
 for i in $(seq 30); do
@@ -85,9 +104,9 @@ for i in $(seq 30); do
     [[ $answer =~ ^r[123]$ ]] || fail "request $i: unexpected answer '$answer'"
     count[$answer]=$((count[$answer] + 1))
 done
-line="distribution dr r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
+line="distribution $mode r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
 echo "$line"
-[ "$line" = "distribution dr r1=10 r2=10 r3=10" ] || fail "dr: $line"
+[ "$line" = "distribution $mode r1=10 r2=10 r3=10" ] || fail "$mode: $line"
 
 in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$vip/big.bin" || fail "download failed"
 cmp -s "$LAB_TMP/big.bin" "$LAB_TMP/download.bin" || fail "download differs"
@@ -130,6 +149,21 @@ via_balancer=$(in_ns "${P}b" iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '
 echo "replies from the VIP: via router $via_router packets, via balancer $via_balancer packets"
 [ "$via_balancer" = 0 ] && [ "$via_router" -gt 0 ] || fail "replies did not take the direct return path"
 echo "direct return: balancer handled no reply"
+if [ "$mode" = tun ]; then
+    # The upload's full-size segments (1500 bytes with DF) do not fit the 1500-byte path once wrapped: the
+    # balancer answered with ICMP "fragmentation needed" and the client went on with smaller segments.
+    too_big=$(stat_value tunnel_too_big)
+    [ "${too_big:-0}" -gt 0 ] || fail "tun: no packet needed the fragmentation-needed path (tunnel_too_big=$too_big)"
+    echo "tunnel too big answered: $too_big"
+    for i in 1 2 3; do
+        lab_stop_pid "${decap_pid[$i]}" 50 || fail "nfqlb decap on r$i did not stop cleanly"
+        lab_forget_pid "${decap_pid[$i]}"
+        decapsulated=$(awk '$1 == "decapsulated" { print $2 }' "$LAB_TMP/decap$i.stats")
+        dropped=$(awk '$1 ~ /^dropped_/ { s += $2 } END { print s + 0 }' "$LAB_TMP/decap$i.stats")
+        [ "${decapsulated:-0}" -gt 0 ] && [ "$dropped" = 0 ] || fail "decap on r$i: decapsulated=$decapsulated dropped=$dropped"
+    done
+    echo "decapsulated on every real server, none dropped"
+fi
 
 line="checksum errors:"
 for h in "${hosts[@]}"; do
@@ -139,7 +173,7 @@ done
 echo "$line"
 [ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0" ] || fail "checksum errors appeared"
 
-in_ns "${P}b" iptables -w -D FORWARD -s "$vip" -j ACCEPT
+in_ns "${P}b" iptables -w -D FORWARD -s "$vip" ! -p icmp -j ACCEPT
 in_ns "${P}b" "$setup" down >/dev/null
 in_ns "${P}b" iptables-save | grep -q NFQLB && fail "iptables rules left behind"
 in_ns "${P}b" ip rule | grep -q fwmark && fail "fwmark rules left behind: $(in_ns "${P}b" ip rule)"
@@ -147,7 +181,8 @@ in_ns "${P}b" ip rule | grep -q fwmark && fail "fwmark rules left behind: $(in_n
 for i in 1 2 3; do
     in_ns "${P}r$i" "$NFQLB" real-server teardown --vip "$vip" >/dev/null
     in_ns "${P}r$i" ip -o addr show dev lo | grep -q "$vip" && fail "VIP still on lo of r$i"
+    in_ns "${P}r$i" iptables-save | grep -q NFQLB && fail "decap rule left on r$i"
     [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 0 ] || fail "arp_ignore not restored on r$i"
 done
 echo "cleanup: no rules left"
-pass "dr.sh: all checks passed"
+pass "direct-return.sh $mode: all checks passed"
