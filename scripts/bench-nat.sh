@@ -3,7 +3,7 @@
 # (nfqlb in NAT mode) and directly (the same path through the balancer, forwarded by the kernel without nfqlb),
 # alternating in one run so that both see the same machine load. Prints each run and the medians.
 #
-# Usage (root): NFQLB=/path/to/nfqlb scripts/bench-nat.sh [ROUNDS=3] [SECONDS=5]
+# Usage (root): NFQLB=/path/to/nfqlb [MODE=nat|fullnat] scripts/bench-nat.sh [ROUNDS=3] [SECONDS=5]
 # Without NFQLB it builds and uses the release binary.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,13 +29,16 @@ lab_nat_up
 ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.1   # the direct path, for the baseline
 lab_spawn "${P}r1" "$LAB_TMP/iperf.log" iperf3 -s -B 198.51.100.11
 sleep 0.5
-cat > "$LAB_TMP/bench.yaml" <<'YAML'
+locals=""
+[ "${MODE:-nat}" = fullnat ] && locals="
+    local-addresses: [198.51.100.1]"
+cat > "$LAB_TMP/bench.yaml" <<YAML
 queues: [0]
 services:
   - vip: 203.0.113.10
     port: 5201
     protocol: tcp
-    mode: nat
+    mode: ${MODE:-nat}$locals
     scheduler: rr
     reals:
       - { address: 198.51.100.11, port: 5201 }
@@ -43,7 +46,7 @@ YAML
 
 # mbps TARGET: one bounded iperf3 upload; prints Mbit/s received by the server.
 mbps() {
-    in_ns "${P}c" timeout $((seconds + 20)) iperf3 -c "$1" -t "$seconds" -J 2>/dev/null \
+    in_ns "${P}c" timeout $((seconds + 20)) iperf3 -c "$1" -t "$seconds" ${IPERF_ARGS:-} -J 2>/dev/null \
         | "$LAB_PYTHON" -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))'
 }
 

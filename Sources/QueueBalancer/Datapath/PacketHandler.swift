@@ -6,6 +6,8 @@ public enum Verdict: Equatable, Sendable {
     case drop
     /// NF_ACCEPT with the packet as rewritten in the buffer (the verdict carries the payload).
     case acceptRewritten
+    /// NF_ACCEPT with the packet as rewritten and this fwmark set (FULLNAT: ``IptablesRules/translatedMark``).
+    case acceptRewrittenMarked(UInt32)
     /// NF_ACCEPT, packet unchanged, with this fwmark set (DR: policy routing steers it to the real server).
     case acceptMarked(UInt32)
     /// NF_ACCEPT with the packet wrapped in an outer IPv4 header (protocol 4) from `source` to `destination`
@@ -132,7 +134,7 @@ public final class PacketHandler: PacketProcessor {
                 }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 NATRewrite.rewriteSource(bytes, packet, address: localAddress, port: local.port)
-                return .acceptRewritten
+                return .acceptRewrittenMarked(IptablesRules.translatedMark)
             case .portsExhausted: counters.count(.droppedPortsExhausted); return .drop
             case .noConnection: counters.count(.droppedNoConnection); return .drop
             case .noRealServer: counters.count(.droppedNoRealServer); return .drop
@@ -144,10 +146,11 @@ public final class PacketHandler: PacketProcessor {
            let vip = inbound.destination.address.ipv4, let client = inbound.source.address.ipv4 {
             // NAT: from RIP:rport to VIP:vport. FULLNAT also: to LIP:lport back to CIP:cport.
             NATRewrite.rewriteSource(bytes, packet, address: vip, port: inbound.destination.port)
+            counters.count(.replied)
             if inbound.source != key.destination {
                 NATRewrite.rewriteDestination(bytes, packet, address: client, port: inbound.source.port)
+                return .acceptRewrittenMarked(IptablesRules.translatedMark)
             }
-            counters.count(.replied)
             return .acceptRewritten
         }
         // Not for a virtual service and not a tracked reply: e.g. a real server answering a health check sent

@@ -81,6 +81,9 @@ final class QueueWorker: @unchecked Sendable {
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark)
         case .acceptRewritten:
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: UnsafeRawBufferPointer(message.payload))
+        case .acceptRewrittenMarked(let mark):
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept,
+                                   payload: UnsafeRawBufferPointer(message.payload), mark: mark)
         case .acceptReplaced(let offset, let length):
             let slice = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: slice)

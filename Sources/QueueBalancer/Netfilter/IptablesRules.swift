@@ -11,6 +11,13 @@ public enum IptablesRules {
     /// The chain in the raw table holding nfqlb's rules.
     public static let chain = "NFQLB-PREROUTING"
 
+    /// The fwmark bit on packets nfqlb translated under FULLNAT. With bridge netfilter (a bridge on the
+    /// balancer and `net.bridge.bridge-nf-call-iptables=1`, the kernel default), a queued packet passes
+    /// PREROUTING twice: once at the bridge port, where it is queued and rewritten, and again at the bridge
+    /// device with its new headers. The anti-spoof rules skip marked packets so that they do not drop the
+    /// second pass of a translated packet (measured: FULLNAT downloads fell to 4 Mbit/s without this).
+    public static let translatedMark: UInt32 = 0x0100_0000
+
     /// The `iptables-restore --noflush` input for `config`.
     public static func restoreInput(for config: BalancerConfig, source: String? = nil) -> String {
         var lines: [String] = []
@@ -33,7 +40,8 @@ public enum IptablesRules {
             }
         }
         for address in spoofable {
-            lines.append("-A \(chain) ! -i lo -s \(address)/32 -m comment --comment \"nfqlb fullnat anti-spoof\" -j DROP")
+            let mark = "0x\(String(translatedMark, radix: 16))"
+            lines.append("-A \(chain) ! -i lo -s \(address)/32 -m mark ! --mark \(mark)/\(mark) -m comment --comment \"nfqlb fullnat anti-spoof\" -j DROP")
         }
         let ports = "\(config.fullnatPorts.lowerBound):\(config.fullnatPorts.upperBound)"
         for service in config.services where service.vip.isIPv4 {
