@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Rough throughput of one LVS mode in the namespace lab: iperf3 from the client to a real server, through the
+# VIP (nfqlb) and directly (the same hosts, kernel forwarding only, no nfqlb), alternating in one run so that
+# both see the same machine load. Prints each run and the medians.
+#   nat, fullnat: the NAT lab (lib.sh lab_nat_up); "direct" goes through the balancer's kernel forwarding.
+#   dr, tun:      the direct-return lab (lab_dr_up); "direct" goes through the router, as the replies do.
+#
+# Usage (root): NFQLB=/path/to/nfqlb scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
+#   IPERF_ARGS=-R measures the other direction (server to client). Without NFQLB it builds the release binary.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$root/Tests/e2e/lib.sh"
+lab_unmask_signals "$@"
+mode=${1:-nat}
+rounds=${2:-3}
+seconds=${3:-5}
+case "$mode" in nat|fullnat|dr|tun) ;; *) fail "MODE is nat, fullnat, dr or tun" ;; esac
+[ "$rounds" -ge 1 ] && [ "$rounds" -le 10 ] && [ "$seconds" -ge 1 ] && [ "$seconds" -le 30 ] || fail "ROUNDS 1..10, SECONDS 1..30"
+command -v iperf3 >/dev/null || fail "iperf3 not found (apt-get install iperf3)"
+if [ -z "${NFQLB:-}" ]; then
+    (cd "$root" && swift build -c release >/dev/null)
+    NFQLB=$(cd "$root" && swift build -c release --show-bin-path)/nfqlb
+fi
+export NFQLB
+vip=203.0.113.10
+
+lab_init "nqb$$"
+decap=""
+lab_extra_teardown() {
+    if [ -n "$NFQLB_PID" ]; then lab_stop_pid "$NFQLB_PID" 50; NFQLB_PID=""; fi
+    [ -e "/run/netns/${P}b" ] && in_ns "${P}b" "$root/scripts/iptables-setup.sh" down >/dev/null 2>&1
+    return 0
+}
+extra=""
+case "$mode" in
+    nat|fullnat)
+        lab_nat_up
+        ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.1     # direct: kernel forwarding on the balancer
+        [ "$mode" = fullnat ] && extra="local-addresses: [198.51.100.1], " ;;
+    dr|tun)
+        lab_dr_up
+        ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.254   # direct: through the router
+        in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null
+        if [ "$mode" = tun ]; then
+            lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0
+            for _ in $(seq 100); do queue_bound "${P}r1" 0 && break; sleep 0.1; done
+        fi ;;
+esac
+lab_spawn "${P}r1" "$LAB_TMP/iperf.log" iperf3 -s     # all addresses: the RIP (direct) and, in DR/TUN, the VIP
+sleep 0.5
+cat > "$LAB_TMP/bench.yaml" <<YAML
+queues: [0]
+services:
+  - { vip: $vip, port: 5201, protocol: tcp, mode: $mode, ${extra}reals: [ { address: 198.51.100.11 } ] }
+YAML
+
+# mbps TARGET: one bounded iperf3 run; prints Mbit/s received.
+mbps() {
+    in_ns "${P}c" timeout $((seconds + 20)) iperf3 -c "$1" -t "$seconds" ${IPERF_ARGS:-} -J 2>/dev/null \
+        | "$LAB_PYTHON" -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))'
+}
+
+direct=(); balanced=()
+for round in $(seq "$rounds"); do
+    d=$(mbps 198.51.100.11) || fail "direct iperf3 failed"
+    nfqlb_start "$LAB_TMP/bench.yaml" >/dev/null
+    n=$(mbps "$vip") || fail "iperf3 through the VIP failed"
+    nfqlb_stop
+    echo "nfqlb stats: $(grep -E '^(received|batches|tunnel_too_big|kernel_user_dropped|kernel_queue_dropped|receive_overruns) ' "$NFQLB_STATS" | tr '\n' ' ')"
+    in_ns "${P}b" "$root/scripts/iptables-setup.sh" down >/dev/null
+    echo "round $round: direct $d Mbit/s, through the VIP (nfqlb $mode) $n Mbit/s"
+    direct+=("$d"); balanced+=("$n")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+md=$(median "${direct[@]}"); mb=$(median "${balanced[@]}")
+echo "median ($mode${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
