@@ -141,9 +141,10 @@ if [ "$mode" = dr ]; then
     in_ns "${P}b" ip rule | grep fwmark | sed 's/^/    /'
 fi
 
-# Counting rules: TCP packets at each of the balancer's five hooks (mangle table: after nfqlb's raw
-# PREROUTING verdict), and replies from the VIP at the client, the balancer and (DR/TUN) the router.
-for hook in PREROUTING INPUT FORWARD OUTPUT POSTROUTING; do in_ns "${P}b" iptables -w -t mangle -A "$hook" -p tcp; done
+# Counting rules: IPv4 packets at each of the balancer's five hooks (mangle table: after nfqlb's raw
+# PREROUTING verdict; the demo's traffic is all there is), and replies from the VIP at the client, the
+# balancer and (DR/TUN) the router.
+for hook in PREROUTING INPUT FORWARD OUTPUT POSTROUTING; do in_ns "${P}b" iptables -w -t mangle -A "$hook"; done
 in_ns "${P}c" iptables -w -A INPUT -s "$vip" -p tcp
 in_ns "${P}b" iptables -w -A FORWARD -s "$vip" -p tcp
 [ -e "/run/netns/${P}g" ] && in_ns "${P}g" iptables -w -A FORWARD -s "$vip" -p tcp
@@ -154,16 +155,17 @@ for i in $(seq "$requests"); do
     echo "request $i: answered by ${answer:-(empty)}"
 done
 
-count() { in_ns "$1" iptables -w ${3:+-t $3} -L "$2" -v -x -n | awk 'NR > 2 && $4 ~ /^(tcp|6)$/ { print $1; exit }'; }
-say "The path through the balancer's netfilter hooks (TCP packets counted at each hook)"
+count() { in_ns "$1" iptables -w ${3:+-t $3} -L "$2" -v -x -n | awk 'NR == 3 { print $1 }'; }   # each chain holds one counting rule
+say "The path through the balancer's netfilter hooks (IPv4 packets counted at each hook)"
 for hook in PREROUTING INPUT FORWARD OUTPUT POSTROUTING; do
     printf '    %-12s %6s packets\n' "$hook" "$(count "${P}b" "$hook" mangle)"
 done
 echo "    (raw PREROUTING is where nfqlb sees them: ${mode^^} verdicts, before routing; INPUT and OUTPUT stay"
 echo "     at 0 because nothing is delivered to or sent by the balancer itself)"
+[ "$mode" = tun ] && echo "    (in TUN the packets leave PREROUTING as IPIP, protocol 4, 20 bytes longer)"
 say "Who carried the replies from $vip"
 printf '    %-28s %6s packets\n' "client received" "$(count "${P}c" INPUT)"
-printf '    %-28s %6s packets\n' "balancer forwarded" "$(count "${P}b" FORWARD | head -1)"
+printf '    %-28s %6s packets\n' "balancer forwarded" "$(count "${P}b" FORWARD)"
 [ -e "/run/netns/${P}g" ] && printf '    %-28s %6s packets\n' "router forwarded" "$(count "${P}g" FORWARD)"
 echo
 echo "$explain"
