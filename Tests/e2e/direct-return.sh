@@ -40,7 +40,7 @@ for i in 1 2 3; do
     in_ns "${P}r$i" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null || fail "real-server setup on r$i"
     [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 1 ] || fail "arp_ignore not set on r$i"
 done
-in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" | grep -q "nothing to change" || fail "real-server setup is not idempotent"
+grep -q "nothing to change" <<<"$(in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode")" || fail "real-server setup is not idempotent"
 if [ "$mode" = tun ]; then
     for i in 1 2 3; do
         lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --stats-file "$LAB_TMP/decap$i.stats"
@@ -95,7 +95,7 @@ in_ns "${P}g" iptables -w -A FORWARD -s "$vip" -j ACCEPT
 in_ns "${P}b" iptables -w -A FORWARD -s "$vip" ! -p icmp -j ACCEPT
 nfqlb_start "$LAB_TMP/lb.yaml"
 if [ "$mode" = dr ]; then
-    in_ns "${P}b" ip rule | grep -q "fwmark 0x1000 lookup 4096" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
+    grep -q "fwmark 0x1000 lookup 4096" <<<"$(in_ns "${P}b" ip rule)" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
 fi
 
 declare -A count=([r1]=0 [r2]=0 [r3]=0)
@@ -175,13 +175,13 @@ echo "$line"
 
 in_ns "${P}b" iptables -w -D FORWARD -s "$vip" ! -p icmp -j ACCEPT
 in_ns "${P}b" "$setup" down >/dev/null
-in_ns "${P}b" iptables-save | grep -q NFQLB && fail "iptables rules left behind"
-in_ns "${P}b" ip rule | grep -q fwmark && fail "fwmark rules left behind: $(in_ns "${P}b" ip rule)"
+grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)" && fail "iptables rules left behind"
+grep -q fwmark <<<"$(in_ns "${P}b" ip rule)" && fail "fwmark rules left behind: $(in_ns "${P}b" ip rule)"
 [ -z "$(in_ns "${P}b" ip route show table 4096 2>/dev/null)" ] || fail "route table 4096 left behind"
 for i in 1 2 3; do
     in_ns "${P}r$i" "$NFQLB" real-server teardown --vip "$vip" >/dev/null
-    in_ns "${P}r$i" ip -o addr show dev lo | grep -q "$vip" && fail "VIP still on lo of r$i"
-    in_ns "${P}r$i" iptables-save | grep -q NFQLB && fail "decap rule left on r$i"
+    grep -q "$vip" <<<"$(in_ns "${P}r$i" ip -o addr show dev lo)" && fail "VIP still on lo of r$i"
+    grep -q NFQLB <<<"$(in_ns "${P}r$i" iptables-save)" && fail "decap rule left on r$i"
     [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 0 ] || fail "arp_ignore not restored on r$i"
 done
 echo "cleanup: no rules left"

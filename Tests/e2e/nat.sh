@@ -273,7 +273,7 @@ echo "$line"
 [ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0" ] || fail "checksum errors appeared"
 
 in_ns "${P}b" "$setup" down >/dev/null || fail "iptables-setup.sh down failed"
-if in_ns "${P}b" iptables-save | grep -q NFQLB; then
+if grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)"; then
     fail "rules left behind: $(in_ns "${P}b" iptables-save | grep NFQLB | tr '\n' ' ')"
 fi
 [ "$(in_ns "${P}b" sysctl -n net.ipv4.conf.all.accept_local)" = 0 ] || fail "accept_local not restored by down"
