@@ -50,3 +50,26 @@ import Testing
             """)
     }
 }
+
+/// With DR only, the queue copies 128 bytes per packet: the handler must work on that prefix.
+@Suite struct HeaderOnlyCopyTests {
+    @Test func truncatedCopiesAreBalancedInDROnlyConfigs() {
+        let config = BalancerConfig(queues: [0], services: [
+            VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .dr, scheduler: .rr,
+                           reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 80)]),
+        ])
+        let handler = PacketHandler(config: config, tracker: ConnectionTracker())
+        #expect(handler.headersOnly)
+        var syn = PacketBuilder()
+        syn.payload = Array(repeating: 9, count: 1000)
+        let prefix = Array(syn.build().prefix(Int(PacketHandler.headerCopyRange)))
+        var counters = CounterBatch()
+        #expect(handler.run(prefix, counters: &counters).0 == .acceptMarked(config.fwmarkBase))
+        // Too short even for the TCP header: still malformed.
+        #expect(handler.run(Array(prefix.prefix(30)), counters: &counters).0 == .drop)
+        // A NAT handler never accepts a cut packet.
+        let nat = PacketHandler(config: natConfig(), tracker: ConnectionTracker())
+        #expect(!nat.headersOnly)
+        #expect(nat.run(prefix, counters: &counters).0 == .drop)
+    }
+}

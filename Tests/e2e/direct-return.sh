@@ -86,7 +86,7 @@ services:
       reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
 YAML
 
-hosts=(c r1 r2 r3)
+hosts=(c r1 r2 r3 b g)
 declare -A csum_before
 for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
 # Counting rules: replies (source: the VIP) forwarded by the router, and by the balancer (must stay 0; the
@@ -95,6 +95,9 @@ in_ns "${P}g" iptables -w -A FORWARD -s "$vip" -j ACCEPT
 in_ns "${P}b" iptables -w -A FORWARD -s "$vip" ! -p icmp -j ACCEPT
 nfqlb_start "$LAB_TMP/lb.yaml"
 if [ "$mode" = dr ]; then
+    copy=$(in_ns "${P}b" awk '$1 == 0 { print $5 }' /proc/net/netfilter/nfnetlink_queue)
+    [ "$copy" = 128 ] || fail "DR should copy only the headers (copy range $copy, want 128)"
+    echo "copy range: $copy bytes"
     grep -q "fwmark 0x1000 lookup 4096" <<<"$(in_ns "${P}b" ip rule)" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
 fi
 
@@ -167,11 +170,11 @@ fi
 
 line="checksum errors:"
 for h in "${hosts[@]}"; do
-    label=$h; [ "$h" = c ] && label=client
+    case $h in c) label=client ;; b) label=balancer ;; g) label=router ;; *) label=$h ;; esac
     line="$line $label +$(( $(csum_errors "${P}$h") - ${csum_before[$h]} ))"
 done
 echo "$line"
-[ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0" ] || fail "checksum errors appeared"
+[ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0 balancer +0 router +0" ] || fail "checksum errors appeared"
 
 in_ns "${P}b" iptables -w -D FORWARD -s "$vip" ! -p icmp -j ACCEPT
 in_ns "${P}b" "$setup" down >/dev/null

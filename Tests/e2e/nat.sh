@@ -201,7 +201,7 @@ PY
 }
 
 # Checksum error counters of the client and the real servers before any traffic through the VIP.
-hosts=(c r1 r2 r3)
+hosts=(c r1 r2 r3 b)
 declare -A csum_before
 declare -a skip
 for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
@@ -266,11 +266,11 @@ stop_and_check
 
 line="checksum errors:"
 for h in "${hosts[@]}"; do
-    label=$h; [ "$h" = c ] && label=client
+    case $h in c) label=client ;; b) label=balancer ;; *) label=$h ;; esac
     line="$line $label +$(( $(csum_errors "${P}$h") - ${csum_before[$h]} ))"
 done
 echo "$line"
-[ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0" ] || fail "checksum errors appeared"
+[ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0 balancer +0" ] || fail "checksum errors appeared"
 
 in_ns "${P}b" "$setup" down >/dev/null || fail "iptables-setup.sh down failed"
 if grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)"; then

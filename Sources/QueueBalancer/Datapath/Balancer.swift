@@ -36,11 +36,12 @@ public final class Balancer {
     /// raised, then stops the workers, unbinds the queues and writes the stats file a last time.
     public func run(stop: StopSignal, statsFile: String?, statsInterval: Duration = .seconds(1)) throws(QueueError) {
         var sockets: [QueueSocket] = []
+        let copyRange = (processor as? PacketHandler)?.headersOnly == true ? PacketHandler.headerCopyRange : 0xFFFF
         let bufferBytes = config.socketBufferMiB << 20
         for queue in config.queues {
             do {
                 sockets.append(try QueueSocket(queue: QueueNumber(rawValue: queue), bufferBytes: bufferBytes,
-                                               queueLength: config.queueLength))
+                                               queueLength: config.queueLength, copyRange: copyRange))
             } catch {
                 sockets.forEach { $0.close() }
                 throw error

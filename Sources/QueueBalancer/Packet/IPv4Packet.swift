@@ -39,7 +39,11 @@ public struct IPv4Packet {
     }
 
     /// Parses `bytes` in place; reads nothing outside it and allocates nothing.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) -> Parsed {
+    ///
+    /// - Parameter headersOnly: `bytes` may be a prefix of the packet (the queue's copy range is short, as for
+    ///   DR, where nfqlb only reads headers): the headers up to the ports and TCP flags must be there, the
+    ///   rest may not. The invariant above then holds for the header fields only; nothing may be rewritten.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, headersOnly: Bool = false) -> Parsed {
         let count = bytes.count
         guard count >= 20 else { return .malformed }
         let versionIHL = bytes[0]
@@ -47,7 +51,8 @@ public struct IPv4Packet {
         let headerLength = Int(versionIHL & 0x0F) &* 4
         guard headerLength >= 20 else { return .malformed }
         let totalLength = Int(bytes.loadBigEndianUInt16(at: 2))
-        guard totalLength >= headerLength, totalLength <= count else { return .malformed }
+        guard totalLength >= headerLength, totalLength <= count || headersOnly else { return .malformed }
+        let available = min(count, totalLength)
         // More-fragments flag or a fragment offset: only the first fragment has ports, and none has all bytes.
         guard bytes.loadBigEndianUInt16(at: 6) & 0x3FFF == 0 else { return .fragment }
         let proto = bytes[9]
@@ -56,13 +61,13 @@ public struct IPv4Packet {
         var flags: UInt8 = 0
         switch proto {
         case TransportProtocol.tcp.rawValue:
-            guard totalLength - l4 >= 20 else { return .malformed }
+            guard totalLength - l4 >= 20, l4 + 20 <= available else { return .malformed }
             let dataOffset = Int(bytes[l4 + 12] >> 4) &* 4
             guard dataOffset >= 20, l4 + dataOffset <= totalLength else { return .malformed }
             flags = bytes[l4 + 13]
             transport = .tcp
         case TransportProtocol.udp.rawValue:
-            guard totalLength - l4 >= 8 else { return .malformed }
+            guard totalLength - l4 >= 8, l4 + 8 <= available else { return .malformed }
             let udpLength = Int(bytes.loadBigEndianUInt16(at: l4 + 4))
             guard udpLength >= 8, l4 + udpLength <= totalLength else { return .malformed }
             transport = .udp
