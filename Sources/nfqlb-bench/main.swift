@@ -30,12 +30,14 @@ let templates: [[UInt8]] = [
 let clientPortOffset = [20, 22, 20, 20, 20]
 
 let config = BalancerConfig(queues: [0], services: [
-    VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .wrr,
+    VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .wlc,
                    reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 8080, weight: 1)]),
     VirtualService(vip: IPAddress("203.0.113.10")!, port: 53, transport: .udp, mode: .nat, scheduler: .rr,
                    reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 5353, weight: 1)]),
 ])
-let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: .init(capacity: 1 << 20)))
+var trackerConfiguration = ConnectionTracker.Configuration(capacity: 1 << 20)
+trackerConfiguration.loads = config.makeLoads()   // wlc reads the connection counts the tracker keeps
+let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: trackerConfiguration))
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
 var counters = CounterBatch()
 var verdicts = 0

@@ -28,7 +28,7 @@ import Testing
         #expect(config.queues == [0, 1])
         #expect(config.services.count == 2)
         #expect(config.services[0].reals[1] == RealServer(address: IPAddress("198.51.100.12")!, port: 8080, weight: 2))
-        #expect(config.services[1].scheduler == .wrr)
+        #expect(config.services[1].scheduler == .wlc)
         #expect(config.services[1].reals[0].port == 53 && config.services[1].reals[0].weight == 1)
         #expect(config.timeouts.timeout(.established) == 600_000)
         #expect(config.timeouts.timeout(.udp) == 60_000)
@@ -62,7 +62,7 @@ import Testing
         Refusal("bad fullnat-ports", "fullnat-ports: 70000-80000\n" + ConfigTests.valid, 1, "fullnat-ports '70000-80000' is not a range FIRST-LAST within 1024-65535"),
         Refusal("DR real server on another port", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 10, "a dr real server's port must equal the VIP port 80 (dr does not rewrite ports), not 8080"),
         Refusal("unknown mode", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: snat\n    scheduler"), 7, "mode 'snat' is not one of nat | fullnat | dr | tun"),
-        Refusal("unknown scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: xyz"), 8, "scheduler 'xyz' is not one of rr | wrr"),
+        Refusal("unknown scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: xyz"), 8, "scheduler 'xyz' is not one of rr | wrr | lc"),
         Refusal("bad protocol", ConfigTests.valid.replacingOccurrences(of: "protocol: udp", with: "protocol: sctp"), 14, "protocol 'sctp' is not one of tcp | udp"),
         Refusal("queues not consecutive", ConfigTests.valid.replacingOccurrences(of: "[0, 1]", with: "[0, 2]"), 1, "consecutive"),
         Refusal("missing vip", ConfigTests.valid.replacingOccurrences(of: "  - vip: 203.0.113.10\n    port: 53", with: "  - port: 53"), 12, "a service needs 'vip'"),

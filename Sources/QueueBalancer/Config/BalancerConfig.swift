@@ -31,6 +31,12 @@ public struct DirectRoute: Sendable, Equatable {
 }
 
 extension BalancerConfig {
+    /// Fresh connection counts for every real server, by service: shared by the tracker (which counts) and
+    /// the schedulers (which read).
+    public func makeLoads() -> [[RealServerLoad]] {
+        services.map { service in service.reals.map { RealServerLoad(weight: $0.weight) } }
+    }
+
     /// Why the FULLNAT ports clash with the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`), or nil.
     /// A clash would let the balancer's own sockets on a local address collide with translated connections.
     public func fullnatPortConflict(kernelRange: ClosedRange<UInt16>) -> String? {
@@ -97,9 +103,11 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var localAddresses: [IPAddress]
     /// TUN: the outer source address, instead of the balancer's address on the route to each real server.
     public var tunnelSource: IPAddress?
+    /// `scheduler-flags` (sh-fallback, sh-port, mh-fallback, mh-port) and `mh-table-size`.
+    public var schedulerOptions = SchedulerOptions()
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
-                mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wrr, reals: [RealServer],
+                mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wlc, reals: [RealServer],
                 localAddresses: [IPAddress] = []) {
         self.localAddresses = localAddresses
         self.name = name

@@ -36,7 +36,9 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     mode: nat               # nat | fullnat | dr | tun
 ///     tunnel-source: 192.0.2.1  # tun only, optional: outer source (default: the route's source)
 ///     local-addresses: [198.51.100.1]   # fullnat only, required: the balancer's server-side addresses
-///     scheduler: wrr          # rr | wrr (default wrr)
+///     scheduler: wlc          # rr wrr lc wlc sed nq dh sh mh lblc lblcr fo ovf twos (default wlc)
+///     scheduler-flags: [sh-port]  # optional: sh-fallback sh-port mh-fallback mh-port
+///     mh-table-size: 65537    # optional, mh only: a prime >= 100 x reals
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
 /// ```
@@ -197,6 +199,7 @@ private struct Reader {
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
+            "scheduler-flags", "mh-table-size",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -213,7 +216,7 @@ private struct Reader {
             let names = ForwardingMode.supported.map(\.rawValue).joined(separator: ", ")
             throw fail(modeNode, "mode '\(mode)' is not supported yet (supported: \(names))")
         }
-        let scheduler = try map["scheduler"].map { n throws(ConfigError) in try choice(n, "scheduler", SchedulerKind.self) } ?? .wrr
+        let scheduler = try map["scheduler"].map { n throws(ConfigError) in try choice(n, "scheduler", SchedulerKind.self) } ?? .wlc
         let name = try map["name"].map { n throws(ConfigError) in try scalar(n, "name") }
         guard vip.isIPv4 else {
             throw fail(map["vip"], "IPv6 virtual services are not supported by the datapath yet (vip \(vip))")
@@ -266,6 +269,30 @@ private struct Reader {
         var service = VirtualService(name: name, vip: vip, port: port, transport: transport, mode: mode,
                                      scheduler: scheduler, reals: reals, localAddresses: localAddresses)
         service.tunnelSource = tunnelSource
+        if let node = map["scheduler-flags"] {
+            guard case .sequence(let flags) = node else { throw fail(node, "scheduler-flags must be a list, e.g. [sh-fallback, sh-port]") }
+            for flag in flags {
+                let name = try scalar(flag, "scheduler flag")
+                switch (name, scheduler) {
+                case ("sh-fallback", .sh): service.schedulerOptions.shFallback = true
+                case ("sh-port", .sh): service.schedulerOptions.shPort = true
+                case ("mh-fallback", .mh): service.schedulerOptions.mhFallback = true
+                case ("mh-port", .mh): service.schedulerOptions.mhPort = true
+                case ("sh-fallback", _), ("sh-port", _), ("mh-fallback", _), ("mh-port", _):
+                    throw fail(flag, "scheduler flag '\(name)' needs scheduler \(name.prefix(2)), not \(scheduler)")
+                default:
+                    throw fail(flag, "unknown scheduler flag '\(name)' (expected sh-fallback, sh-port, mh-fallback, mh-port)")
+                }
+            }
+        }
+        if let node = map["mh-table-size"] {
+            guard scheduler == .mh else { throw fail(node, "mh-table-size needs scheduler mh, not \(scheduler)") }
+            let size = try integer(node, "mh-table-size", 2...(1 << 24))
+            guard MaglevScheduler.isPrime(size), size >= 100 * reals.count else {
+                throw fail(node, "mh-table-size \(size) must be a prime >= 100 x the real servers (\(100 * reals.count))")
+            }
+            service.schedulerOptions.mhTableSize = size
+        }
         return service
     }
 }

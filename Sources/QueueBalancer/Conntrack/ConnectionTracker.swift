@@ -35,6 +35,9 @@ public final class ConnectionTracker: Sendable {
         public var portAllocators: [PortAllocatorKey]
         /// FULLNAT: the local ports handed out (outside the kernel's `ip_local_port_range`).
         public var localPorts: ClosedRange<UInt16>
+        /// The connection counts to keep, by service and real server index (an ``Assignment``'s `service` and
+        /// `realIndex`); empty to count nothing.
+        public var loads: [[RealServerLoad]] = []
 
         public init(capacity: Int = 262_144, stripes: Int = 64, timeouts: ConnectionTimeouts = .ipvsDefaults,
                     hashSeed: UInt64 = UInt64.random(in: 0...UInt64.max),
@@ -134,7 +137,7 @@ public final class ConnectionTracker: Sendable {
                 pools[stripe][index].append(port)
             }
         }
-        stripes = pools.map { Stripe(capacity: perStripe, pools: $0) }
+        stripes = pools.map { Stripe(capacity: perStripe, pools: $0, loads: configuration.loads) }
         self.hasher = hasher
         timeouts = configuration.timeouts
     }
@@ -153,7 +156,7 @@ public final class ConnectionTracker: Sendable {
                 let restarts = isTCP && flags.contains(.syn) && !flags.contains(.ack) && entry.state.acceptsNewSYN
                 if entry.expires > now && !restarts {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
-                    table.entries[found].state = state
+                    table.changeState(found, to: state)
                     table.entries[found].expires = now &+ timeouts.timeout(state)
                     if entry.allocator >= 0 {
                         return .forwardTranslated(entry.reply.source, local: entry.reply.destination,
@@ -194,6 +197,7 @@ public final class ConnectionTracker: Sendable {
                 allocator: assignment.allocator)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
+            table.count(slot, 1)
             if assignment.allocator >= 0 {
                 return .forwardTranslated(assignment.realServer, local: local, realIndex: Int(assignment.realIndex),
                                           created: true)
@@ -217,7 +221,7 @@ public final class ConnectionTracker: Sendable {
                 return nil
             }
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
-            table.entries[found].state = state
+            table.changeState(found, to: state)
             table.entries[found].expires = now &+ timeouts.timeout(state)
             return entry.inbound
         }
@@ -283,8 +287,8 @@ struct IndexSlot {
 final class Stripe: Sendable {
     let table: Mutex<StripeTable>
 
-    init(capacity: Int, pools: [[UInt16]]) {
-        table = Mutex(StripeTable(capacity: capacity, pools: pools))
+    init(capacity: Int, pools: [[UInt16]], loads: [[RealServerLoad]]) {
+        table = Mutex(StripeTable(capacity: capacity, pools: pools, loads: loads))
     }
 
     deinit {
@@ -307,7 +311,11 @@ struct StripeTable {
     let pools: UnsafeMutablePointer<PortRing>
     let poolCount: Int
 
-    init(capacity: Int, pools ports: [[UInt16]]) {
+    /// Connection counts by service and real server (may be empty: nothing counted).
+    let loads: [[RealServerLoad]]
+
+    init(capacity: Int, pools ports: [[UInt16]], loads: [[RealServerLoad]]) {
+        self.loads = loads
         poolCount = ports.count
         pools = .allocate(capacity: max(1, ports.count))
         for (i, list) in ports.enumerated() { (pools + i).initialize(to: PortRing(ports: list)) }
@@ -373,7 +381,28 @@ struct StripeTable {
         slots[i] = IndexSlot(hash: tag, reference: Int32(entry) << 1 | Int32(direction.rawValue))
     }
 
+    /// Adds `delta` to the load of `entry`'s real server, in the active or inactive count by its state.
+    func count(_ entry: Int, _ delta: Int) {
+        let e = entries[entry]
+        let service = Int(e.service), real = Int(e.realIndex)
+        guard service < loads.count, real < loads[service].count else { return }
+        loads[service][real].add(delta, active: e.state == .established)
+    }
+
+    /// Moves `entry` to `state`, keeping its real server's active/inactive counts right.
+    func changeState(_ entry: Int, to state: ConnectionState) {
+        let wasActive = entries[entry].state == .established
+        if wasActive != (state == .established) {
+            count(entry, -1)
+            entries[entry].state = state
+            count(entry, 1)
+        } else {
+            entries[entry].state = state
+        }
+    }
+
     mutating func remove(_ entry: Int, hasher: FlowHasher) {
+        count(entry, -1)
         unindex(entry, hash: hasher.hash(entries[entry].inbound), direction: .inbound)
         unindex(entry, hash: hasher.hash(entries[entry].reply), direction: .reply)
         if entries[entry].allocator >= 0 { givePort(entries[entry].allocator, entries[entry].reply.destination.port) }

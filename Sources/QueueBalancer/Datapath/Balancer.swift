@@ -17,9 +17,11 @@ public final class Balancer {
     public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
         self.config = config
         self.logger = logger
-        let tracker = ConnectionTracker(configuration: .init(
+        var trackerConfiguration = ConnectionTracker.Configuration(
             capacity: config.maxConnections, timeouts: config.timeouts,
-            portAllocators: config.portAllocators, localPorts: config.fullnatPorts))
+            portAllocators: config.portAllocators, localPorts: config.fullnatPorts)
+        trackerConfiguration.loads = config.makeLoads()
+        let tracker = ConnectionTracker(configuration: trackerConfiguration)
         self.tracker = tracker
         processor = PacketHandler(config: config, tracker: tracker, tunnelPaths: tunnelPaths)
     }

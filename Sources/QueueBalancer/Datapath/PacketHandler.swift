@@ -70,7 +70,10 @@ public final class PacketHandler: PacketProcessor {
         self.tracker = tracker
         let routes = config.directRoutes
         let portAllocators = config.portAllocators
-        services = config.services.compactMap { service in
+        // The tracker's connection counts when it keeps them for this config, else counts nobody updates.
+        let loads = tracker.configuration.loads.map(\.count) == config.services.map(\.reals.count)
+            ? tracker.configuration.loads : config.makeLoads()
+        services = config.services.enumerated().compactMap { index, service in
             guard let vip = service.vip.ipv4, ForwardingMode.supported.contains(service.mode) else { return nil }
             let marks = service.reals.map { real in routes.first { $0.realServer == real.address }?.mark ?? 0 }
             let allocators = service.localAddresses.flatMap { local in
@@ -86,7 +89,8 @@ public final class PacketHandler: PacketProcessor {
             return ServiceEntry(vip: vip, port: service.port, transport: service.transport, mode: service.mode,
                                 reals: service.reals.map(\.endpoint), marks: marks,
                                 locals: service.localAddresses, allocators: allocators, tunnels: tunnels,
-                                scheduler: service.scheduler.makeScheduler(weights: service.reals.map(\.weight)))
+                                scheduler: service.scheduler.makeScheduler(loads: loads[index], options: service.schedulerOptions,
+                                                                           names: service.reals.map(\.endpoint)))
         }
         serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
         headersOnly = !services.isEmpty && services.allSatisfy { $0.mode == .dr }

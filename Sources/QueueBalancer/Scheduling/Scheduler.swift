@@ -12,20 +12,55 @@ public protocol Scheduler: Sendable {
 
 /// The scheduler names of the config file, as `ipvsadm -s` spells them.
 public enum SchedulerKind: String, Sendable, CaseIterable, CustomStringConvertible {
-    /// Round robin: each real server with a weight above 0 in turn.
-    case rr
-    /// Weighted round robin: IPVS's interleaved sequence, each server picked in proportion to its weight.
-    case wrr
+    case rr, wrr, lc, wlc, sed, nq, dh, sh, mh, lblc, lblcr, fo, ovf, twos
 
     public var description: String { rawValue }
 
-    /// A scheduler of this kind for real servers with these weights.
-    public func makeScheduler(weights: [UInt32]) -> any Scheduler {
+    /// A scheduler of this kind over real servers with these loads (weights and live connection counts).
+    /// `names` (the real servers' endpoints) seed Maglev's permutations, so a server keeps its entries when
+    /// others come and go.
+    public func makeScheduler(loads: [RealServerLoad], options: SchedulerOptions = SchedulerOptions(),
+                              names: [Endpoint]? = nil) -> any Scheduler {
+        let weights = loads.map(\.weight)
         switch self {
-        case .rr: RoundRobinScheduler(weights: weights)
-        case .wrr: WeightedRoundRobinScheduler(weights: weights)
+        case .rr: return RoundRobinScheduler(weights: weights)
+        case .wrr: return WeightedRoundRobinScheduler(weights: weights)
+        case .lc: return LeastConnectionScheduler(loads: loads)
+        case .wlc: return WeightedLeastConnectionScheduler(loads: loads)
+        case .sed: return ShortestExpectedDelayScheduler(loads: loads)
+        case .nq: return NeverQueueScheduler(loads: loads)
+        case .dh: return DestinationHashScheduler(loads: loads)
+        case .sh: return SourceHashScheduler(loads: loads, fallback: options.shFallback, includePort: options.shPort)
+        case .mh: return MaglevScheduler(loads: loads, tableSize: options.mhTableSize,
+                                         fallback: options.mhFallback, includePort: options.mhPort, names: names)
+        case .lblc: return LocalityScheduler(loads: loads, replicated: false)
+        case .lblcr: return LocalityScheduler(loads: loads, replicated: true)
+        case .fo: return WeightedFailoverScheduler(loads: loads)
+        case .ovf: return OverflowScheduler(loads: loads)
+        case .twos: return TwoChoicesScheduler(loads: loads)
         }
     }
+
+    /// A scheduler of this kind from weights alone (counts start at 0 and are not kept).
+    public func makeScheduler(weights: [UInt32]) -> any Scheduler {
+        makeScheduler(loads: weights.map { RealServerLoad(weight: $0) })
+    }
+}
+
+/// IPVS's scheduler flags (`ipvsadm -b`) and the Maglev table size.
+public struct SchedulerOptions: Sendable, Equatable {
+    /// sh: when the hashed server is unavailable (weight 0), try the next one instead of refusing.
+    public var shFallback = false
+    /// sh: hash the source port too, not only the source address.
+    public var shPort = false
+    /// mh: as shFallback, for Maglev.
+    public var mhFallback = false
+    /// mh: hash the source port too.
+    public var mhPort = false
+    /// mh: lookup table size, a prime; 0 picks the smallest of IPVS's primes >= 100 x servers (default 65537).
+    public var mhTableSize = 0
+
+    public init() {}
 }
 
 /// `rr`: every real server whose weight is above 0, in turn (IPVS skips weight-0 servers the same way).

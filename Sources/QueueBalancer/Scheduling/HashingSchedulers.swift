@@ -1,0 +1,133 @@
+/// Schedulers that hash a packet field to a server, as IPVS's dh, sh and mh: the same key always gets the
+/// same server while the server set is unchanged. Tables are built once; a pick is one hash and one load.
+
+/// A fixed (unseeded) 64-bit mix, so that sh/dh/mh give the same answer after a restart, as IPVS does.
+func stableHash(_ address: IPAddress, port: UInt16 = 0, salt: UInt64 = 0) -> UInt64 {
+    let h = FlowHasher.mix(address.high ^ salt, address.low)
+    return FlowHasher.mix(h, UInt64(port) &+ 0x9E37_79B9_7F4A_7C15)
+}
+
+/// `dh`: destination hashing: 256 buckets dealt to the servers in turn, keyed by the destination address
+/// (for caches and firewalls in front of them). A bucket whose server has weight 0 refuses the connection.
+public struct DestinationHashScheduler: Scheduler {
+    let loads: [RealServerLoad]
+    let buckets: [Int]
+
+    public init(loads: [RealServerLoad]) {
+        self.loads = loads
+        buckets = loads.isEmpty ? [] : (0..<256).map { $0 % loads.count }
+    }
+
+    public func pick(for flow: FlowKey) -> Int? {
+        guard !buckets.isEmpty else { return nil }
+        let server = buckets[Int(stableHash(flow.destination.address) & 0xFF)]
+        return loads[server].weight > 0 ? server : nil
+    }
+}
+
+/// `sh`: source hashing: 256 buckets dealt in proportion to the weights, keyed by the source address (and
+/// port with `sh-port`): one client sticks to one server. With `sh-fallback` a bucket whose server became
+/// unavailable falls through to the next bucket's server.
+public struct SourceHashScheduler: Scheduler {
+    let loads: [RealServerLoad]
+    let buckets: [Int]
+    let fallback: Bool
+    let includePort: Bool
+
+    public init(loads: [RealServerLoad], fallback: Bool = false, includePort: Bool = false) {
+        self.loads = loads
+        self.fallback = fallback
+        self.includePort = includePort
+        let deal = loads.indices.flatMap { i in Array(repeating: i, count: Int(min(loads[i].weight, 256))) }
+        buckets = deal.isEmpty ? [] : (0..<256).map { deal[$0 % deal.count] }
+    }
+
+    public func pick(for flow: FlowKey) -> Int? {
+        guard !buckets.isEmpty else { return nil }
+        let start = Int(stableHash(flow.source.address, port: includePort ? flow.source.port : 0) & 0xFF)
+        for offset in 0..<(fallback ? 256 : 1) {
+            let server = buckets[(start + offset) & 0xFF]
+            if loads[server].weight > 0 { return server }
+        }
+        return nil
+    }
+}
+
+/// `mh`: Maglev hashing (Eisenbud et al., NSDI 2016) with weights: a lookup table of prime size M in which
+/// each server owns entries in proportion to its weight, filled from each server's own permutation of the
+/// slots, so that adding or removing one server moves few entries. Keyed by the source address (and port
+/// with `mh-port`); `mh-fallback` rehashes past an unavailable server.
+public struct MaglevScheduler: Scheduler {
+    let loads: [RealServerLoad]
+    /// Server index per table entry; -1 when every weight is 0.
+    public let table: [Int32]
+    let fallback: Bool
+    let includePort: Bool
+
+    /// The default table size: a prime >= 65,536.
+    public static let defaultTableSize = 65537
+
+    public init(loads: [RealServerLoad], tableSize: Int = 0, fallback: Bool = false, includePort: Bool = false,
+                names: [Endpoint]? = nil) {
+        self.loads = loads
+        self.fallback = fallback
+        self.includePort = includePort
+        let size = tableSize > 0 ? tableSize : MaglevScheduler.tableSize(servers: loads.count)
+        // Without endpoint names (tests, weights only) servers are named by position.
+        let keys = names ?? loads.indices.map { Endpoint(address: IPAddress(ipv4: UInt32($0)), port: 0) }
+        table = MaglevScheduler.populate(weights: loads.map(\.weight), names: keys, size: size)
+    }
+
+    /// The smallest prime >= max(65537, 100 x servers).
+    public static func tableSize(servers: Int) -> Int {
+        var n = max(defaultTableSize, 100 * servers)
+        while !isPrime(n) { n += 1 }
+        return n
+    }
+
+    static func isPrime(_ n: Int) -> Bool {
+        guard n >= 2 else { return false }
+        var d = 2
+        while d * d <= n { if n % d == 0 { return false }; d += 1 }
+        return true
+    }
+
+    /// Fills the table: in each round every server takes `weight / gcd` turns, each turn claiming the next
+    /// free slot of its permutation (offset + j * skip mod M, from two hashes of its name).
+    public static func populate(weights: [UInt32], names: [Endpoint], size: Int) -> [Int32] {
+        var table = [Int32](repeating: -1, count: size)
+        let g = weights.filter { $0 > 0 }.reduce(UInt64(0)) { gcd($0, UInt64($1)) }
+        guard g > 0 else { return table }
+        let turns = weights.map { Int(UInt64($0) / g) }
+        let offsets = names.map { Int(stableHash($0.address, port: $0.port, salt: 0x6D61_676C) % UInt64(size)) }
+        let skips = names.map { Int(stableHash($0.address, port: $0.port, salt: 0x736B_6970) % UInt64(size - 1)) + 1 }
+        var next = [Int](repeating: 0, count: weights.count)
+        var filled = 0
+        while filled < size {
+            for i in weights.indices where turns[i] > 0 {
+                for _ in 0..<turns[i] {
+                    var slot = (offsets[i] + next[i] * skips[i]) % size
+                    while table[slot] >= 0 {
+                        next[i] += 1
+                        slot = (offsets[i] + next[i] * skips[i]) % size
+                    }
+                    table[slot] = Int32(i)
+                    next[i] += 1
+                    filled += 1
+                    if filled == size { return table }
+                }
+            }
+        }
+        return table
+    }
+
+    public func pick(for flow: FlowKey) -> Int? {
+        let port = includePort ? flow.source.port : 0
+        for attempt in 0..<(fallback ? max(loads.count, 1) : 1) {
+            let hash = stableHash(flow.source.address, port: port, salt: UInt64(attempt))
+            let server = table[Int(hash % UInt64(table.count))]
+            if server >= 0 && loads[Int(server)].weight > 0 { return Int(server) }
+        }
+        return nil
+    }
+}
