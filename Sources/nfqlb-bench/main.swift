@@ -3,10 +3,16 @@
 // client ACK, client data, plus one UDP datagram, each copied from a template into one preallocated buffer.
 //
 // Usage: nfqlb-bench [PACKETS=500000]
+//        nfqlb-bench maglev      Maglev table balance and disruption for N = 10 and 100 (README, scheduler table)
 // Under `valgrind --tool=memcheck`, the heap summary of two runs with different PACKETS gives the allocations
 // per packet (scripts/check-allocations.sh): the loop must allocate nothing.
 import Foundation
 import QueueBalancer
+
+if CommandLine.arguments.dropFirst().first == "maglev" {
+    maglevReport()
+    exit(0)
+}
 
 let packets = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 500_000 : 500_000
 
@@ -62,3 +68,29 @@ while handled < packets {
 let elapsed = DispatchTime.now().uptimeNanoseconds - start
 print("packets \(handled), rewritten \(verdicts), connections \(counters[.connectionsCreated]), dropped \(counters[.droppedNoConnection] + counters[.droppedMalformed])")
 print("ns/packet \(String(format: "%.1f", Double(elapsed) / Double(max(handled, 1))))")
+
+/// Maglev (mh) as the Maglev paper measures it: balance (entries of the most and least loaded backend) and
+/// disruption (share of table entries that change backend when one of N backends is removed or added; the
+/// ideal is the removed or added backend's own share, 1/N or 1/(N+1)).
+func maglevReport() {
+    print("Maglev table, M = 65537, equal weights")
+    print("N    max/min entries  max/mean  remove one: moved (ideal)   add one: moved (ideal)")
+    for n in [10, 100] {
+        let names = (0..<(n + 1)).map { Endpoint(address: IPAddress(ipv4: 0xC633_6400 | UInt32($0 + 1)), port: 80) }
+        let weights = [UInt32](repeating: 1, count: n)
+        let base = MaglevScheduler.populate(weights: weights, names: Array(names[0..<n]), size: 65537)
+        var counts = [Int](repeating: 0, count: n)
+        for entry in base { counts[Int(entry)] += 1 }
+        // Remove backend 0: keep the others' names, so their permutations do not change.
+        let removed = MaglevScheduler.populate(weights: [UInt32](repeating: 1, count: n - 1),
+                                               names: Array(names[1..<n]), size: 65537)
+        let movedOnRemove = zip(base, removed).filter { old, new in names[Int(old)] != names[Int(new) + 1] }.count
+        let added = MaglevScheduler.populate(weights: [UInt32](repeating: 1, count: n + 1), names: names, size: 65537)
+        let movedOnAdd = zip(base, added).filter { old, new in old != new }.count
+        let mean = 65537.0 / Double(n)
+        func pct(_ x: Int) -> String { String(format: "%.2f%%", 100 * Double(x) / 65537) }
+        print(String(format: "%-4d %6d/%-6d       %.3f     %@ (%.2f%%)            %@ (%.2f%%)",
+                     n, counts.max()!, counts.min()!, Double(counts.max()!) / mean,
+                     pct(movedOnRemove), 100.0 / Double(n), pct(movedOnAdd), 100.0 / Double(n + 1)))
+    }
+}

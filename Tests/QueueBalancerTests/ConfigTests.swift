@@ -59,6 +59,8 @@ import Testing
         Refusal("tunnel-source on a NAT service", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: nat\n    tunnel-source: 192.0.2.1\n    scheduler"), 8, "tunnel-source belongs to tun services only"),
         Refusal("FULLNAT without local addresses", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: fullnat\n    scheduler"), 4, "a fullnat service needs 'local-addresses'"),
         Refusal("local addresses on a NAT service", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: nat\n    local-addresses: [198.51.100.1]\n    scheduler"), 8, "local-addresses belong to fullnat services only"),
+        Refusal("scheduler flag of another scheduler", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: rr\n    scheduler-flags: [sh-port]"), 9, "scheduler flag 'sh-port' needs scheduler sh, not rr"),
+        Refusal("mh table not prime", ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: mh\n    mh-table-size: 65536"), 9, "mh-table-size 65536 must be a prime"),
         Refusal("bad fullnat-ports", "fullnat-ports: 70000-80000\n" + ConfigTests.valid, 1, "fullnat-ports '70000-80000' is not a range FIRST-LAST within 1024-65535"),
         Refusal("DR real server on another port", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: dr\n    scheduler"), 10, "a dr real server's port must equal the VIP port 80 (dr does not rewrite ports), not 8080"),
         Refusal("unknown mode", ConfigTests.valid.replacingOccurrences(of: "mode: nat\n    scheduler", with: "mode: snat\n    scheduler"), 7, "mode 'snat' is not one of nat | fullnat | dr | tun"),
@@ -82,6 +84,12 @@ import Testing
             #expect(error.reason.contains(reason), "\(name): \(error)")
             #expect(error.description.hasPrefix("lb.yaml:\(line): "), "\(name)")
         }
+    }
+
+    @Test func schedulerFlagsAreRead() throws {
+        let yaml = ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: mh\n    scheduler-flags: [mh-fallback, mh-port]\n    mh-table-size: 251")
+        let options = try ConfigLoader.parse(yaml: yaml).services[0].schedulerOptions
+        #expect(options.mhFallback && options.mhPort && !options.shPort && options.mhTableSize == 251)
     }
 
     @Test func directRoutesNumberDistinctDRRealServers() throws {
