@@ -42,7 +42,7 @@ case "$mode" in
         ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.254   # direct: through the router
         in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null
         if [ "$mode" = tun ]; then
-            lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0
+            lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0 --vip "$vip"
             for _ in $(seq 100); do queue_bound "${P}r1" 0 && break; sleep 0.1; done
         fi ;;
 esac

@@ -152,6 +152,7 @@ let stopSignal = StopSignal()
 /// SIGINT and SIGTERM raise ``stopSignal``. A launcher may start us with signals blocked (Foundation.Process
 /// on Linux passes Dispatch's mask on): unblock them before the worker threads inherit the mask.
 func installStopHandlers() {
+    _ = stopSignal   // initialise the global before a handler can touch it (no swift_once in a signal handler)
     var stopSignals = sigset_t()
     sigemptyset(&stopSignals)
     sigaddset(&stopSignals, SIGINT)
@@ -243,13 +244,24 @@ struct Decap: ParsableCommand {
         abstract: "Decapsulate TUN traffic on a real server whose kernel has no ipip (foreground, root).",
         discussion: """
         `nfqlb real-server setup --vip VIP --mode tun --queue N` queues IPIP packets (protocol 4) at mangle INPUT; \
-        `nfqlb decap --queue N` accepts each as its inner packet, which the stack delivers to the service bound \
-        to the VIP. Inner packets with IP options are dropped and counted. SIGINT/SIGTERM stop it.
+        `nfqlb decap --queue N --vip VIP` accepts each as its inner packet, which the stack delivers to the \
+        service bound to the VIP. Inner packets with IP options, or not addressed to a --vip, or from a loopback, \
+        unspecified or multicast source, are dropped and counted. SIGINT/SIGTERM stop it.
         """
     )
 
     @Option(help: "The NFQUEUE number given to real-server setup.")
     var queue: UInt16 = 0
+
+    @Option(name: .customLong("vip"), help: "A VIP this server serves (repeat for several): only inner packets to these are delivered.")
+    var vips: [String]
+
+    func validate() throws {
+        guard !vips.isEmpty else { throw ValidationError("give the VIPs this server serves with --vip") }
+        for vip in vips where IPAddress(vip)?.ipv4 == nil {
+            throw ValidationError("'\(vip)' is not an IPv4 address")
+        }
+    }
 
     @Option(help: ArgumentHelp("Write the counters to this file every second and on exit.", valueName: "path"))
     var statsFile: String?
@@ -257,7 +269,8 @@ struct Decap: ParsableCommand {
     func run() throws {
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         installStopHandlers()
-        let runtime = Balancer(decapsulatingQueues: [queue], logger: Logger(label: "nfqlb-decap"))
+        let runtime = Balancer(decapsulatingQueues: [queue], vips: vips.compactMap { IPAddress($0)?.ipv4 },
+                               logger: Logger(label: "nfqlb-decap"))
         do {
             try runtime.run(stop: stopSignal, statsFile: statsFile)
         } catch {

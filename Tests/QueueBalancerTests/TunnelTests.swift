@@ -75,7 +75,7 @@ import Testing
         let inner = PacketBuilder().build()
         var outer: [UInt8] = [0x45, 0] + be16(UInt16(inner.count + 20)) + [0, 0, 0x40, 0, 64, 4, 0, 0, 198, 51, 100, 1, 198, 51, 100, 11]
         outer += inner
-        let decap = Decapsulator()
+        let decap = Decapsulator(vips: [ipv4("203.0.113.10")])
         var counters = CounterBatch()
         var bytes = outer
         #expect(bytes.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .acceptReplaced(offset: 20, length: inner.count))
@@ -90,6 +90,16 @@ import Testing
         var truncated = Array(outer[0..<30])
         #expect(truncated.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .drop)
         #expect(counters[.droppedMalformed] == 1)
+
+        // Inner packets for another address, or from loopback, are not delivered (no local-service injection).
+        var toLocalhost = PacketBuilder(); toLocalhost.destination = [127, 0, 0, 1]
+        var fromLoopback = PacketBuilder(); fromLoopback.source = [127, 0, 0, 1]
+        for innerBuilder in [toLocalhost, fromLoopback] {
+            let spoofedInner = innerBuilder.build()
+            var spoofed: [UInt8] = [0x45, 0] + be16(UInt16(spoofedInner.count + 20)) + Array(outer[4..<20]) + spoofedInner
+            #expect(spoofed.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .drop)
+        }
+        #expect(counters[.droppedTunnelSpoofed] == 2)
 
         var notTunnel = PacketBuilder().build()
         #expect(notTunnel.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .accept)

@@ -43,7 +43,7 @@ done
 grep -q "nothing to change" <<<"$(in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode")" || fail "real-server setup is not idempotent"
 if [ "$mode" = tun ]; then
     for i in 1 2 3; do
-        lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --stats-file "$LAB_TMP/decap$i.stats"
+        lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip" --stats-file "$LAB_TMP/decap$i.stats"
         decap_pid[$i]=$LAB_LAST_PID
     done
     for i in 1 2 3; do

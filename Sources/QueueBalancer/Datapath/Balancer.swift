@@ -26,12 +26,12 @@ public final class Balancer {
         processor = PacketHandler(config: config, tracker: tracker, tunnelPaths: tunnelPaths)
     }
 
-    /// The real server's TUN decapsulator on `queues`.
-    public init(decapsulatingQueues queues: [UInt16], logger: Logger) {
+    /// The real server's TUN decapsulator on `queues`, for inner packets to `vips`.
+    public init(decapsulatingQueues queues: [UInt16], vips: [UInt32], logger: Logger) {
         config = BalancerConfig(queues: queues, services: [])
         self.logger = logger
         tracker = nil
-        processor = Decapsulator()
+        processor = Decapsulator(vips: vips)
     }
 
     /// Binds every queue (all or none: an error unbinds what was bound and is thrown), runs until `stop` is

@@ -35,6 +35,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Real server: tunnelled packets whose outer or inner IPv4 header has options (IHL != 5): the kernel keeps
     /// the outer transport offset, so they cannot be decapsulated in place (dropped).
     case droppedTunnelHeader
+    /// Real server: tunnelled packets whose inner packet is not for a configured VIP or comes from a
+    /// loopback, unspecified or multicast source (dropped).
+    case droppedTunnelSpoofed
     /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
     case droppedVerdictSend
     /// Passed unhandled: ICMP.
@@ -74,6 +77,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .tunnelTooBig: "tunnel_too_big"
         case .decapsulated: "decapsulated"
         case .droppedTunnelHeader: "dropped_tunnel_header"
+        case .droppedTunnelSpoofed: "dropped_tunnel_spoofed"
         case .droppedVerdictSend: "dropped_verdict_send"
         case .passedICMP: "passed_icmp"
         case .passedOtherProtocol: "passed_other_protocol"
