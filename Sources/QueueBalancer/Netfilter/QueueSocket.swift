@@ -89,7 +89,9 @@ public final class QueueSocket {
         }
     }
 
-    /// Sends one config message built by `fill` with NLM_F_ACK and waits for the kernel's answer.
+    /// Sends one config message built by `fill` with NLM_F_ACK and waits for the kernel's acknowledgement of
+    /// that message (an NLMSG_ERROR with its sequence number: error 0 is success). Packets the kernel queues
+    /// meanwhile (traffic already flowing when nfqlb starts) are answered NF_DROP, never left stranded.
     private func configure(_ fill: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws(QueueError) {
         let size = 8192 // MNL_SOCKET_BUFFER_SIZE (a function-like macro)
         let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
@@ -98,23 +100,52 @@ public final class QueueSocket {
             throw QueueError(operation: "building the config message", errno: EINVAL)
         }
         header.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
-        let sequence = header.pointee.nlmsg_seq
+        QueueSocket.sequence &+= 1
+        let sequence = QueueSocket.sequence
+        header.pointee.nlmsg_seq = sequence
         fill(header)
         guard mnl_socket_sendto(socket, header, Int(header.pointee.nlmsg_len)) >= 0 else {
             throw QueueError(operation: "sending the config message", errno: nfqlb_errno())
         }
+        let strayVerdicts = VerdictWriter(limit: 65536)
+        defer {
+            if strayVerdicts.count > 0 { _ = send(strayVerdicts.bytes, count: strayVerdicts.used) }
+        }
+        var attempts = 0
         while true {
             let n = mnl_socket_recvfrom(socket, buffer, size)
             if n < 0 {
                 let e = nfqlb_errno()
                 if e == EINTR { continue }
+                // EAGAIN: the receive timeout passed; the kernel answers config messages at once, so give up
+                // after a few.
+                if e == EAGAIN && attempts < 10 { attempts += 1; continue }
                 throw QueueError(operation: "reading the config answer", errno: e)
             }
-            let result = mnl_cb_run(buffer, n, sequence, portID, nil, nil)
-            if result < 0 { throw QueueError(operation: "config", errno: nfqlb_errno()) }
-            if result == MNL_CB_STOP || result == MNL_CB_OK { return }
+            var offset = 0
+            let raw = UnsafeRawBufferPointer(start: buffer, count: n)
+            while offset + NetlinkLayout.headerLength <= n {
+                let length = Int(raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+                guard length >= NetlinkLayout.headerLength, offset + length <= n else { break }
+                let type = raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self)
+                let messageSequence = raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self)
+                if type == UInt16(NLMSG_ERROR), messageSequence == sequence, length >= NetlinkLayout.headerLength + 4 {
+                    let error = raw.loadUnaligned(fromByteOffset: offset + NetlinkLayout.headerLength, as: Int32.self)
+                    if error == 0 { return }
+                    throw QueueError(operation: "config", errno: -error)
+                }
+                let message = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(mutating: raw.baseAddress! + offset),
+                                                            count: length)
+                if let packet = PacketMessage.parse(message) {
+                    strayVerdicts.append(queue: queue, packetID: packet.packetID, verdict: .drop)
+                }
+                offset += NetlinkLayout.align(length)
+            }
         }
     }
+
+    /// Sequence numbers of config messages (any non-zero value tells our acknowledgement apart).
+    nonisolated(unsafe) private static var sequence: UInt32 = UInt32(truncatingIfNeeded: time(nil)) | 1
 
     /// Unbinds the queue (the kernel then drops what it still holds for it) and closes the socket.
     public func close() {
