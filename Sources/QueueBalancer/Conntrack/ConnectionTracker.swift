@@ -157,7 +157,7 @@ public final class ConnectionTracker: Sendable {
                 if entry.expires > now && !restarts {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
                     table.changeState(found, to: state)
-                    table.entries[found].expires = now &+ timeouts.timeout(state)
+                    table.setExpiry(found, now &+ timeouts.timeout(state))
                     if entry.allocator >= 0 {
                         return .forwardTranslated(entry.reply.source, local: entry.reply.destination,
                                                   realIndex: Int(entry.realIndex), created: false)
@@ -197,6 +197,7 @@ public final class ConnectionTracker: Sendable {
                 allocator: assignment.allocator)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
+            table.setExpiry(slot, table.entries[slot].expires)
             table.count(slot, 1)
             if assignment.allocator >= 0 {
                 return .forwardTranslated(assignment.realServer, local: local, realIndex: Int(assignment.realIndex),
@@ -222,7 +223,7 @@ public final class ConnectionTracker: Sendable {
             }
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
             table.changeState(found, to: state)
-            table.entries[found].expires = now &+ timeouts.timeout(state)
+            table.setExpiry(found, now &+ timeouts.timeout(state))
             return entry.inbound
         }
     }
@@ -305,6 +306,10 @@ struct StripeTable {
     let slotMask: Int
     /// Entries below this index have been used at least once; above it memory is untouched.
     private(set) var highWater = 0
+    /// No entry expires before this time: ``expire(now:hasher:)`` does not scan earlier, so a full stripe under
+    /// a SYN flood costs one comparison per refused connection, not a scan (lowered on every insert and
+    /// update, raised by each scan).
+    private(set) var earliestExpiry: UInt64 = .max
     private var freeHead: Int32 = -1
     private(set) var used = 0
     /// FULLNAT: this stripe's free local ports, one ring per port allocator.
@@ -432,12 +437,25 @@ struct StripeTable {
         slots[hole].reference = -1
     }
 
+    /// Records that `entry` now expires at `expires`.
+    mutating func setExpiry(_ entry: Int, _ expires: UInt64) {
+        entries[entry].expires = expires
+        if expires < earliestExpiry { earliestExpiry = expires }
+    }
+
     mutating func expire(now: UInt64, hasher: FlowHasher) -> Int {
+        guard now >= earliestExpiry else { return 0 }
         var removed = 0
-        for i in 0..<highWater where entries[i].live && entries[i].expires <= now {
-            remove(i, hasher: hasher)
-            removed += 1
+        var earliest = UInt64.max
+        for i in 0..<highWater where entries[i].live {
+            if entries[i].expires <= now {
+                remove(i, hasher: hasher)
+                removed += 1
+            } else if entries[i].expires < earliest {
+                earliest = entries[i].expires
+            }
         }
+        earliestExpiry = earliest
         return removed
     }
 }

@@ -4,7 +4,8 @@ public enum Verdict: Equatable, Sendable {
     case accept
     /// NF_DROP.
     case drop
-    /// NF_ACCEPT with the packet as rewritten in the buffer (the verdict carries the payload).
+    /// NF_ACCEPT with the packet as rewritten in the buffer (the verdict carries the payload, and the worker
+    /// sets ``IptablesRules/translatedMark``).
     case acceptRewritten
     /// NF_ACCEPT with the packet as rewritten and this fwmark set (FULLNAT: ``IptablesRules/translatedMark``).
     case acceptRewrittenMarked(UInt32)
@@ -130,10 +131,10 @@ public final class PacketHandler: PacketProcessor {
             switch outcome {
             case .forward(let real, let realIndex, let created):
                 if created { counters.count(.connectionsCreated) }
-                counters.count(.forwarded)
                 let service = services[serviceIndex]
-                if service.mode == .dr { return .acceptMarked(service.marks[realIndex]) }
                 if service.mode == .tun { return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters) }
+                counters.count(.forwarded)
+                if service.mode == .dr { return .acceptMarked(service.marks[realIndex]) }
                 guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 return .acceptRewritten
@@ -186,6 +187,7 @@ public final class PacketHandler: PacketProcessor {
             let length = IPIPEncapsulation.replaceWithFragmentationNeeded(bytes, packet, mtu: mtu, vip: packet.destination)
             return length > 0 ? .acceptReplaced(offset: 0, length: length) : .drop
         }
+        counters.count(.forwarded)
         return .acceptEncapsulated(source: source, destination: destination)
     }
 

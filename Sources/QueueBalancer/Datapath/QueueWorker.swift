@@ -80,7 +80,10 @@ final class QueueWorker: @unchecked Sendable {
         case .acceptMarked(let mark):
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark)
         case .acceptRewritten:
-            return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: UnsafeRawBufferPointer(message.payload))
+            // Every rewritten packet carries the translated mark, so that anti-spoof rules spare its second
+            // PREROUTING pass under bridge netfilter whatever mode rewrote it.
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept,
+                                   payload: UnsafeRawBufferPointer(message.payload), mark: IptablesRules.translatedMark)
         case .acceptRewrittenMarked(let mark):
             return verdicts.append(queue: queue, packetID: id, verdict: .accept,
                                    payload: UnsafeRawBufferPointer(message.payload), mark: mark)
