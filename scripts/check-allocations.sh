@@ -18,4 +18,5 @@ small=20000; large=220000
 a=$(count $small); b=$(count $large)
 per=$(awk -v a="$a" -v b="$b" -v n=$((large - small)) 'BEGIN{printf "%.4f", (b-a)/n}')
 echo "allocations: $a for $small packets, $b for $large packets: $per per packet ($configuration)"
+[[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ ]] || { echo "FAIL: the malloc counter reported nothing (a='$a' b='$b')" >&2; exit 1; }
 [ "$a" = "$b" ] || { echo "FAIL: the packet path allocates" >&2; exit 1; }

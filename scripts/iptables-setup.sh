@@ -78,8 +78,9 @@ up() {
     remove_rules
     remove_routes
     if [ -n "$routes" ]; then
-        printf '%s\n' "$routes" | ip -batch -
+        # Record how to undo first, so that `down` cleans up even if the batch fails halfway.
         printf '%s\n' "$routes" | awk '$1 == "rule" { sub(/^rule add/, "rule del"); print } $1 == "route" { print "route flush table " $NF }' > "$routes_down"
+        printf '%s\n' "$routes" | ip -batch -
     fi
     printf '%s\n' "$rules" | iptables-restore -w --noflush
     echo "iptables-setup: nfqlb rules installed from $config (netns $netns_id)"

@@ -4,8 +4,8 @@
 //
 // Usage: nfqlb-bench [PACKETS=500000]
 //        nfqlb-bench maglev      Maglev table balance and disruption for N = 10 and 100 (README, scheduler table)
-// Under `valgrind --tool=memcheck`, the heap summary of two runs with different PACKETS gives the allocations
-// per packet (scripts/check-allocations.sh): the loop must allocate nothing.
+// With an LD_PRELOAD malloc counter, two runs with different PACKETS give the allocations per packet
+// (scripts/check-allocations.sh): the loop must allocate nothing.
 import Foundation
 import QueueBalancer
 

@@ -118,6 +118,7 @@ import Testing
             now += 30_000
             t.expire(now: now)
         }
+        #expect(!t.snapshot().isEmpty)
         for connection in t.snapshot() {
             #expect(t.reply(connection.reply, flags: .ack, now: now) == connection.inbound)
         }

@@ -150,6 +150,10 @@ lab_teardown() {
         if [ -n "$(ip netns pids "$ns" 2>/dev/null)" ]; then
             echo "lab: warning: processes not started by this run still in $ns: $(ip netns pids "$ns" | tr '\n' ' ')" >&2
         fi
+        # nfqlb's state for this namespace (iptables-setup.sh, real-server setup) dies with it: remove it, so
+        # that a later namespace reusing the inode number does not inherit it.
+        local inode
+        inode=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null) && rm -rf "/run/nfqlb/netns-$inode" "/run/nfqlb/realserver-netns-$inode"
         ip netns del "$ns" 2>/dev/null || echo "lab: warning: could not delete namespace $ns" >&2
     done
     LAB_NS=()

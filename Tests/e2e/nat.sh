@@ -117,10 +117,11 @@ stop_and_check() {
     forwarded=$(stat_value forwarded); replied=$(stat_value replied)
     [ "${forwarded:-0}" -gt 0 ] && [ "${replied:-0}" -gt 0 ] ||
         fail "nfqlb counted no rewritten packets (forwarded=${forwarded:-?} replied=${replied:-?})"
-    for counter in dropped_malformed dropped_no_real_server dropped_table_full dropped_verdict_send kernel_messages \
-                   receive_errors kernel_queue_dropped kernel_user_dropped; do
+    for counter in dropped_malformed dropped_fragment dropped_no_connection dropped_no_real_server dropped_table_full \
+                   dropped_conflict dropped_ports_exhausted dropped_verdict_send kernel_messages receive_errors \
+                   receive_overruns kernel_queue_dropped kernel_user_dropped; do
         value=$(stat_value "$counter")
-        [ -z "$value" ] || [ "$value" = 0 ] || fail "nfqlb counter $counter = $value (want 0)"
+        [ "$value" = 0 ] || fail "nfqlb counter $counter = '$value' (want 0)"
     done
     pass "nfqlb stopped on SIGTERM with status 0, queue 0 unbound, no drops"
 }
