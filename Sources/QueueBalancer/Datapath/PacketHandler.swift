@@ -74,8 +74,10 @@ public final class PacketHandler: PacketProcessor {
         // The tracker's connection counts when it keeps them for this config, else counts nobody updates.
         let loads = tracker.configuration.loads.map(\.count) == config.services.map(\.reals.count)
             ? tracker.configuration.loads : config.makeLoads()
-        services = config.services.enumerated().compactMap { index, service in
-            guard let vip = service.vip.ipv4, ForwardingMode.supported.contains(service.mode) else { return nil }
+        // One entry per configured service, in config order: the tracker's `service` numbers and the loads are
+        // indexed the same way. (An IPv6 VIP, refused by the config today, would match no IPv4 packet.)
+        services = config.services.enumerated().map { index, service in
+            let vip = service.vip.ipv4 ?? 0
             let marks = service.reals.map { real in routes.first { $0.realServer == real.address }?.mark ?? 0 }
             let allocators = service.localAddresses.flatMap { local in
                 service.reals.map { real in
