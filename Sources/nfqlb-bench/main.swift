@@ -35,9 +35,11 @@ let templates: [[UInt8]] = [
 // Offsets of the client port in each template (source for client packets, destination for the reply).
 let clientPortOffset = [20, 22, 20, 20, 20]
 
+var web = VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .wlc,
+                         reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 8080, weight: 1)])
+web.persistence = 300   // templates on the path too: looked up per new connection, refreshed per packet
 let config = BalancerConfig(queues: [0], services: [
-    VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .wlc,
-                   reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 8080, weight: 1)]),
+    web,
     VirtualService(vip: IPAddress("203.0.113.10")!, port: 53, transport: .udp, mode: .nat, scheduler: .rr,
                    reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 5353, weight: 1)]),
 ])

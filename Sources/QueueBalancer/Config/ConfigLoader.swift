@@ -39,6 +39,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     scheduler: wlc          # rr wrr lc wlc sed nq dh sh mh lblc lblcr fo ovf twos (default wlc)
 ///     scheduler-flags: [sh-port]  # optional: sh-fallback sh-port mh-fallback mh-port
 ///     mh-table-size: 65537    # optional, mh only: a prime >= 100 x reals
+///     persistence: 300        # optional: seconds a client network keeps its real server (ipvsadm -p)
+///     persistence-netmask: 24 # optional: prefix length or dotted mask (ipvsadm -M)
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
 /// ```
@@ -199,7 +201,7 @@ private struct Reader {
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
-            "scheduler-flags", "mh-table-size",
+            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -283,6 +285,22 @@ private struct Reader {
                 default:
                     throw fail(flag, "unknown scheduler flag '\(name)' (expected sh-fallback, sh-port, mh-fallback, mh-port)")
                 }
+            }
+        }
+        if let node = map["persistence"] {
+            service.persistence = UInt64(try integer(node, "persistence", 0...(30 * 86400)))
+            guard service.reals.count < 4095 else { throw fail(node, "persistence supports at most 4094 real servers") }
+        }
+        service.persistencePrefix = vip.isIPv4 ? 32 : 128
+        if let node = map["persistence-netmask"] {
+            guard service.persistence > 0 else { throw fail(node, "persistence-netmask needs persistence") }
+            let text = try scalar(node, "persistence-netmask")
+            if let prefix = Int(text), (0...(vip.isIPv4 ? 32 : 128)).contains(prefix) {
+                service.persistencePrefix = prefix
+            } else if vip.isIPv4, let mask = IPAddress.parseIPv4(Substring(text)), (~mask &+ 1) & ~mask == 0 {
+                service.persistencePrefix = mask.nonzeroBitCount   // a contiguous dotted mask, e.g. 255.255.255.0
+            } else {
+                throw fail(node, "persistence-netmask '\(text)' is neither a prefix length nor a contiguous netmask")
             }
         }
         if let node = map["mh-table-size"] {

@@ -63,6 +63,10 @@ public final class PacketHandler: PacketProcessor {
         /// TUN: per real server, the outer source address and the path MTU towards it.
         let tunnels: [TunnelPath]
         let scheduler: any Scheduler
+        /// The real servers' weights and connection counts (shared with the scheduler and the tracker).
+        let loads: [RealServerLoad]
+        /// Persistence templates, when the service has `persistence`.
+        let templates: PersistenceTemplates?
     }
 
     /// - Parameter tunnelPaths: TUN: the outer source and path MTU towards each real server (see
@@ -93,7 +97,11 @@ public final class PacketHandler: PacketProcessor {
                                 reals: service.reals.map(\.endpoint), marks: marks,
                                 locals: service.localAddresses, allocators: allocators, tunnels: tunnels,
                                 scheduler: service.scheduler.makeScheduler(loads: loads[index], options: service.schedulerOptions,
-                                                                           names: service.reals.map(\.endpoint)))
+                                                                           names: service.reals.map(\.endpoint)),
+                                loads: loads[index],
+                                templates: service.persistence > 0
+                                    ? PersistenceTemplates(timeoutSeconds: service.persistence, prefixLength: service.persistencePrefix)
+                                    : nil)
         }
         serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
         headersOnly = !services.isEmpty && services.allSatisfy { $0.mode == .dr }
@@ -119,7 +127,15 @@ public final class PacketHandler: PacketProcessor {
         if let serviceIndex = matchService(packet) {
             let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
                 let service = services[serviceIndex]
-                guard let real = service.scheduler.pick(for: flow) else { return nil }
+                // A live persistence template wins while its server takes new connections (weight > 0).
+                var chosen: Int?
+                if let templates = service.templates, let bound = templates.lookup(flow.source.address, now: now),
+                   bound < service.loads.count, service.loads[bound].weight > 0 {
+                    chosen = bound
+                } else {
+                    chosen = service.scheduler.pick(for: flow)
+                }
+                guard let real = chosen else { return nil }
                 guard service.mode == .fullnat else {
                     return ConnectionTracker.Assignment(realServer: service.reals[real], service: UInt32(serviceIndex),
                                                         realIndex: UInt32(real))
@@ -134,14 +150,17 @@ public final class PacketHandler: PacketProcessor {
             case .forward(let real, let realIndex, let created):
                 if created { counters.count(.connectionsCreated) }
                 let service = services[serviceIndex]
+                // Every client packet keeps the template alive (IPVS: while the template controls connections).
+                service.templates?.bind(key.source.address, to: realIndex, now: now)
                 if service.mode == .tun { return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters) }
                 counters.count(.forwarded)
                 if service.mode == .dr { return .acceptMarked(service.marks[realIndex]) }
                 guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 return .acceptRewritten
-            case .forwardTranslated(let real, let local, _, let created):
+            case .forwardTranslated(let real, let local, let realIndex, let created):
                 if created { counters.count(.connectionsCreated) }
+                services[serviceIndex].templates?.bind(key.source.address, to: realIndex, now: now)
                 counters.count(.forwarded)
                 guard let address = real.address.ipv4, let localAddress = local.address.ipv4 else {
                     counters.count(.droppedMalformed); return .drop

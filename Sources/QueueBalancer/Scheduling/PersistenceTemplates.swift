@@ -1,0 +1,80 @@
+import Synchronization
+
+/// IPVS persistence templates for one virtual service: a client network (the client address under the
+/// service's netmask) keeps its real server for `timeout` after its last packet, so that later connections from
+/// it land on the same server (sessions, SSL caches).
+///
+/// A fixed table of 4,096 buckets of 4 atomic slots, one 64-bit word each: a 20-bit tag of the network's hash,
+/// the real server index + 1 (12 bits, 0 = empty) and the expiry in seconds of the monotonic clock (32 bits).
+/// Lookups and refreshes are lock-free and allocate nothing. When a bucket's four slots are all live, a new
+/// network takes the slot that expires first (counted in ``evictions``): with 16,384 slots that only happens
+/// when far more client networks are live than a template table of IPVS's default size would hold anyway.
+public final class PersistenceTemplates: Sendable {
+    /// Template lifetime after the last packet, in milliseconds.
+    public let timeout: UInt64
+    /// The netmask applied to client addresses: an IPv4 prefix length (0...32) or IPv6 (0...128).
+    public let prefixLength: Int
+    private let slots: InlineArray<16384, Atomic<UInt64>>
+    private let evictionCount = Atomic<Int>(0)
+
+    public init(timeoutSeconds: UInt64, prefixLength: Int) {
+        timeout = timeoutSeconds * 1000
+        self.prefixLength = prefixLength
+        slots = InlineArray { _ in Atomic<UInt64>(0) }
+    }
+
+    /// Live templates displaced by newer ones.
+    public var evictions: Int { evictionCount.load(ordering: .relaxed) }
+
+    /// The client network of `address` (the address with the host bits cleared).
+    public func network(_ address: IPAddress) -> IPAddress {
+        let bits = address.isIPv4 ? 96 + min(prefixLength, 32) : min(prefixLength, 128)
+        func mask(_ n: Int) -> UInt64 { n <= 0 ? 0 : n >= 64 ? .max : ~(UInt64.max >> UInt64(n)) }
+        return IPAddress(high: address.high & mask(bits), low: address.low & mask(bits - 64))
+    }
+
+    private func hash(_ client: IPAddress) -> UInt64 {
+        stableHash(network(client), salt: 0x7065_7273)
+    }
+
+    /// The real server index the client's network is bound to, if a template is live at `now` (ms).
+    public func lookup(_ client: IPAddress, now: UInt64) -> Int? {
+        let h = hash(client)
+        let tag = h >> 44
+        let base = Int(h & 4095) * 4
+        let seconds = now / 1000
+        for i in base..<(base + 4) {
+            let word = slots[i].load(ordering: .relaxed)
+            if word >> 44 == tag, (word >> 32) & 0xFFF != 0, word & 0xFFFF_FFFF > seconds {
+                return Int((word >> 32) & 0xFFF) - 1
+            }
+        }
+        return nil
+    }
+
+    /// Binds (or refreshes) the client's network to real server `real` until `now + timeout`.
+    public func bind(_ client: IPAddress, to real: Int, now: UInt64) {
+        guard real < 4095 else { return }
+        let h = hash(client)
+        let tag = h >> 44
+        let base = Int(h & 4095) * 4
+        let seconds = now / 1000
+        let expiry = min((now + timeout + 999) / 1000, UInt64(UInt32.max))
+        let word = tag << 44 | UInt64(real + 1) << 32 | expiry
+        // The network's own slot, else an empty or expired one, else the one expiring first.
+        var target = -1, victimExpiry = UInt64.max, victim = base
+        for i in base..<(base + 4) {
+            let current = slots[i].load(ordering: .relaxed)
+            if current >> 44 == tag && (current >> 32) & 0xFFF != 0 { target = i; break }
+            let currentExpiry = current & 0xFFFF_FFFF
+            if target < 0 && (current == 0 || currentExpiry <= seconds) { target = i }
+            if currentExpiry < victimExpiry { victimExpiry = currentExpiry; victim = i }
+        }
+        if target < 0 {
+            target = victim
+            evictionCount.wrappingAdd(1, ordering: .relaxed)
+        }
+        // A concurrent writer for another network may win the slot; then this template is simply not kept.
+        slots[target].store(word, ordering: .relaxed)
+    }
+}
