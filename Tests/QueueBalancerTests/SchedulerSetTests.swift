@@ -147,3 +147,47 @@ import Testing
         }
     }
 }
+
+/// Upper/lower connection thresholds (`ipvsadm -x/-y`): an overloaded server takes no new connection.
+@Suite struct ThresholdTests {
+    @Test func overloadStartsAtUpperAndEndsAtLower() {
+        let load = RealServerLoad(weight: 1, upper: 4, lower: 2)
+        load.add(3, active: false)
+        #expect(!load.overloaded)
+        load.add(1, active: true)
+        #expect(load.overloaded && !load.isAvailable)
+        load.add(-1, active: false)
+        #expect(load.overloaded, "3 is above lower")
+        load.add(-1, active: false)
+        #expect(!load.overloaded, "back to lower")
+        // lower 0: 3/4 of upper.
+        let quarter = RealServerLoad(weight: 1, upper: 8)
+        quarter.add(8, active: false)
+        #expect(quarter.overloaded)
+        quarter.add(-2, active: false)
+        #expect(!quarter.overloaded)
+    }
+
+    @Test func everySchedulerSkipsAnOverloadedServer() {
+        let flow = FlowKey(source: endpoint("192.0.2.2", 1), destination: endpoint("203.0.113.10", 80), transport: .tcp)
+        for kind in SchedulerKind.allCases {
+            let loads = [RealServerLoad(weight: 100, upper: 1), RealServerLoad(weight: 1)]
+            loads[0].add(1, active: true)
+            let scheduler = kind.makeScheduler(loads: loads)
+            for _ in 0..<20 {
+                let pick = scheduler.pick(for: flow)
+                // dh and sh/mh without fallback refuse rather than move a key to another server.
+                #expect(pick == 1 || (pick == nil && [.dh, .sh, .mh].contains(kind)), "\(kind) picked \(String(describing: pick))")
+            }
+        }
+    }
+
+    @Test func thresholdsFromTheConfig() throws {
+        let yaml = "queues: [0]\nservices:\n  - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat, reals: [ { address: 198.51.100.11, upper: 100, lower: 50 } ] }\n"
+        let real = try ConfigLoader.parse(yaml: yaml).services[0].reals[0]
+        #expect(real.upper == 100 && real.lower == 50)
+        #expect(throws: ConfigError.self) {
+            try ConfigLoader.parse(yaml: yaml.replacingOccurrences(of: "upper: 100, lower: 50", with: "lower: 50"))
+        }
+    }
+}

@@ -34,7 +34,7 @@ extension BalancerConfig {
     /// Fresh connection counts for every real server, by service: shared by the tracker (which counts) and
     /// the schedulers (which read).
     public func makeLoads() -> [[RealServerLoad]] {
-        services.map { service in service.reals.map { RealServerLoad(weight: $0.weight) } }
+        services.map { service in service.reals.map { RealServerLoad(weight: $0.weight, upper: $0.upper, lower: $0.lower) } }
     }
 
     /// Why the FULLNAT ports clash with the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`), or nil.
@@ -135,6 +135,10 @@ public struct RealServer: Sendable, Equatable {
     public var port: UInt16
     /// 0...65535; 0 means quiescent: no new connections.
     public var weight: UInt32
+    /// Connection thresholds (`ipvsadm -x`/`-y`): at `upper` connections no new ones until back to `lower`
+    /// (0: 3/4 of upper). 0 = no threshold.
+    public var upper: Int = 0
+    public var lower: Int = 0
 
     public init(address: IPAddress, port: UInt16, weight: UInt32 = 1) {
         self.address = address

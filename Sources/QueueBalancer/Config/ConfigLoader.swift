@@ -43,6 +43,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     persistence-netmask: 24 # optional: prefix length or dotted mask (ipvsadm -M)
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
+///       - { address: 198.51.100.12, upper: 1000, lower: 800 } # optional connection thresholds (ipvsadm -x/-y)
 /// ```
 public enum ConfigLoader {
     /// Loads and validates the file at `path`.
@@ -251,7 +252,7 @@ private struct Reader {
         }
         var reals: [RealServer] = []
         for realNode in realList {
-            let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight"])
+            let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight", "upper", "lower"])
             let addressNode = try required(r, "address", in: "a real server", at: realNode)
             let rip = try address(addressNode, "address")
             guard rip.isIPv4 == vip.isIPv4 else {
@@ -262,7 +263,14 @@ private struct Reader {
                 throw fail(r["port"], "a \(mode) real server's port must equal the VIP port \(port) (\(mode) does not rewrite ports), not \(rport)")
             }
             let weight = try r["weight"].map { n throws(ConfigError) in UInt32(try integer(n, "weight", 0...65535)) } ?? 1
-            let real = RealServer(address: rip, port: rport, weight: weight)
+            var real = RealServer(address: rip, port: rport, weight: weight)
+            if let n = r["upper"] { real.upper = try integer(n, "upper", 0...1_000_000_000) }
+            if let n = r["lower"] {
+                real.lower = try integer(n, "lower", 0...1_000_000_000)
+                guard real.upper > 0, real.lower < real.upper else {
+                    throw fail(n, "lower \(real.lower) needs an upper threshold above it (upper \(real.upper))")
+                }
+            }
             guard !reals.contains(where: { $0.endpoint == real.endpoint }) else {
                 throw fail(realNode, "real server \(real.endpoint) is listed twice")
             }

@@ -130,7 +130,7 @@ public final class PacketHandler: PacketProcessor {
                 // A live persistence template wins while its server takes new connections (weight > 0).
                 var chosen: Int?
                 if let templates = service.templates, let bound = templates.lookup(flow.source.address, now: now),
-                   bound < service.loads.count, service.loads[bound].weight > 0 {
+                   bound < service.loads.count, service.loads[bound].isAvailable {
                     chosen = bound
                 } else {
                     chosen = service.scheduler.pick(for: flow)

@@ -21,7 +21,7 @@ public struct DestinationHashScheduler: Scheduler {
     public func pick(for flow: FlowKey) -> Int? {
         guard !buckets.isEmpty else { return nil }
         let server = buckets[Int(stableHash(flow.destination.address) & 0xFF)]
-        return loads[server].weight > 0 ? server : nil
+        return loads[server].isAvailable ? server : nil
     }
 }
 
@@ -47,7 +47,7 @@ public struct SourceHashScheduler: Scheduler {
         let start = Int(stableHash(flow.source.address, port: includePort ? flow.source.port : 0) & 0xFF)
         for offset in 0..<(fallback ? 256 : 1) {
             let server = buckets[(start + offset) & 0xFF]
-            if loads[server].weight > 0 { return server }
+            if loads[server].isAvailable { return server }
         }
         return nil
     }
@@ -126,7 +126,7 @@ public struct MaglevScheduler: Scheduler {
         for attempt in 0..<(fallback ? max(loads.count, 1) : 1) {
             let hash = stableHash(flow.source.address, port: port, salt: UInt64(attempt))
             let server = table[Int(hash % UInt64(table.count))]
-            if server >= 0 && loads[Int(server)].weight > 0 { return Int(server) }
+            if server >= 0 && loads[Int(server)].isAvailable { return Int(server) }
         }
         return nil
     }

@@ -10,7 +10,7 @@ public struct LeastConnectionScheduler: Scheduler {
 
     public func pick(for flow: FlowKey) -> Int? {
         var best: Int?, bestOverhead = Int.max
-        for i in loads.indices where loads[i].weight > 0 {
+        for i in loads.indices where loads[i].isAvailable {
             let overhead = loads[i].overhead
             if overhead < bestOverhead { best = i; bestOverhead = overhead }
         }
@@ -47,7 +47,7 @@ public struct NeverQueueScheduler: Scheduler {
     public init(loads: [RealServerLoad]) { self.loads = loads }
 
     public func pick(for flow: FlowKey) -> Int? {
-        for i in loads.indices where loads[i].weight > 0 && loads[i].active == 0 { return i }
+        for i in loads.indices where loads[i].isAvailable && loads[i].active == 0 { return i }
         return leastPerWeight(loads) { $0.active &+ 1 }
     }
 }
@@ -56,7 +56,7 @@ public struct NeverQueueScheduler: Scheduler {
 /// division, as IPVS); the first on a tie.
 func leastPerWeight(_ loads: [RealServerLoad], cost: (RealServerLoad) -> Int) -> Int? {
     var best: Int?, bestCost = 0, bestWeight = 1
-    for i in loads.indices where loads[i].weight > 0 {
+    for i in loads.indices where loads[i].isAvailable {
         let c = cost(loads[i]), w = Int(loads[i].weight)
         if best == nil || c &* bestWeight < bestCost &* w {
             best = i; bestCost = c; bestWeight = w

@@ -19,7 +19,7 @@ public final class LocalityScheduler: Scheduler {
     /// IPVS's test: more active connections than its weight while another server is under half its weight.
     func isOverloaded(_ i: Int) -> Bool {
         guard loads[i].active > Int(loads[i].weight) else { return false }
-        return loads.contains { $0.weight > 0 && $0.active &* 2 < Int($0.weight) }
+        return loads.contains { $0.isAvailable && $0.active &* 2 < Int($0.weight) }
     }
 
     public func pick(for flow: FlowKey) -> Int? {
@@ -28,7 +28,7 @@ public final class LocalityScheduler: Scheduler {
         if replicated {
             // The least loaded member of the set, unless it is overloaded.
             var best: Int?, bestCost = 0, bestWeight = 1
-            for i in loads.indices where i < 64 && remembered & (1 << UInt64(i)) != 0 && loads[i].weight > 0 {
+            for i in loads.indices where i < 64 && remembered & (1 << UInt64(i)) != 0 && loads[i].isAvailable {
                 let c = loads[i].overhead, w = Int(loads[i].weight)
                 if best == nil || c &* bestWeight < bestCost &* w { best = i; bestCost = c; bestWeight = w }
             }
@@ -39,7 +39,7 @@ public final class LocalityScheduler: Scheduler {
         }
         if remembered > 0 {
             let i = Int(remembered - 1)
-            if i < loads.count && loads[i].weight > 0 && !isOverloaded(i) { return i }
+            if i < loads.count && loads[i].isAvailable && !isOverloaded(i) { return i }
         }
         guard let chosen = leastPerWeight(loads, cost: { $0.overhead }) else { return nil }
         slots[slot].store(UInt64(chosen + 1), ordering: .relaxed)
@@ -56,7 +56,7 @@ public struct WeightedFailoverScheduler: Scheduler {
 
     public func pick(for flow: FlowKey) -> Int? {
         var best: Int?
-        for i in loads.indices where loads[i].weight > 0 && (best == nil || loads[i].weight > loads[best!].weight) {
+        for i in loads.indices where loads[i].isAvailable && (best == nil || loads[i].weight > loads[best!].weight) {
             best = i
         }
         return best
@@ -72,7 +72,7 @@ public struct OverflowScheduler: Scheduler {
 
     public func pick(for flow: FlowKey) -> Int? {
         var best: Int?
-        for i in loads.indices where loads[i].weight > 0 && loads[i].active < Int(loads[i].weight) {
+        for i in loads.indices where loads[i].isAvailable && loads[i].active < Int(loads[i].weight) {
             if best == nil || loads[i].weight > loads[best!].weight { best = i }
         }
         return best
@@ -105,7 +105,13 @@ public final class TwoChoicesScheduler: Scheduler {
         guard !sequence.isEmpty else { return nil }
         let a = Int(sequence[Int(random() % UInt64(sequence.count))])
         let b = Int(sequence[Int(random() % UInt64(sequence.count))])
-        let ca = loads[a].overhead &* Int(loads[b].weight), cb = loads[b].overhead &* Int(loads[a].weight)
-        return cb < ca ? b : a
+        switch (loads[a].isAvailable, loads[b].isAvailable) {
+        case (true, true):
+            let ca = loads[a].overhead &* Int(loads[b].weight), cb = loads[b].overhead &* Int(loads[a].weight)
+            return cb < ca ? b : a
+        case (true, false): return a
+        case (false, true): return b
+        case (false, false): return leastPerWeight(loads) { $0.overhead }   // both draws overloaded: scan
+        }
     }
 }

@@ -23,8 +23,8 @@ public enum SchedulerKind: String, Sendable, CaseIterable, CustomStringConvertib
                               names: [Endpoint]? = nil) -> any Scheduler {
         let weights = loads.map(\.weight)
         switch self {
-        case .rr: return RoundRobinScheduler(weights: weights)
-        case .wrr: return WeightedRoundRobinScheduler(weights: weights)
+        case .rr: return RoundRobinScheduler(loads: loads)
+        case .wrr: return WeightedRoundRobinScheduler(loads: loads)
         case .lc: return LeastConnectionScheduler(loads: loads)
         case .wlc: return WeightedLeastConnectionScheduler(loads: loads)
         case .sed: return ShortestExpectedDelayScheduler(loads: loads)
@@ -65,17 +65,28 @@ public struct SchedulerOptions: Sendable, Equatable {
 
 /// `rr`: every real server whose weight is above 0, in turn (IPVS skips weight-0 servers the same way).
 public final class RoundRobinScheduler: Scheduler {
+    private let loads: [RealServerLoad]
     private let eligible: [Int]
     private let position = Atomic<UInt64>(0)
 
-    public init(weights: [UInt32]) {
-        eligible = weights.indices.filter { weights[$0] > 0 }
+    public init(loads: [RealServerLoad]) {
+        self.loads = loads
+        eligible = loads.indices.filter { loads[$0].weight > 0 }
     }
 
+    public convenience init(weights: [UInt32]) {
+        self.init(loads: weights.map { RealServerLoad(weight: $0) })
+    }
+
+    /// The next server in turn, skipping overloaded ones (at most one pass over the servers).
     public func pick(for flow: FlowKey) -> Int? {
         guard !eligible.isEmpty else { return nil }
-        let turn = position.wrappingAdd(1, ordering: .relaxed).oldValue
-        return eligible[Int(turn % UInt64(eligible.count))]
+        for _ in 0..<eligible.count {
+            let turn = position.wrappingAdd(1, ordering: .relaxed).oldValue
+            let server = eligible[Int(turn % UInt64(eligible.count))]
+            if loads[server].isAvailable { return server }
+        }
+        return nil
     }
 }
 
@@ -85,13 +96,19 @@ public final class RoundRobinScheduler: Scheduler {
 public final class WeightedRoundRobinScheduler: Scheduler {
     /// Real-server indices of one cycle.
     public let sequence: [UInt32]
+    private let loads: [RealServerLoad]
     private let position = Atomic<UInt64>(0)
 
     /// The longest cycle kept; beyond it weights are scaled down (proportions kept to within 1/limit).
     static let sequenceLimit = 1 << 20
 
-    public init(weights: [UInt32]) {
-        sequence = WeightedRoundRobinScheduler.cycle(weights: weights)
+    public init(loads: [RealServerLoad]) {
+        self.loads = loads
+        sequence = WeightedRoundRobinScheduler.cycle(weights: loads.map(\.weight))
+    }
+
+    public convenience init(weights: [UInt32]) {
+        self.init(loads: weights.map { RealServerLoad(weight: $0) })
     }
 
     static func cycle(weights original: [UInt32]) -> [UInt32] {
@@ -117,10 +134,17 @@ public final class WeightedRoundRobinScheduler: Scheduler {
         return result
     }
 
+    /// The next server of the cycle, skipping overloaded ones (at most as many steps as servers, then nil:
+    /// the cycle interleaves servers, so a few steps reach every other one).
     public func pick(for flow: FlowKey) -> Int? {
         guard !sequence.isEmpty else { return nil }
-        let turn = position.wrappingAdd(1, ordering: .relaxed).oldValue
-        return Int(sequence[Int(turn % UInt64(sequence.count))])
+        for _ in 0..<max(loads.count, 1) * 2 {
+            let turn = position.wrappingAdd(1, ordering: .relaxed).oldValue
+            let server = Int(sequence[Int(turn % UInt64(sequence.count))])
+            if server >= loads.count || loads[server].isAvailable { return server }
+        }
+        // Heavily skewed weights can leave long runs of one overloaded server: take any available one.
+        return loads.indices.first { loads[$0].isAvailable }
     }
 }
 
