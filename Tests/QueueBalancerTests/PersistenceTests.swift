@@ -74,3 +74,61 @@ import Testing
         #expect(throws: ConfigError.self) { try ConfigLoader.parse(yaml: base + "    persistence-netmask: 24\n") }
     }
 }
+
+/// `ops`: one-packet scheduling for UDP.
+@Suite struct OnePacketSchedulingTests {
+    func handler(mode: ForwardingMode) -> PacketHandler {
+        var service = VirtualService(vip: IPAddress("203.0.113.10")!, port: 53, transport: .udp, mode: mode, scheduler: .rr,
+                                     reals: (11...13).map { RealServer(address: IPAddress("198.51.100.\($0)")!, port: 53) })
+        service.onePacket = true
+        return PacketHandler(config: BalancerConfig(queues: [0], services: [service]), tracker: ConnectionTracker())
+    }
+
+    @Test func everyDatagramIsScheduledAndEveryServersReplyMapsBack() {
+        let h = handler(mode: .nat)
+        var counters = CounterBatch()
+        var query = PacketBuilder()
+        query.transport = 17
+        query.destinationPort = 53
+        query.payload = [1, 2, 3]
+        // Six datagrams from one client socket: rr over three servers, two each.
+        let servers = (0..<6).map { _ in h.run(query.build(), counters: &counters).1[19] }
+        #expect(servers == [11, 12, 13, 11, 12, 13])
+        // Each server's answer is mapped back to the VIP.
+        for server: UInt8 in 11...13 {
+            var answer = PacketBuilder()
+            answer.transport = 17
+            answer.source = [198, 51, 100, server]
+            answer.sourcePort = 53
+            answer.destination = [192, 0, 2, 2]
+            answer.destinationPort = 40000
+            answer.payload = [4, 5]
+            let (verdict, out) = h.run(answer.build(), counters: &counters)
+            #expect(verdict == .acceptRewritten)
+            #expect(Array(out[12..<16]) == [203, 0, 113, 10])
+        }
+        #expect(h.tracker.count == 3, "one entry per (server, client endpoint)")
+    }
+
+    @Test func directRoutingMarksEachDatagramAnew() {
+        let h = handler(mode: .dr)
+        var counters = CounterBatch()
+        var query = PacketBuilder()
+        query.transport = 17
+        query.destinationPort = 53
+        let marks = (0..<3).map { _ in h.run(query.build(), counters: &counters).0 }
+        #expect(marks == [.acceptMarked(0x1000), .acceptMarked(0x1001), .acceptMarked(0x1002)])
+        #expect(h.tracker.count == 0, "DR keeps no state for ops")
+    }
+
+    @Test func configRefusesOpsWhereItCannotWork() throws {
+        let base = "queues: [0]\nservices:\n  - { vip: 203.0.113.10, port: 53, protocol: PROTO, mode: MODE, ops: true, LOCALS reals: [ { address: 198.51.100.11 } ] }\n"
+        func yaml(_ proto: String, _ mode: String) -> String {
+            base.replacingOccurrences(of: "PROTO", with: proto).replacingOccurrences(of: "MODE", with: mode)
+                .replacingOccurrences(of: "LOCALS", with: mode == "fullnat" ? "local-addresses: [198.51.100.1]," : "")
+        }
+        #expect(try ConfigLoader.parse(yaml: yaml("udp", "nat")).services[0].onePacket)
+        #expect(throws: ConfigError.self) { try ConfigLoader.parse(yaml: yaml("tcp", "nat")) }
+        #expect(throws: ConfigError.self) { try ConfigLoader.parse(yaml: yaml("udp", "fullnat")) }
+    }
+}

@@ -105,6 +105,8 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var tunnelSource: IPAddress?
     /// `scheduler-flags` (sh-fallback, sh-port, mh-fallback, mh-port) and `mh-table-size`.
     public var schedulerOptions = SchedulerOptions()
+    /// `ops`: one-packet scheduling, every UDP datagram scheduled on its own (NAT, DR, TUN).
+    public var onePacket = false
     /// `persistence`: seconds a client network keeps its real server after its last packet; 0 = off.
     public var persistence: UInt64 = 0
     /// `persistence-netmask` as a prefix length (IPv4 default 32, IPv6 default 128).

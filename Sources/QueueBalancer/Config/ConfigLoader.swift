@@ -40,6 +40,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     scheduler-flags: [sh-port]  # optional: sh-fallback sh-port mh-fallback mh-port
 ///     mh-table-size: 65537    # optional, mh only: a prime >= 100 x reals
 ///     persistence: 300        # optional: seconds a client network keeps its real server (ipvsadm -p)
+///     ops: true               # optional, UDP (nat, dr, tun): schedule every datagram on its own (ipvsadm -o)
 ///     persistence-netmask: 24 # optional: prefix length or dotted mask (ipvsadm -M)
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
@@ -202,7 +203,7 @@ private struct Reader {
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
-            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask",
+            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -293,6 +294,20 @@ private struct Reader {
                 default:
                     throw fail(flag, "unknown scheduler flag '\(name)' (expected sh-fallback, sh-port, mh-fallback, mh-port)")
                 }
+            }
+        }
+        if let node = map["ops"] {
+            switch try scalar(node, "ops") {
+            case "true": service.onePacket = true
+            case "false": service.onePacket = false
+            case let other: throw fail(node, "ops '\(other)' is not true or false")
+            }
+            if service.onePacket {
+                guard transport == .udp else { throw fail(node, "ops schedules UDP datagrams; \(transport) has connections") }
+                guard mode != .fullnat else {
+                    throw fail(node, "ops is not available with fullnat (each datagram would need its own local port)")
+                }
+                guard map["persistence"] == nil else { throw fail(node, "ops and persistence exclude each other") }
             }
         }
         if let node = map["persistence"] {

@@ -207,6 +207,35 @@ public final class ConnectionTracker: Sendable {
         }
     }
 
+    /// One-packet scheduling (`ops`, UDP, NAT): the datagram was scheduled on its own to `assignment`; make
+    /// sure the reply of that real server finds its way back. Connections are keyed by their reply tuple only
+    /// (several real servers may answer the same client endpoint), and live the UDP timeout after their last
+    /// datagram. Returns false when the table is full.
+    public func oneShot(_ key: FlowKey, assignment: Assignment, now: UInt64) -> Bool {
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
+        let reply = FlowKey(source: assignment.realServer, destination: key.source, transport: key.transport)
+        let replyHash = hasher.hash(reply)
+        let expires = now &+ timeouts.timeout(.udp)
+        return stripe.table.withLock { table -> Bool in
+            if let found = table.find(reply, hash: replyHash, direction: .reply) {
+                table.setExpiry(found, expires)
+                return true
+            }
+            if table.isFull { _ = table.expire(now: now, hasher: hasher) }
+            guard let slot = table.allocate() else { return false }
+            table.entries[slot] = ConnectionEntry(
+                inbound: key, reply: reply, expires: expires, service: assignment.service,
+                realIndex: assignment.realIndex, state: .udp, live: true, nextFree: -1, allocator: -1)
+            // Indexed by the reply key only; the inbound index keeps a (never looked up) reference so that
+            // removal stays uniform.
+            table.insert(slot, hash: hasher.hash(key), direction: .inbound)
+            table.insert(slot, hash: replyHash, direction: .reply)
+            table.setExpiry(slot, expires)
+            table.count(slot, 1)
+            return true
+        }
+    }
+
     /// Looks up the connection of a real server -> client packet, updates its state and expiry, and returns the
     /// connection's inbound key (client -> VIP): the reply must appear to come from its destination and, under
     /// FULLNAT, go to its source. Nil when no live connection matches.

@@ -67,6 +67,8 @@ public final class PacketHandler: PacketProcessor {
         let loads: [RealServerLoad]
         /// Persistence templates, when the service has `persistence`.
         let templates: PersistenceTemplates?
+        /// `ops`: every datagram scheduled on its own.
+        let onePacket: Bool
     }
 
     /// - Parameter tunnelPaths: TUN: the outer source and path MTU towards each real server (see
@@ -101,7 +103,8 @@ public final class PacketHandler: PacketProcessor {
                                 loads: loads[index],
                                 templates: service.persistence > 0
                                     ? PersistenceTemplates(timeoutSeconds: service.persistence, prefixLength: service.persistencePrefix)
-                                    : nil)
+                                    : nil,
+                                onePacket: service.onePacket)
         }
         serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
         headersOnly = !services.isEmpty && services.allSatisfy { $0.mode == .dr }
@@ -125,6 +128,7 @@ public final class PacketHandler: PacketProcessor {
             transport: packet.transport)
 
         if let serviceIndex = matchService(packet) {
+            if services[serviceIndex].onePacket { return onePacket(bytes, packet, key, serviceIndex, now, &counters) }
             let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
                 let service = services[serviceIndex]
                 // A live persistence template wins while its server takes new connections (weight > 0).
@@ -190,6 +194,32 @@ public final class PacketHandler: PacketProcessor {
         // from the balancer itself. Passing it unchanged is what the kernel would have done without nfqlb.
         counters.count(.passedUnmatched)
         return .accept
+    }
+
+    /// `ops`: schedule this datagram alone. NAT keeps a reply-keyed entry so the server's answer is mapped back;
+    /// DR and TUN need none (the answer goes straight to the client).
+    private func onePacket(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet, _ key: FlowKey,
+                           _ serviceIndex: Int, _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
+        let service = services[serviceIndex]
+        guard let realIndex = service.scheduler.pick(for: key) else { counters.count(.droppedNoRealServer); return .drop }
+        let real = service.reals[realIndex]
+        switch service.mode {
+        case .dr:
+            counters.count(.forwarded)
+            return .acceptMarked(service.marks[realIndex])
+        case .tun:
+            return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters)
+        case .nat, .fullnat:
+            let assignment = ConnectionTracker.Assignment(realServer: real, service: UInt32(serviceIndex),
+                                                          realIndex: UInt32(realIndex))
+            guard tracker.oneShot(key, assignment: assignment, now: now), let address = real.address.ipv4 else {
+                counters.count(.droppedTableFull)
+                return .drop
+            }
+            counters.count(.forwarded)
+            NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
+            return .acceptRewritten
+        }
     }
 
     /// TUN: encapsulate towards the real server, or, when the result would exceed the path MTU and the client
