@@ -29,7 +29,7 @@ import Testing
         client.transport = transport
         client.payload = Array("hello".utf8)
         let (verdict, out) = handler.run(client.build(), counters: &counters)
-        #expect(verdict == .acceptRewrittenMarked(IptablesRules.translatedMark))
+        #expect(verdict == .acceptRewritten)
         #expect(Array(out[12..<16]) == [198, 51, 100, 1], "source is the local address")
         let localPort = UInt16(out[20]) << 8 | UInt16(out[21])
         #expect((61000...65535).contains(localPort))
@@ -49,7 +49,7 @@ import Testing
         reply.tcpFlags = 0x12
         reply.payload = Array("world".utf8)
         let (replyVerdict, replyOut) = handler.run(reply.build(), counters: &counters)
-        #expect(replyVerdict == .acceptRewrittenMarked(IptablesRules.translatedMark))
+        #expect(replyVerdict == .acceptRewritten)
         var expectedReply = reply
         expectedReply.source = [203, 0, 113, 10]
         expectedReply.sourcePort = 80
@@ -66,7 +66,7 @@ import Testing
             var syn = PacketBuilder()
             syn.sourcePort = clientPort
             let (verdict, out) = handler.run(syn.build(), now: 0, counters: &counters)
-            #expect(verdict == .acceptRewrittenMarked(IptablesRules.translatedMark))
+            #expect(verdict == .acceptRewritten)
             ports.insert(UInt16(out[20]) << 8 | UInt16(out[21]))
         }
         #expect(ports == Set(61000...61007), "eight connections, eight different ports")
@@ -78,11 +78,11 @@ import Testing
         var ack = PacketBuilder()
         ack.sourcePort = 40003
         ack.tcpFlags = 0x10
-        #expect(handler.run(ack.build(), now: 1, counters: &counters).0 == .acceptRewrittenMarked(IptablesRules.translatedMark))
+        #expect(handler.run(ack.build(), now: 1, counters: &counters).0 == .acceptRewritten)
         // SYN_RECV lasts 60 s: after the sweep, ports come back (ESTABLISHED 40003 keeps its port).
         #expect(handler.tracker.expire(now: 61_000) == 7)
         let (verdict, out) = handler.run(ninth.build(), now: 61_000, counters: &counters)
-        #expect(verdict == .acceptRewrittenMarked(IptablesRules.translatedMark))
+        #expect(verdict == .acceptRewritten)
         let reused = UInt16(out[20]) << 8 | UInt16(out[21])
         #expect(reused != ports.sorted()[3] || handler.tracker.snapshot().count == 2)
         #expect(handler.tracker.snapshot().map(\.reply.destination.port).count == Set(handler.tracker.snapshot().map(\.reply.destination.port)).count)
@@ -100,7 +100,7 @@ import Testing
             syn.source = [192, 0, 2, UInt8(2 + i / 600)]
             syn.sourcePort = UInt16(20000 + i % 600)
             let (verdict, out) = handler.run(syn.build(), counters: &counters)
-            if verdict == .acceptRewrittenMarked(IptablesRules.translatedMark) { seen.insert("\(out[15]):\(UInt16(out[20]) << 8 | UInt16(out[21]))") }
+            if verdict == .acceptRewritten { seen.insert("\(out[15]):\(UInt16(out[20]) << 8 | UInt16(out[21]))") }
         }
         #expect(counters[.droppedPortsExhausted] == 0, "at half the ports in use no stripe runs dry")
         #expect(seen.count == 1000)

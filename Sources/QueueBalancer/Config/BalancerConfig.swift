@@ -86,8 +86,6 @@ public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConverti
 
     public var description: String { rawValue }
 
-    /// The modes the datapath implements today.
-    public static let supported: [ForwardingMode] = [.nat, .fullnat, .dr, .tun]
 }
 
 /// A virtual service: `VIP:port/protocol`, like one `ipvsadm -A` line with its `-a` lines.

@@ -216,10 +216,6 @@ private struct Reader {
         }
         let modeNode = try required(map, "mode", in: "a service", at: node)
         let mode = try choice(modeNode, "mode", ForwardingMode.self)
-        guard ForwardingMode.supported.contains(mode) else {
-            let names = ForwardingMode.supported.map(\.rawValue).joined(separator: ", ")
-            throw fail(modeNode, "mode '\(mode)' is not supported yet (supported: \(names))")
-        }
         let scheduler = try map["scheduler"].map { n throws(ConfigError) in try choice(n, "scheduler", SchedulerKind.self) } ?? .wlc
         let name = try map["name"].map { n throws(ConfigError) in try scalar(n, "name") }
         guard vip.isIPv4 else {

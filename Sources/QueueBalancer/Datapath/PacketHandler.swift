@@ -7,8 +7,6 @@ public enum Verdict: Equatable, Sendable {
     /// NF_ACCEPT with the packet as rewritten in the buffer (the verdict carries the payload, and the worker
     /// sets ``IptablesRules/translatedMark``).
     case acceptRewritten
-    /// NF_ACCEPT with the packet as rewritten and this fwmark set (FULLNAT: ``IptablesRules/translatedMark``).
-    case acceptRewrittenMarked(UInt32)
     /// NF_ACCEPT, packet unchanged, with this fwmark set (DR: policy routing steers it to the real server).
     case acceptMarked(UInt32)
     /// NF_ACCEPT with the packet wrapped in an outer IPv4 header (protocol 4) from `source` to `destination`
@@ -171,7 +169,7 @@ public final class PacketHandler: PacketProcessor {
                 }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 NATRewrite.rewriteSource(bytes, packet, address: localAddress, port: local.port)
-                return .acceptRewrittenMarked(IptablesRules.translatedMark)
+                return .acceptRewritten
             case .portsExhausted: counters.count(.droppedPortsExhausted); return .drop
             case .noConnection: counters.count(.droppedNoConnection); return .drop
             case .noRealServer: counters.count(.droppedNoRealServer); return .drop
@@ -186,7 +184,7 @@ public final class PacketHandler: PacketProcessor {
             counters.count(.replied)
             if inbound.source != key.destination {
                 NATRewrite.rewriteDestination(bytes, packet, address: client, port: inbound.source.port)
-                return .acceptRewrittenMarked(IptablesRules.translatedMark)
+                return .acceptRewritten
             }
             return .acceptRewritten
         }

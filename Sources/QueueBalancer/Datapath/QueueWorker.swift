@@ -80,16 +80,14 @@ final class QueueWorker: @unchecked Sendable {
         case .acceptMarked(let mark):
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark)
         case .acceptRewritten:
-            // Every rewritten packet carries the translated mark, so that anti-spoof rules spare its second
-            // PREROUTING pass under bridge netfilter whatever mode rewrote it.
+            // Every packet nfqlb rewrote or replaced carries the translated mark, so that anti-spoof rules spare
+            // its second PREROUTING pass under bridge netfilter, whatever mode produced it.
             return verdicts.append(queue: queue, packetID: id, verdict: .accept,
                                    payload: UnsafeRawBufferPointer(message.payload), mark: IptablesRules.translatedMark)
-        case .acceptRewrittenMarked(let mark):
-            return verdicts.append(queue: queue, packetID: id, verdict: .accept,
-                                   payload: UnsafeRawBufferPointer(message.payload), mark: mark)
         case .acceptReplaced(let offset, let length):
             let slice = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
-            return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: slice)
+            return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: slice,
+                                   mark: IptablesRules.translatedMark)
         case .acceptEncapsulated(let source, let destination):
             let innerLength = Int(UnsafeRawBufferPointer(message.payload).loadBigEndianUInt16(at: 2))
             guard innerLength + IPIPEncapsulation.overhead <= 0xFFFF - 4, innerLength <= message.payload.count else {

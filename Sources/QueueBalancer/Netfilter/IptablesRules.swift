@@ -11,7 +11,7 @@ public enum IptablesRules {
     /// The chain in the raw table holding nfqlb's rules.
     public static let chain = "NFQLB-PREROUTING"
 
-    /// The fwmark bit on packets nfqlb rewrote (NAT and FULLNAT). With bridge netfilter (a bridge on the
+    /// The fwmark bit on packets nfqlb rewrote or replaced (NAT, FULLNAT, TUN's ICMP answers, decapsulation). With bridge netfilter (a bridge on the
     /// balancer and `net.bridge.bridge-nf-call-iptables=1`, the kernel default), a queued packet passes
     /// PREROUTING twice: once at the bridge port, where it is queued and rewritten, and again at the bridge
     /// device with its new headers. The anti-spoof rules skip marked packets so that they do not drop the
