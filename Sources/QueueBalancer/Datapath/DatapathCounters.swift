@@ -91,7 +91,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         }
     }
 
-    static let capacity = 32
+    /// The number of counters (a constant: `allCases` would build an array on every call).
+    static let count = DatapathCounter.allCases.count
 }
 
 /// Counts of one batch, kept in a local variable by a worker (no atomics, no exclusivity checks) and added to
@@ -113,12 +114,13 @@ public final class DatapathCounters: Sendable {
     private let values: InlineArray<32, Atomic<UInt64>>
 
     public init() {
+        precondition(DatapathCounter.count <= 32, "CounterBatch and DatapathCounters hold 32 counters")
         values = InlineArray { _ in Atomic<UInt64>(0) }
     }
 
     /// Adds a batch's counts (one relaxed atomic add per non-zero counter).
     public func add(_ batch: CounterBatch) {
-        for i in 0..<DatapathCounter.allCases.count where batch.values[i] != 0 {
+        for i in 0..<DatapathCounter.count where batch.values[i] != 0 {
             values[i].wrappingAdd(batch.values[i], ordering: .relaxed)
         }
     }
