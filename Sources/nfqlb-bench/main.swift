@@ -44,7 +44,7 @@ let config = BalancerConfig(queues: [0], services: [
                    reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 5353, weight: 1)]),
 ])
 var trackerConfiguration = ConnectionTracker.Configuration(capacity: 1 << 20)
-trackerConfiguration.loads = config.makeLoads()   // wlc reads the connection counts the tracker keeps
+trackerConfiguration.loads = RealServerRegistry.makeLoads()   // wlc reads the connection counts the tracker keeps
 let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: trackerConfiguration))
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
 var counters = CounterBatch()

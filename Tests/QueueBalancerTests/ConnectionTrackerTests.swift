@@ -15,18 +15,18 @@ import Testing
     }
 
     func assign(_ to: Endpoint) -> (FlowKey) -> ConnectionTracker.Assignment? {
-        { [other] _ in ConnectionTracker.Assignment(realServer: to, service: 0, realIndex: to == other ? 1 : 0) }
+        { [other] _ in ConnectionTracker.Assignment(realServer: to, real: to == other ? 1 : 0) }
     }
 
     func state(_ tracker: ConnectionTracker) -> ConnectionState? { tracker.snapshot().first?.state }
 
     @Test func tcpHandshakeDataAndCloseFollowIPVSStates() {
         let t = ConnectionTracker()
-        #expect(t.inbound(key(), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, realIndex: 0, created: true))
+        #expect(t.inbound(key(), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, real: 0, created: true))
         #expect(state(t) == .synReceived)
         #expect(t.reply(replyKey(), flags: [.syn, .ack], now: 1) == key())
         #expect(state(t) == .synReceived)
-        #expect(t.inbound(key(), flags: .ack, now: 2, schedule: assign(other)) == .forward(real, realIndex: 0, created: false))
+        #expect(t.inbound(key(), flags: .ack, now: 2, schedule: assign(other)) == .forward(real, real: 0, created: false))
         #expect(state(t) == .established)
         #expect(t.snapshot().first?.expires == 2 + 900_000)
         _ = t.inbound(key(), flags: [.fin, .ack], now: 3, schedule: assign(other))
@@ -68,11 +68,11 @@ import Testing
 
     @Test func udpLivesThreeHundredSeconds() {
         let t = ConnectionTracker()
-        #expect(t.inbound(key(5000, .udp), flags: [], now: 0, schedule: assign(real)) == .forward(real, realIndex: 0, created: true))
+        #expect(t.inbound(key(5000, .udp), flags: [], now: 0, schedule: assign(real)) == .forward(real, real: 0, created: true))
         #expect(state(t) == .udp)
-        #expect(t.inbound(key(5000, .udp), flags: [], now: 299_999, schedule: assign(other)) == .forward(real, realIndex: 0, created: false))
+        #expect(t.inbound(key(5000, .udp), flags: [], now: 299_999, schedule: assign(other)) == .forward(real, real: 0, created: false))
         // Expired on lookup: a datagram after the timeout is scheduled anew.
-        #expect(t.inbound(key(5000, .udp), flags: [], now: 299_999 + 300_000, schedule: assign(other)) == .forward(other, realIndex: 1, created: true))
+        #expect(t.inbound(key(5000, .udp), flags: [], now: 299_999 + 300_000, schedule: assign(other)) == .forward(other, real: 1, created: true))
         #expect(t.count == 1)
     }
 
@@ -82,7 +82,7 @@ import Testing
         _ = t.inbound(key(), flags: .ack, now: 1, schedule: assign(real))
         _ = t.inbound(key(), flags: .rst, now: 1, schedule: assign(real))
         #expect(state(t) == .close)
-        #expect(t.inbound(key(), flags: .syn, now: 2, schedule: assign(other)) == .forward(other, realIndex: 1, created: true))
+        #expect(t.inbound(key(), flags: .syn, now: 2, schedule: assign(other)) == .forward(other, real: 1, created: true))
         #expect(t.count == 1)
         #expect(t.reply(replyKey(from: other), flags: [.syn, .ack], now: 3) != nil)
         #expect(t.reply(replyKey(from: real), flags: [.syn, .ack], now: 3) == nil)
@@ -91,11 +91,11 @@ import Testing
     @Test func capacityBoundRefusesAndRecoversAfterExpiry() {
         let t = ConnectionTracker(configuration: .init(capacity: 8, stripes: 1))
         for port in 0..<8 {
-            #expect(t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, realIndex: 0, created: true))
+            #expect(t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, real: 0, created: true))
         }
         #expect(t.inbound(key(2000), flags: .syn, now: 1, schedule: assign(real)) == .full)
         // SYN_RECV times out after 60 s; the full stripe expires before refusing.
-        #expect(t.inbound(key(2000), flags: .syn, now: 60_001, schedule: assign(real)) == .forward(real, realIndex: 0, created: true))
+        #expect(t.inbound(key(2000), flags: .syn, now: 60_001, schedule: assign(real)) == .forward(real, real: 0, created: true))
         #expect(t.count == 1)
     }
 
@@ -134,7 +134,7 @@ import Testing
                     for i in 0..<5_000 {
                         let k = FlowKey(source: Endpoint(address: IPAddress(ipv4: 0xC000_0200 | UInt32(worker)), port: UInt16(i)),
                                         destination: endpoint("203.0.113.10", 80), transport: .tcp)
-                        _ = t.inbound(k, flags: .syn, now: 0) { _ in .init(realServer: real, service: 0, realIndex: 0) }
+                        _ = t.inbound(k, flags: .syn, now: 0) { _ in .init(realServer: real, real: 0) }
                         let r = FlowKey(source: real, destination: k.source, transport: .tcp)
                         precondition(t.reply(r, flags: [.syn, .ack], now: 1) != nil)
                     }

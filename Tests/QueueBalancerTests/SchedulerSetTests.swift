@@ -46,7 +46,7 @@ import Testing
                            reals: (11...13).map { RealServer(address: IPAddress("198.51.100.\($0)")!, port: 8080) }),
         ])
         var configuration = ConnectionTracker.Configuration()
-        configuration.loads = config.makeLoads()
+        configuration.loads = RealServerRegistry.makeLoads(capacity: 16)
         let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: configuration))
         var counters = CounterBatch()
         for port: UInt16 in 1000..<1030 {
@@ -54,16 +54,16 @@ import Testing
             syn.sourcePort = port
             _ = handler.run(syn.build(), now: 0, counters: &counters)
         }
-        #expect(configuration.loads[0].map(\.inactive) == [10, 10, 10])
+        #expect(configuration.loads[0..<3].map(\.inactive) == [10, 10, 10])
         // Established connections move to the active count; expiry takes them away again.
         var ack = PacketBuilder()
         ack.sourcePort = 1000
         ack.tcpFlags = 0x10
         _ = handler.run(ack.build(), now: 1, counters: &counters)
-        #expect(configuration.loads[0].map(\.active).reduce(0, +) == 1)
-        #expect(configuration.loads[0].map(\.inactive).reduce(0, +) == 29)
+        #expect(configuration.loads[0..<3].map(\.active).reduce(0, +) == 1)
+        #expect(configuration.loads[0..<3].map(\.inactive).reduce(0, +) == 29)
         handler.tracker.expire(now: 10_000_000)
-        #expect(configuration.loads[0].map(\.overhead) == [0, 0, 0])
+        #expect(configuration.loads[0..<3].map(\.overhead) == [0, 0, 0])
     }
 
     @Test func hashingSchedulersAreStableAndSpread() {

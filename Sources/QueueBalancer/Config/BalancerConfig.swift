@@ -31,12 +31,6 @@ public struct DirectRoute: Sendable, Equatable {
 }
 
 extension BalancerConfig {
-    /// Fresh connection counts for every real server, by service: shared by the tracker (which counts) and
-    /// the schedulers (which read).
-    public func makeLoads() -> [[RealServerLoad]] {
-        services.map { service in service.reals.map { RealServerLoad(weight: $0.weight, upper: $0.upper, lower: $0.lower) } }
-    }
-
     /// Why the FULLNAT ports clash with the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`), or nil.
     /// A clash would let the balancer's own sockets on a local address collide with translated connections.
     public func fullnatPortConflict(kernelRange: ClosedRange<UInt16>) -> String? {
@@ -109,6 +103,9 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var persistence: UInt64 = 0
     /// `persistence-netmask` as a prefix length (IPv4 default 32, IPv6 default 128).
     public var persistencePrefix: Int = 128
+    /// `drain`: seconds a real server left out of a new config keeps its established TCP connections
+    /// (``RealServerLifecycle/draining``); 0 = removed at once.
+    public var drain: UInt64 = 0
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
                 mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wlc, reals: [RealServer],

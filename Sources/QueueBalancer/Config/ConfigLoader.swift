@@ -42,6 +42,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     persistence: 300        # optional: seconds a client network keeps its real server (ipvsadm -p)
 ///     ops: true               # optional, UDP (nat, dr, tun): schedule every datagram on its own (ipvsadm -o)
 ///     persistence-netmask: 24 # optional: prefix length or dotted mask (ipvsadm -M)
+///     drain: 60               # optional: seconds a real server left out of a new config keeps its
+///                             # established connections (default 0: they end at once)
 ///     reals:
 ///       - { address: 198.51.100.11, port: 8080, weight: 1 }   # port defaults to the service port, weight to 1
 ///       - { address: 198.51.100.12, upper: 1000, lower: 800 } # optional connection thresholds (ipvsadm -x/-y)
@@ -172,6 +174,10 @@ private struct Reader {
             }
             firstLine[key] = node.mark?.line ?? 0
             services.append(service)
+            let total = services.reduce(0) { $0 + $1.reals.count }
+            guard total <= RealServerRegistry.defaultCapacity else {
+                throw fail(node, "too many real servers: \(total) in all, at most \(RealServerRegistry.defaultCapacity)")
+            }
         }
         var config = BalancerConfig(queues: sorted, services: services)
         if let node = top["max-connections"] { config.maxConnections = try integer(node, "max-connections", 1...(1 << 26)) }
@@ -203,7 +209,7 @@ private struct Reader {
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
-            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops",
+            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops", "drain",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -308,7 +314,9 @@ private struct Reader {
         }
         if let node = map["persistence"] {
             service.persistence = UInt64(try integer(node, "persistence", 0...(30 * 86400)))
-            guard service.reals.count < 4095 else { throw fail(node, "persistence supports at most 4094 real servers") }
+        }
+        if let node = map["drain"] {
+            service.drain = UInt64(try integer(node, "drain", 0...86400))
         }
         service.persistencePrefix = vip.isIPv4 ? 32 : 128
         if let node = map["persistence-netmask"] {

@@ -35,9 +35,12 @@ public final class ConnectionTracker: Sendable {
         public var portAllocators: [PortAllocatorKey]
         /// FULLNAT: the local ports handed out (outside the kernel's `ip_local_port_range`).
         public var localPorts: ClosedRange<UInt16>
-        /// The connection counts to keep, by service and real server index (an ``Assignment``'s `service` and
-        /// `realIndex`); empty to count nothing.
-        public var loads: [[RealServerLoad]] = []
+        /// The real servers' live state by number (an ``Assignment``'s `real`, normally
+        /// ``RealServerRegistry/loads``): the tracker keeps their connection counts and follows their lifecycle.
+        /// Empty to count nothing (every server then counts as active).
+        public var loads: [RealServerLoad] = []
+        /// FULLNAT: how many port allocators may exist, those added by later config changes included.
+        public var portAllocatorCapacity = 1024
 
         public init(capacity: Int = 262_144, stripes: Int = 64, timeouts: ConnectionTimeouts = .ipvsDefaults,
                     hashSeed: UInt64 = UInt64.random(in: 0...UInt64.max),
@@ -67,18 +70,17 @@ public final class ConnectionTracker: Sendable {
     /// The real server the scheduler chose for a new connection.
     public struct Assignment: Sendable, Equatable {
         public var realServer: Endpoint
-        public var service: UInt32
-        public var realIndex: UInt32
+        /// Its number (``RealServerRegistry``): the index of its ``Configuration/loads``.
+        public var real: UInt32
         /// FULLNAT: the local address the connection leaves from, and its port allocator (index into
         /// ``Configuration/portAllocators``); -1 for modes that keep the client's address.
         public var localAddress: IPAddress
         public var allocator: Int32
 
-        public init(realServer: Endpoint, service: UInt32, realIndex: UInt32,
+        public init(realServer: Endpoint, real: UInt32,
                     localAddress: IPAddress = IPAddress(high: 0, low: 0), allocator: Int32 = -1) {
             self.realServer = realServer
-            self.service = service
-            self.realIndex = realIndex
+            self.real = real
             self.localAddress = localAddress
             self.allocator = allocator
         }
@@ -86,11 +88,13 @@ public final class ConnectionTracker: Sendable {
 
     /// What to do with a packet travelling client -> virtual service.
     public enum InboundOutcome: Sendable, Equatable {
-        /// Forward to this real server (index `realIndex` in its service); `created` when the packet opened a
-        /// new connection.
-        case forward(Endpoint, realIndex: Int, created: Bool)
+        /// Forward to this real server (number `real`); `created` when the packet opened a new connection.
+        case forward(Endpoint, real: UInt32, created: Bool)
         /// FULLNAT: forward to the real server from the local endpoint `local` (LIP:lport).
-        case forwardTranslated(Endpoint, local: Endpoint, realIndex: Int, created: Bool)
+        case forwardTranslated(Endpoint, local: Endpoint, real: UInt32, created: Bool)
+        /// A TCP packet of a connection whose real server was removed (and drained): the connection is
+        /// forgotten and the packet dropped; the client's next SYN is scheduled afresh.
+        case realServerRemoved
         /// FULLNAT: no free local port for this (local address, real server) in the connection's stripe.
         case portsExhausted
         /// A TCP packet other than an initial SYN with no connection (IPVS drops these too).
@@ -110,8 +114,7 @@ public final class ConnectionTracker: Sendable {
         public var reply: FlowKey
         public var state: ConnectionState
         public var expires: UInt64
-        public var service: UInt32
-        public var realIndex: UInt32
+        public var real: UInt32
     }
 
     public let configuration: Configuration
@@ -119,6 +122,8 @@ public final class ConnectionTracker: Sendable {
     private let stripeMask: Int
     private let hasher: FlowHasher
     private let timeouts: ConnectionTimeouts
+    /// FULLNAT: the key of every port allocator, by index (control path only).
+    private let allocatorKeys = Mutex<[PortAllocatorKey]>([])
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -126,20 +131,36 @@ public final class ConnectionTracker: Sendable {
         while stripeCount < max(1, configuration.stripes) { stripeCount <<= 1 }
         let perStripe = max(1, (configuration.capacity + stripeCount - 1) / stripeCount)
         stripeMask = stripeCount - 1
-        let hasher = FlowHasher(seed: configuration.hashSeed)
-        // Each stripe's share of every allocator's ports: those whose (LIP, port) hash selects the stripe.
-        var pools = Array(repeating: Array(repeating: [UInt16](), count: configuration.portAllocators.count),
-                          count: stripeCount)
-        for (index, key) in configuration.portAllocators.enumerated() {
+        hasher = FlowHasher(seed: configuration.hashSeed)
+        let poolCapacity = max(configuration.portAllocatorCapacity, configuration.portAllocators.count)
+        stripes = (0..<stripeCount).map { _ in
+            Stripe(capacity: perStripe, poolCapacity: poolCapacity, loads: configuration.loads)
+        }
+        timeouts = configuration.timeouts
+        for key in configuration.portAllocators { _ = portAllocator(for: key) }
+    }
+
+    /// FULLNAT: the index of the port allocator of `key` (an ``Assignment/allocator``), created with every port
+    /// of ``Configuration/localPorts`` free when it is new. Nil when ``Configuration/portAllocatorCapacity``
+    /// allocators exist already. Control path: allocates, and takes every stripe lock once for a new one.
+    public func portAllocator(for key: PortAllocatorKey) -> Int32? {
+        allocatorKeys.withLock { keys -> Int32? in
+            if let index = keys.firstIndex(of: key) { return Int32(index) }
+            let index = keys.count
+            guard index < stripes[0].poolCapacity else { return nil }
+            // Each stripe's share of the ports: those whose (LIP, port) hash selects the stripe.
+            var shares = Array(repeating: [UInt16](), count: stripes.count)
             for port in configuration.localPorts {
                 let stripe = Int(truncatingIfNeeded: hasher.hash(Endpoint(address: key.local, port: port), key.transport))
-                    & (stripeCount - 1)
-                pools[stripe][index].append(port)
+                    & stripeMask
+                shares[stripe].append(port)
             }
+            for (stripe, ports) in zip(stripes, shares) {
+                stripe.table.withLock { $0.addPool(ports: ports) }
+            }
+            keys.append(key)
+            return Int32(index)
         }
-        stripes = pools.map { Stripe(capacity: perStripe, pools: $0, loads: configuration.loads) }
-        self.hasher = hasher
-        timeouts = configuration.timeouts
     }
 
     /// Looks up (or creates, calling `schedule`) the connection of a client -> virtual service packet, updates
@@ -153,19 +174,28 @@ public final class ConnectionTracker: Sendable {
         return stripe.table.withLock { table -> InboundOutcome in
             if let found = table.find(key, hash: keyHash, direction: .inbound) {
                 let entry = table.entries[found]
-                let restarts = isTCP && flags.contains(.syn) && !flags.contains(.ack) && entry.state.acceptsNewSYN
-                if entry.expires > now && !restarts {
+                let lifecycle = table.lifecycle(of: entry.real)
+                let freshSYN = isTCP && flags.contains(.syn) && !flags.contains(.ack) && !flags.contains(.rst)
+                // A fresh SYN on the tuple of a finished connection, or of one whose server takes no new
+                // connections: a new connection, scheduled afresh *with this SYN* (IPVS drops it and waits for the
+                // client's retransmission, a one-second stall: kubernetes issues 81775 and 93297).
+                let restarts = freshSYN && (entry.state.acceptsNewSYN || lifecycle != .active)
+                // UDP flows leave a server that left the config on their next datagram, instead of being
+                // black-holed until they go idle.
+                let moves = !isTCP && (lifecycle == .draining || lifecycle == .removed)
+                if entry.expires > now && !restarts && !moves && lifecycle != .removed {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
                     table.changeState(found, to: state)
                     table.setExpiry(found, now &+ timeouts.timeout(state))
                     if entry.allocator >= 0 {
                         return .forwardTranslated(entry.reply.source, local: entry.reply.destination,
-                                                  realIndex: Int(entry.realIndex), created: false)
+                                                  real: entry.real, created: false)
                     }
-                    return .forward(entry.reply.source, realIndex: Int(entry.realIndex), created: false)
+                    return .forward(entry.reply.source, real: entry.real, created: false)
                 }
-                // Expired, or a new SYN reusing the tuple of a finished connection: schedule afresh.
+                // Expired, restarted, moved, or its server removed: forget it, then schedule afresh if allowed.
                 table.remove(found, hasher: hasher)
+                if lifecycle == .removed && isTCP && !freshSYN && entry.expires > now { return .realServerRemoved }
             }
             if isTCP && !(flags.contains(.syn) && !flags.contains(.ack) && !flags.contains(.rst)) {
                 return .noConnection
@@ -193,17 +223,15 @@ public final class ConnectionTracker: Sendable {
             let state: ConnectionState = isTCP ? ConnectionState.none.next(after: flags, direction: .inbound) : .udp
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: reply, expires: now &+ timeouts.timeout(state),
-                service: assignment.service, realIndex: assignment.realIndex, state: state, live: true, nextFree: -1,
-                allocator: assignment.allocator)
+                real: assignment.real, state: state, live: true, nextFree: -1, allocator: assignment.allocator)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
             table.setExpiry(slot, table.entries[slot].expires)
             table.count(slot, 1)
             if assignment.allocator >= 0 {
-                return .forwardTranslated(assignment.realServer, local: local, realIndex: Int(assignment.realIndex),
-                                          created: true)
+                return .forwardTranslated(assignment.realServer, local: local, real: assignment.real, created: true)
             }
-            return .forward(assignment.realServer, realIndex: Int(assignment.realIndex), created: true)
+            return .forward(assignment.realServer, real: assignment.real, created: true)
         }
     }
 
@@ -224,8 +252,8 @@ public final class ConnectionTracker: Sendable {
             if table.isFull { _ = table.expire(now: now, hasher: hasher) }
             guard let slot = table.allocate() else { return false }
             table.entries[slot] = ConnectionEntry(
-                inbound: key, reply: reply, expires: expires, service: assignment.service,
-                realIndex: assignment.realIndex, state: .udp, live: true, nextFree: -1, allocator: -1)
+                inbound: key, reply: reply, expires: expires, real: assignment.real, state: .udp, live: true,
+                nextFree: -1, allocator: -1)
             // Indexed by the reply key only; the inbound index keeps a (never looked up) reference so that
             // removal stays uniform.
             table.insert(slot, hash: hasher.hash(key), direction: .inbound)
@@ -246,7 +274,7 @@ public final class ConnectionTracker: Sendable {
         return stripe.table.withLock { table -> FlowKey? in
             guard let found = table.find(key, hash: keyHash, direction: .reply) else { return nil }
             let entry = table.entries[found]
-            guard entry.expires > now else {
+            guard entry.expires > now, table.lifecycle(of: entry.real) != .removed else {
                 table.remove(found, hasher: hasher)
                 return nil
             }
@@ -267,6 +295,25 @@ public final class ConnectionTracker: Sendable {
         return removed
     }
 
+    /// Forgets every connection to a real server that is ``RealServerLifecycle/removed``, one stripe at a
+    /// time (the housekeeping thread, when ``RealServerRegistry/advance(now:)`` asks for it). Returns how many.
+    @discardableResult
+    public func forgetRemovedServers() -> Int {
+        var removed = 0
+        for stripe in stripes {
+            removed += stripe.table.withLock { table in
+                var n = 0
+                for i in 0..<table.highWater where table.entries[i].live
+                    && table.lifecycle(of: table.entries[i].real) == .removed {
+                    table.remove(i, hasher: hasher)
+                    n += 1
+                }
+                return n
+            }
+        }
+        return removed
+    }
+
     /// The number of connections held, expired ones not yet swept included.
     public var count: Int {
         stripes.reduce(0) { total, stripe in total + stripe.table.withLock { $0.used } }
@@ -280,7 +327,7 @@ public final class ConnectionTracker: Sendable {
                 for i in 0..<table.highWater where table.entries[i].live {
                     let e = table.entries[i]
                     result.append(Snapshot(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
-                                           service: e.service, realIndex: e.realIndex))
+                                           real: e.real))
                 }
             }
         }
@@ -293,8 +340,8 @@ struct ConnectionEntry {
     var inbound: FlowKey
     var reply: FlowKey
     var expires: UInt64
-    var service: UInt32
-    var realIndex: UInt32
+    /// The real server's number (``RealServerRegistry``).
+    var real: UInt32
     var state: ConnectionState
     var live: Bool
     var nextFree: Int32
@@ -316,9 +363,11 @@ struct IndexSlot {
 /// One lock stripe: a mutex around a fixed-size table.
 final class Stripe: Sendable {
     let table: Mutex<StripeTable>
+    let poolCapacity: Int
 
-    init(capacity: Int, pools: [[UInt16]], loads: [[RealServerLoad]]) {
-        table = Mutex(StripeTable(capacity: capacity, pools: pools, loads: loads))
+    init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
+        self.poolCapacity = poolCapacity
+        table = Mutex(StripeTable(capacity: capacity, poolCapacity: poolCapacity, loads: loads))
     }
 
     deinit {
@@ -341,18 +390,16 @@ struct StripeTable {
     private(set) var earliestExpiry: UInt64 = .max
     private var freeHead: Int32 = -1
     private(set) var used = 0
-    /// FULLNAT: this stripe's free local ports, one ring per port allocator.
+    /// FULLNAT: this stripe's free local ports, one ring per port allocator (room for `poolCapacity`).
     let pools: UnsafeMutablePointer<PortRing>
-    let poolCount: Int
+    private(set) var poolCount = 0
 
-    /// Connection counts by service and real server (may be empty: nothing counted).
-    let loads: [[RealServerLoad]]
+    /// The real servers' state by number (may be empty: nothing counted, every server active).
+    let loads: [RealServerLoad]
 
-    init(capacity: Int, pools ports: [[UInt16]], loads: [[RealServerLoad]]) {
+    init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
         self.loads = loads
-        poolCount = ports.count
-        pools = .allocate(capacity: max(1, ports.count))
-        for (i, list) in ports.enumerated() { (pools + i).initialize(to: PortRing(ports: list)) }
+        pools = .allocate(capacity: max(1, poolCapacity))
         self.capacity = capacity
         var slotCount = 4
         while slotCount < capacity * 4 { slotCount <<= 1 }
@@ -367,6 +414,12 @@ struct StripeTable {
         slots.deallocate()
         for i in 0..<poolCount { pools[i].deallocate() }
         pools.deallocate()
+    }
+
+    /// Installs the next port allocator's ring (the caller checked the capacity).
+    mutating func addPool(ports: [UInt16]) {
+        (pools + poolCount).initialize(to: PortRing(ports: ports))
+        poolCount += 1
     }
 
     func takePort(_ allocator: Int32) -> UInt16? { pools[Int(allocator)].take() }
@@ -404,7 +457,7 @@ struct StripeTable {
                              destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
             reply: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
                            destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
-            expires: 0, service: 0, realIndex: 0, state: .none, live: false, nextFree: -1, allocator: -1))
+            expires: 0, real: 0, state: .none, live: false, nextFree: -1, allocator: -1))
         return highWater - 1
     }
 
@@ -417,10 +470,14 @@ struct StripeTable {
 
     /// Adds `delta` to the load of `entry`'s real server, in the active or inactive count by its state.
     func count(_ entry: Int, _ delta: Int) {
-        let e = entries[entry]
-        let service = Int(e.service), real = Int(e.realIndex)
-        guard service < loads.count, real < loads[service].count else { return }
-        loads[service][real].add(delta, active: e.state == .established)
+        let real = Int(entries[entry].real)
+        guard real < loads.count else { return }
+        loads[real].add(delta, active: entries[entry].state == .established)
+    }
+
+    /// Where real server number `real` is in its lifecycle (active when its state is not kept).
+    func lifecycle(of real: UInt32) -> RealServerLifecycle {
+        Int(real) < loads.count ? loads[Int(real)].lifecycle : .active
     }
 
     /// Moves `entry` to `state`, keeping its real server's active/inactive counts right.

@@ -6,24 +6,41 @@ import Logging
 /// the kernel's per-queue drop counters and writes the stats file. The same runtime serves the real server's
 /// TUN ``Decapsulator`` (no tracker then).
 public final class Balancer {
+    /// The config the balancer started with (its queues and sizes hold for its whole run).
     public let config: BalancerConfig
     public let counters = DatapathCounters()
     public let processor: any PacketProcessor
     /// The connection table, nil for the decapsulator.
     public let tracker: ConnectionTracker?
+    /// The balancing handler, nil for the decapsulator.
+    public let handler: PacketHandler?
     private let logger: Logger
 
-    /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:)``.
+    /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:registry:tunnelPaths:workers:now:)``.
     public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
         self.config = config
         self.logger = logger
+        let registry = RealServerRegistry()
         var trackerConfiguration = ConnectionTracker.Configuration(
             capacity: config.maxConnections, timeouts: config.timeouts,
             portAllocators: config.portAllocators, localPorts: config.fullnatPorts)
-        trackerConfiguration.loads = config.makeLoads()
+        trackerConfiguration.loads = registry.loads
         let tracker = ConnectionTracker(configuration: trackerConfiguration)
         self.tracker = tracker
-        processor = PacketHandler(config: config, tracker: tracker, tunnelPaths: tunnelPaths)
+        let handler = PacketHandler(config: config, tracker: tracker, registry: registry, tunnelPaths: tunnelPaths,
+                                    workers: config.queues.count)
+        self.handler = handler
+        processor = handler
+    }
+
+    /// Serves `config` from now on, keeping every connection to a real server that stays (see
+    /// ``PacketHandler/update(to:now:tunnelPaths:)``); the running config is kept when it throws.
+    public func update(to config: BalancerConfig, tunnelPaths: [IPAddress: TunnelPath] = [:]) throws(ConfigUpdateError) {
+        guard let handler else { throw ConfigUpdateError(reason: "the decapsulator has no services to change") }
+        try handler.update(to: config, tunnelPaths: tunnelPaths)
+        logger.info("configuration changed", metadata: [
+            "services": "\(config.services.map(\.description).joined(separator: " "))",
+        ])
     }
 
     /// The real server's TUN decapsulator on `queues`, for inner packets to `vips`.
@@ -31,6 +48,7 @@ public final class Balancer {
         config = BalancerConfig(queues: queues, services: [])
         self.logger = logger
         tracker = nil
+        handler = nil
         processor = Decapsulator(vips: vips)
     }
 
@@ -51,8 +69,9 @@ public final class Balancer {
         }
         // Each send stays well below the send buffer (DESIGN.md: an EMSGSIZE send loses all its verdicts).
         let sendLimit = min(bufferBytes / 4, 1 << 20)
-        let workers = sockets.map {
-            QueueWorker(socket: $0, handler: processor, counters: counters, stop: stop, sendLimit: max(sendLimit, 140_000))
+        let workers = sockets.enumerated().map { index, socket in
+            QueueWorker(socket: socket, handler: processor, counters: counters, stop: stop,
+                        sendLimit: max(sendLimit, 140_000), index: index)
         }
         let threads = workers.map { WorkerThread.start($0) }
         logger.info(tracker == nil ? "nfqlb decapsulating" : "nfqlb running", metadata: [
@@ -77,8 +96,14 @@ public final class Balancer {
     private var exhaustedSeen: UInt64 = 0
 
     private func housekeeping(statsFile: String?) {
-        let expired = tracker?.expire(now: monotonicMilliseconds()) ?? 0
+        let now = monotonicMilliseconds()
+        let expired = tracker?.expire(now: now) ?? 0
         if expired > 0 { counters.add(.connectionsExpired, UInt64(expired)) }
+        if let handler, handler.registry.advance(now: now) {
+            let forgotten = handler.tracker.forgetRemovedServers()
+            if forgotten > 0 { counters.add(.connectionsForgotten, UInt64(forgotten)) }
+        }
+        handler?.reclaimRetiredTables()
         let exhausted = counters[.droppedPortsExhausted]
         if exhausted > exhaustedSeen {
             logger.warning("FULLNAT local ports exhausted: new connections refused, existing ones untouched", metadata: [

@@ -28,6 +28,11 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Dropped: FULLNAT had no free local port for the new connection (widen `fullnat-ports` or add
     /// local addresses).
     case droppedPortsExhausted
+    /// Dropped: a TCP packet of a connection whose real server was removed from the config and has drained
+    /// (the connection is forgotten; the client's next SYN is scheduled afresh).
+    case droppedRealServerRemoved
+    /// Connections forgotten because their real server was removed (drain time over, or `drain: 0`).
+    case connectionsForgotten
     /// TUN: packets too big for the tunnel with DF set, answered with ICMP "fragmentation needed" (dropped).
     case tunnelTooBig
     /// Real server: tunnelled packets decapsulated (accepted as their inner packet).
@@ -74,6 +79,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedTableFull: "dropped_table_full"
         case .droppedConflict: "dropped_conflict"
         case .droppedPortsExhausted: "dropped_ports_exhausted"
+        case .droppedRealServerRemoved: "dropped_real_server_removed"
+        case .connectionsForgotten: "connections_forgotten"
         case .tunnelTooBig: "tunnel_too_big"
         case .decapsulated: "decapsulated"
         case .droppedTunnelHeader: "dropped_tunnel_header"

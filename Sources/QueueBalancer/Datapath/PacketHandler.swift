@@ -1,3 +1,5 @@
+import Synchronization
+
 /// What the kernel is told to do with a queued packet.
 public enum Verdict: Equatable, Sendable {
     /// NF_ACCEPT, packet unchanged.
@@ -21,95 +23,148 @@ public enum Verdict: Equatable, Sendable {
 /// ``Decapsulator``. Called by a queue worker for each packet; must not allocate, log or block.
 public protocol PacketProcessor: Sendable {
     func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict
+    /// Queue worker number `worker` starts handling a batch (see ``PacketHandler`` on config changes).
+    func enterBatch(worker: Int)
+    /// Queue worker number `worker` has finished its batch.
+    func leaveBatch(worker: Int)
+}
+
+extension PacketProcessor {
+    public func enterBatch(worker: Int) {}
+    public func leaveBatch(worker: Int) {}
 }
 
 /// The per-packet pipeline, independent of the kernel queue: parse -> classify (virtual service or reply)
-/// -> track and schedule -> forward (NAT: rewrite the destination; FULLNAT: both ends; DR: fwmark) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
+/// -> track and schedule -> forward (NAT: rewrite the destination; FULLNAT: both ends; DR: fwmark; TUN:
+/// encapsulate) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
 ///
 /// Allocation-free, no logging, one tracker stripe lock per packet.
+///
+/// Config changes (``update(to:now:tunnelPaths:)``): what the packet path reads about the virtual services
+/// is one immutable ``ServiceTable``, replaced as a whole by an atomic pointer swap; real servers keep their
+/// ``RealServerRegistry`` number, so connections, counts and templates of servers that stay are untouched.
+/// A replaced table is released once no queue worker can still be reading it: each worker announces the
+/// table generation it may use for the length of a batch (``enterBatch(worker:)``/``leaveBatch(worker:)``),
+/// and the table is released when every worker is idle or past it. Callers outside the workers (tests,
+/// benchmarks) must not call ``handle(_:now:counters:)`` while another thread updates.
 public final class PacketHandler: PacketProcessor {
     public let tracker: ConnectionTracker
+    /// The real servers' numbers, weights, lifecycle and counts.
+    public let registry: RealServerRegistry
     /// True when every service is DR: nfqlb then reads headers only, and the queue copies only
-    /// ``headerCopyRange`` bytes of each packet to user space (DESIGN.md: -23% CPU per packet).
+    /// ``headerCopyRange`` bytes of each packet to user space (DESIGN.md: -23% CPU per packet). Fixed for the
+    /// handler's life (the queues are bound with it).
     public let headersOnly: Bool
     /// Bytes copied per packet when ``headersOnly``: the largest IPv4 header (60) and the TCP header up to the
     /// flags, with room to spare.
     public static let headerCopyRange: UInt32 = 128
-    private let services: [ServiceEntry]
-    /// The match fields of `services`, same order: plain values, so matching a packet retains nothing.
-    private let serviceKeys: [ServiceKey]
 
-    struct ServiceKey: Sendable {
-        let vip: UInt32
-        let port: UInt16
-        let transport: TransportProtocol
+    /// The current table, as the bits of a retained `Unmanaged<ServiceTable>`.
+    private let current: Atomic<UInt>
+    /// The generation of the current table.
+    private let generation = Atomic<UInt64>(0)
+    /// Per queue worker: the oldest table generation it may be reading, or `.max` between batches.
+    private let readers: [ReaderSlot]
+    private let control: Mutex<ControlState>
+
+    final class ReaderSlot: Sendable {
+        let generation = Atomic<UInt64>(.max)
     }
 
-    /// One virtual service as the packet path needs it.
-    struct ServiceEntry: Sendable {
-        let vip: UInt32
-        let port: UInt16
-        let transport: TransportProtocol
-        let mode: ForwardingMode
-        let reals: [Endpoint]
-        /// DR: the fwmark of each real server (its policy route); unused for NAT.
-        let marks: [UInt32]
-        /// FULLNAT: the local addresses, and the port allocator of each (local, real) at
-        /// `localIndex * reals.count + realIndex`.
-        let locals: [IPAddress]
-        let allocators: [Int32]
-        /// TUN: per real server, the outer source address and the path MTU towards it.
-        let tunnels: [TunnelPath]
-        let scheduler: any Scheduler
-        /// The real servers' weights and connection counts (shared with the scheduler and the tracker).
-        let loads: [RealServerLoad]
-        /// Persistence templates, when the service has `persistence`.
-        let templates: PersistenceTemplates?
-        /// `ops`: every datagram scheduled on its own.
-        let onePacket: Bool
+    struct ControlState {
+        var config: BalancerConfig
+        /// Tables replaced but maybe still read, with the generation each was current in.
+        var retired: [(generation: UInt64, table: Unmanaged<ServiceTable>)] = []
     }
 
-    /// - Parameter tunnelPaths: TUN: the outer source and path MTU towards each real server (see
-    ///   ``TunnelPath/resolve(to:)``); a service's `tunnel-source` overrides the source.
-    public init(config: BalancerConfig, tracker: ConnectionTracker, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
+    /// - Parameters:
+    ///   - registry: the real servers' state; by default one over the tracker's ``ConnectionTracker/Configuration/loads``
+    ///     (or fresh, when the tracker counts nothing).
+    ///   - tunnelPaths: TUN: the outer source and path MTU towards each real server (see
+    ///     ``TunnelPath/resolve(to:)``); a service's `tunnel-source` overrides the source.
+    ///   - workers: how many queue workers will call ``enterBatch(worker:)``.
+    public init(config: BalancerConfig, tracker: ConnectionTracker, registry: RealServerRegistry? = nil,
+                tunnelPaths: [IPAddress: TunnelPath] = [:], workers: Int = 1, now: UInt64 = monotonicMilliseconds()) {
         self.tracker = tracker
-        let routes = config.directRoutes
-        let portAllocators = config.portAllocators
-        // The tracker's connection counts when it keeps them for this config, else counts nobody updates.
-        let loads = tracker.configuration.loads.map(\.count) == config.services.map(\.reals.count)
-            ? tracker.configuration.loads : config.makeLoads()
-        // One entry per configured service, in config order: the tracker's `service` numbers and the loads are
-        // indexed the same way. (An IPv6 VIP, refused by the config today, would match no IPv4 packet.)
-        services = config.services.enumerated().map { index, service in
-            let vip = service.vip.ipv4 ?? 0
-            let marks = service.reals.map { real in routes.first { $0.realServer == real.address }?.mark ?? 0 }
-            let allocators = service.localAddresses.flatMap { local in
-                service.reals.map { real in
-                    Int32(portAllocators.firstIndex(of: .init(local: local, real: real.endpoint, transport: service.transport))!)
-                }
-            }
-            let tunnels = service.reals.map { real in
-                var path = tunnelPaths[real.address] ?? TunnelPath(source: IPAddress(ipv4: 0), mtu: 1500)
-                if let source = service.tunnelSource { path.source = source }
-                return path
-            }
-            return ServiceEntry(vip: vip, port: service.port, transport: service.transport, mode: service.mode,
-                                reals: service.reals.map(\.endpoint), marks: marks,
-                                locals: service.localAddresses, allocators: allocators, tunnels: tunnels,
-                                scheduler: service.scheduler.makeScheduler(loads: loads[index], options: service.schedulerOptions,
-                                                                           names: service.reals.map(\.endpoint)),
-                                loads: loads[index],
-                                templates: service.persistence > 0
-                                    ? PersistenceTemplates(timeoutSeconds: service.persistence, prefixLength: service.persistencePrefix)
-                                    : nil,
-                                onePacket: service.onePacket)
+        let registry = registry ?? RealServerRegistry(loads: tracker.configuration.loads.isEmpty
+                                                      ? nil : tracker.configuration.loads)
+        self.registry = registry
+        headersOnly = !config.services.isEmpty && config.services.allSatisfy { $0.mode == .dr }
+        readers = (0..<max(1, workers)).map { _ in ReaderSlot() }
+        // A config that passed ConfigLoader fits an empty registry; if not, serve nothing rather than crash.
+        let table = (try? ServiceTable(config: config, previous: nil, tracker: tracker, registry: registry,
+                                       tunnelPaths: tunnelPaths, now: now))
+            ?? ServiceTable.empty(capacity: registry.capacity)
+        current = Atomic(UInt(bitPattern: Unmanaged.passRetained(table).toOpaque()))
+        control = Mutex(ControlState(config: config))
+    }
+
+    deinit {
+        Unmanaged<ServiceTable>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .acquiring))!).release()
+        control.withLock { state in state.retired.forEach { $0.table.release() } }
+    }
+
+    /// The config being served.
+    public var config: BalancerConfig { control.withLock { $0.config } }
+
+    /// Serves `config` from now on (ms of the monotonic clock): new connections are scheduled by it at once;
+    /// connections to real servers that stay continue as they were; real servers left out drain or go as
+    /// their service's `drain` says (``RealServerRegistry``). Nothing changes when it throws.
+    public func update(to config: BalancerConfig, now: UInt64 = monotonicMilliseconds(),
+                       tunnelPaths: [IPAddress: TunnelPath] = [:]) throws(ConfigUpdateError) {
+        try control.withLock { state throws(ConfigUpdateError) in
+            try ConfigUpdateError.check(from: state.config, to: config, headersOnly: headersOnly)
+            let old = Unmanaged<ServiceTable>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .acquiring))!)
+            let table = try ServiceTable(config: config, previous: old.takeUnretainedValue(), tracker: tracker,
+                                         registry: registry, tunnelPaths: tunnelPaths, now: now)
+            let retiring = generation.load(ordering: .sequentiallyConsistent)
+            current.store(UInt(bitPattern: Unmanaged.passRetained(table).toOpaque()), ordering: .sequentiallyConsistent)
+            generation.store(retiring + 1, ordering: .sequentiallyConsistent)
+            state.retired.append((retiring, old))
+            state.config = config
+            reclaim(&state)
         }
-        serviceKeys = services.map { ServiceKey(vip: $0.vip, port: $0.port, transport: $0.transport) }
-        headersOnly = !services.isEmpty && services.allSatisfy { $0.mode == .dr }
+    }
+
+    /// Releases the replaced tables no worker can still read (the housekeeping thread calls it every second).
+    public func reclaimRetiredTables() {
+        control.withLock { reclaim(&$0) }
+    }
+
+    /// How many replaced tables are still held.
+    public var retiredTables: Int { control.withLock { $0.retired.count } }
+
+    private func reclaim(_ state: inout ControlState) {
+        guard !state.retired.isEmpty else { return }
+        let oldest = readers.map { $0.generation.load(ordering: .sequentiallyConsistent) }.min() ?? .max
+        state.retired.removeAll { entry in
+            guard entry.generation < oldest else { return false }
+            entry.table.release()
+            return true
+        }
+    }
+
+    /// Worker `worker` starts a batch: the tables it may read from now on are not released under it.
+    public func enterBatch(worker: Int) {
+        readers[worker].generation.store(generation.load(ordering: .sequentiallyConsistent),
+                                         ordering: .sequentiallyConsistent)
+    }
+
+    /// Worker `worker` finished its batch and holds no table.
+    public func leaveBatch(worker: Int) {
+        readers[worker].generation.store(.max, ordering: .releasing)
     }
 
     /// Decides the verdict of one packet, rewriting `bytes` in place when the verdict is ``Verdict/acceptRewritten``.
     public func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict {
+        // No reference counting on the shared table: it lives while this batch's generation is announced.
+        Unmanaged<ServiceTable>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .acquiring))!)
+            ._withUnsafeGuaranteedRef { table in handle(bytes, now: now, table: table, counters: &counters) }
+    }
+
+    private func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, table: ServiceTable,
+                        counters: inout CounterBatch) -> Verdict {
+        let services = table.services
         let packet: IPv4Packet
         switch IPv4Packet.parse(UnsafeRawBufferPointer(bytes), headersOnly: headersOnly) {
         case .transport(let parsed): packet = parsed
@@ -125,44 +180,44 @@ public final class PacketHandler: PacketProcessor {
             destination: Endpoint(address: IPAddress(ipv4: packet.destination), port: packet.destinationPort),
             transport: packet.transport)
 
-        if let serviceIndex = matchService(packet) {
-            if services[serviceIndex].onePacket { return onePacket(bytes, packet, key, serviceIndex, now, &counters) }
+        if let serviceIndex = table.matchService(packet) {
+            if services[serviceIndex].onePacket { return onePacket(bytes, packet, key, services[serviceIndex], now, &counters) }
             let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
                 let service = services[serviceIndex]
-                // A live persistence template wins while its server takes new connections (weight > 0).
+                // A live persistence template wins while its server is in this service and takes new connections.
                 var chosen: Int?
                 if let templates = service.templates, let bound = templates.lookup(flow.source.address, now: now),
-                   bound < service.loads.count, service.loads[bound].isAvailable {
-                    chosen = bound
+                   let index = service.numbers.firstIndex(of: bound), service.loads[index].isAvailable {
+                    chosen = index
                 } else {
                     chosen = service.scheduler.pick(for: flow)
                 }
                 guard let real = chosen else { return nil }
                 guard service.mode == .fullnat else {
-                    return ConnectionTracker.Assignment(realServer: service.reals[real], service: UInt32(serviceIndex),
-                                                        realIndex: UInt32(real))
+                    return ConnectionTracker.Assignment(realServer: service.reals[real], real: service.numbers[real])
                 }
                 // Spread clients over the local addresses (IPVS FULLNAT rotates through its pool).
                 let local = Int(flow.source.port) % service.locals.count
                 return ConnectionTracker.Assignment(
-                    realServer: service.reals[real], service: UInt32(serviceIndex), realIndex: UInt32(real),
+                    realServer: service.reals[real], real: service.numbers[real],
                     localAddress: service.locals[local], allocator: service.allocators[local * service.reals.count + real])
             }
             switch outcome {
-            case .forward(let real, let realIndex, let created):
+            case .forward(let real, let number, let created):
                 if created { counters.count(.connectionsCreated) }
                 let service = services[serviceIndex]
                 // Every client packet keeps the template alive (IPVS: while the template controls connections).
-                service.templates?.bind(key.source.address, to: realIndex, now: now)
-                if service.mode == .tun { return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters) }
+                service.templates?.bind(key.source.address, to: number, now: now)
+                let route = table.routes[Int(number)]
+                if service.mode == .tun { return tunnel(bytes, packet, route.tunnel, to: real, &counters) }
                 counters.count(.forwarded)
-                if service.mode == .dr { return .acceptMarked(service.marks[realIndex]) }
+                if service.mode == .dr { return .acceptMarked(route.mark) }
                 guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
                 NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
                 return .acceptRewritten
-            case .forwardTranslated(let real, let local, let realIndex, let created):
+            case .forwardTranslated(let real, let local, let number, let created):
                 if created { counters.count(.connectionsCreated) }
-                services[serviceIndex].templates?.bind(key.source.address, to: realIndex, now: now)
+                services[serviceIndex].templates?.bind(key.source.address, to: number, now: now)
                 counters.count(.forwarded)
                 guard let address = real.address.ipv4, let localAddress = local.address.ipv4 else {
                     counters.count(.droppedMalformed); return .drop
@@ -171,6 +226,7 @@ public final class PacketHandler: PacketProcessor {
                 NATRewrite.rewriteSource(bytes, packet, address: localAddress, port: local.port)
                 return .acceptRewritten
             case .portsExhausted: counters.count(.droppedPortsExhausted); return .drop
+            case .realServerRemoved: counters.count(.droppedRealServerRemoved); return .drop
             case .noConnection: counters.count(.droppedNoConnection); return .drop
             case .noRealServer: counters.count(.droppedNoRealServer); return .drop
             case .full: counters.count(.droppedTableFull); return .drop
@@ -197,8 +253,7 @@ public final class PacketHandler: PacketProcessor {
     /// `ops`: schedule this datagram alone. NAT keeps a reply-keyed entry so the server's answer is mapped back;
     /// DR and TUN need none (the answer goes straight to the client).
     private func onePacket(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet, _ key: FlowKey,
-                           _ serviceIndex: Int, _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
-        let service = services[serviceIndex]
+                           _ service: ServiceTable.Service, _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
         guard let realIndex = service.scheduler.pick(for: key) else { counters.count(.droppedNoRealServer); return .drop }
         let real = service.reals[realIndex]
         switch service.mode {
@@ -208,8 +263,7 @@ public final class PacketHandler: PacketProcessor {
         case .tun:
             return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters)
         case .nat, .fullnat:
-            let assignment = ConnectionTracker.Assignment(realServer: real, service: UInt32(serviceIndex),
-                                                          realIndex: UInt32(realIndex))
+            let assignment = ConnectionTracker.Assignment(realServer: real, real: service.numbers[realIndex])
             guard tracker.oneShot(key, assignment: assignment, now: now), let address = real.address.ipv4 else {
                 counters.count(.droppedTableFull)
                 return .drop
@@ -238,15 +292,5 @@ public final class PacketHandler: PacketProcessor {
         }
         counters.count(.forwarded)
         return .acceptEncapsulated(source: source, destination: destination)
-    }
-
-    private func matchService(_ packet: IPv4Packet) -> Int? {
-        serviceKeys.withUnsafeBufferPointer { keys in
-            for i in keys.indices where keys[i].vip == packet.destination
-                && keys[i].port == packet.destinationPort && keys[i].transport == packet.transport {
-                return i
-            }
-            return nil
-        }
     }
 }

@@ -10,6 +10,8 @@ final class QueueWorker: @unchecked Sendable {
     let handler: any PacketProcessor
     let counters: DatapathCounters
     let stop: StopSignal
+    /// This worker's number among the handler's readers (``PacketProcessor/enterBatch(worker:)``).
+    let index: Int
     private let batch: ReceiveBatch
     private let verdicts: VerdictWriter
 
@@ -18,7 +20,9 @@ final class QueueWorker: @unchecked Sendable {
     /// Bytes per message buffer: the largest IPv4 packet plus the netlink headers and metadata attributes.
     static let messageSize = 65536 + 1024
 
-    init(socket: QueueSocket, handler: any PacketProcessor, counters: DatapathCounters, stop: StopSignal, sendLimit: Int) {
+    init(socket: QueueSocket, handler: any PacketProcessor, counters: DatapathCounters, stop: StopSignal,
+         sendLimit: Int, index: Int) {
+        self.index = index
         self.socket = socket
         self.handler = handler
         self.counters = counters
@@ -35,7 +39,9 @@ final class QueueWorker: @unchecked Sendable {
             case .messages(let n):
                 if n == 0 { continue }
                 local.count(.batches)
+                handler.enterBatch(worker: index)
                 process(n, &local)
+                handler.leaveBatch(worker: index)
             case .overrun:
                 local.count(.receiveOverruns)
             case .failed:

@@ -4,8 +4,9 @@ import Synchronization
 /// service's netmask) keeps its real server for `timeout` after its last packet, so that later connections from
 /// it land on the same server (sessions, SSL caches).
 ///
-/// A fixed table of 4,096 buckets of 4 atomic slots, one 64-bit word each: a 20-bit tag of the network's hash,
-/// the real server index + 1 (12 bits, 0 = empty) and the expiry in seconds of the monotonic clock (32 bits).
+/// A fixed table of 4,096 buckets of 4 atomic slots, one 64-bit word each: a 16-bit tag of the network's hash,
+/// the real server's number + 1 (16 bits, 0 = empty; the ``RealServerRegistry`` number, stable across config
+/// changes) and the expiry in seconds of the monotonic clock (32 bits).
 /// Lookups and refreshes are lock-free and allocate nothing. When a bucket's four slots are all live, a new
 /// network takes the slot that expires first (counted in ``evictions``): with 16,384 slots that only happens
 /// when far more client networks are live than a template table of IPVS's default size would hold anyway.
@@ -37,35 +38,35 @@ public final class PersistenceTemplates: Sendable {
         stableHash(network(client), salt: 0x7065_7273)
     }
 
-    /// The real server index the client's network is bound to, if a template is live at `now` (ms).
-    public func lookup(_ client: IPAddress, now: UInt64) -> Int? {
+    /// The real server number the client's network is bound to, if a template is live at `now` (ms).
+    public func lookup(_ client: IPAddress, now: UInt64) -> UInt32? {
         let h = hash(client)
-        let tag = h >> 44
+        let tag = h >> 48
         let base = Int(h & 4095) * 4
         let seconds = now / 1000
         for i in base..<(base + 4) {
             let word = slots[i].load(ordering: .relaxed)
-            if word >> 44 == tag, (word >> 32) & 0xFFF != 0, word & 0xFFFF_FFFF > seconds {
-                return Int((word >> 32) & 0xFFF) - 1
+            if word >> 48 == tag, (word >> 32) & 0xFFFF != 0, word & 0xFFFF_FFFF > seconds {
+                return UInt32((word >> 32) & 0xFFFF) - 1
             }
         }
         return nil
     }
 
-    /// Binds (or refreshes) the client's network to real server `real` until `now + timeout`.
-    public func bind(_ client: IPAddress, to real: Int, now: UInt64) {
-        guard real < 4095 else { return }
+    /// Binds (or refreshes) the client's network to real server number `real` until `now + timeout`.
+    public func bind(_ client: IPAddress, to real: UInt32, now: UInt64) {
+        guard real < 0xFFFF else { return }
         let h = hash(client)
-        let tag = h >> 44
+        let tag = h >> 48
         let base = Int(h & 4095) * 4
         let seconds = now / 1000
         let expiry = min((now + timeout + 999) / 1000, UInt64(UInt32.max))
-        let word = tag << 44 | UInt64(real + 1) << 32 | expiry
+        let word = tag << 48 | UInt64(real + 1) << 32 | expiry
         // The network's own slot, else an empty or expired one, else the one expiring first.
         var target = -1, victimExpiry = UInt64.max, victim = base
         for i in base..<(base + 4) {
             let current = slots[i].load(ordering: .relaxed)
-            if current >> 44 == tag && (current >> 32) & 0xFFF != 0 { target = i; break }
+            if current >> 48 == tag && (current >> 32) & 0xFFFF != 0 { target = i; break }
             let currentExpiry = current & 0xFFFF_FFFF
             if target < 0 && (current == 0 || currentExpiry <= seconds) { target = i }
             if currentExpiry < victimExpiry { victimExpiry = currentExpiry; victim = i }
