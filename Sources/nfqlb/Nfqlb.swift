@@ -148,18 +148,23 @@ extension RealServerSetup.Mode: ExpressibleByArgument {}
 
 /// Raised by SIGINT/SIGTERM; read by the balancer's loops.
 let stopSignal = StopSignal()
+/// Raised by SIGHUP; taken by the reload thread of `nfqlb run`.
+let hangupSignal = StopSignal()
 
 /// SIGINT and SIGTERM raise ``stopSignal``. A launcher may start us with signals blocked (Foundation.Process
 /// on Linux passes Dispatch's mask on): unblock them before the worker threads inherit the mask.
 func installStopHandlers() {
-    _ = stopSignal   // initialise the global before a handler can touch it (no swift_once in a signal handler)
+    _ = stopSignal   // initialise the globals before a handler can touch them (no swift_once in a signal handler)
+    _ = hangupSignal
     var stopSignals = sigset_t()
     sigemptyset(&stopSignals)
     sigaddset(&stopSignals, SIGINT)
     sigaddset(&stopSignals, SIGTERM)
+    sigaddset(&stopSignals, SIGHUP)
     pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
     signal(SIGINT) { _ in stopSignal.raise() }
     signal(SIGTERM) { _ in stopSignal.raise() }
+    signal(SIGHUP) { _ in hangupSignal.raise() }
     signal(SIGPIPE, SIG_IGN)
 }
 
@@ -170,6 +175,13 @@ struct Run: ParsableCommand {
         Binds one NFQUEUE per configured queue (needs CAP_NET_ADMIN) and balances the configured services. \
         The iptables rules must be installed first (scripts/iptables-setup.sh up FILE). On SIGINT/SIGTERM \
         the queues are unbound and the counters are logged.
+
+        SIGHUP re-reads the config file and applies it without a restart: connections to real servers that \
+        stay are untouched; a real server left out drains for its service's `drain` seconds (weight 0 first \
+        for a gentle removal). A config that fails to load, or changes what needs a restart (queues, sizes, \
+        timeouts, fullnat-ports, the order of DR real servers), is refused with the reason in the log and the \
+        running one is kept. A reload does not touch the iptables rules: when the new config adds VIPs or NAT \
+        real servers, run scripts/iptables-setup.sh up FILE first.
 
         The stats file, rewritten every second, holds one `name value` line per counter, e.g.
           forwarded 1234
@@ -226,6 +238,16 @@ struct Run: ParsableCommand {
             }
         }
         let balancer = Balancer(config: config, logger: logger, tunnelPaths: tunnelPaths)
+        let reloader = Thread { [options, tunnelPaths] in
+            while !stopSignal.isRaised {
+                Thread.sleep(forTimeInterval: 0.1)
+                if hangupSignal.isRaised {
+                    hangupSignal.clear()
+                    Run.reload(balancer, path: options.config, tunnelPaths: tunnelPaths, logger: logger)
+                }
+            }
+        }
+        reloader.start()
         do {
             try balancer.run(stop: stopSignal, statsFile: statsFile)
         } catch {
@@ -236,6 +258,43 @@ struct Run: ParsableCommand {
     private func fail(_ message: String) -> Never {
         FileHandle.standardError.write(Data("nfqlb: \(message)\n".utf8))
         Foundation.exit(1)
+    }
+
+    /// SIGHUP: load `path` and apply it to the running balancer, or log why not and keep the running config.
+    static func reload(_ balancer: Balancer, path: String, tunnelPaths known: [IPAddress: TunnelPath], logger: Logger) {
+        let previous = balancer.handler?.config ?? balancer.config
+        let config: BalancerConfig
+        do {
+            config = try ConfigLoader.load(path: path)
+        } catch {
+            logger.error("configuration refused, still serving the previous one", metadata: ["reason": "\(error)"])
+            return
+        }
+        var tunnelPaths = known
+        for service in config.services where service.mode == .tun {
+            for real in service.reals where tunnelPaths[real.address] == nil {
+                guard let path = TunnelPath.resolve(to: real.address) else {
+                    logger.error("configuration refused, still serving the previous one", metadata: [
+                        "reason": "no route to the TUN real server \(real.address)"])
+                    return
+                }
+                tunnelPaths[real.address] = path
+            }
+        }
+        do {
+            try balancer.update(to: config, tunnelPaths: tunnelPaths)
+        } catch {
+            logger.error("configuration refused, still serving the previous one", metadata: ["reason": "\(error)"])
+            return
+        }
+        // Rules a draining server still needs must stay; rules the new config adds must be installed.
+        func rules(_ c: BalancerConfig) -> Set<Substring> {
+            Set((IptablesRules.restoreInput(for: c) + IptablesRules.routeCommands(for: c))
+                .split(separator: "\n").filter { !$0.hasPrefix("#") })
+        }
+        if !rules(config).isSubset(of: rules(previous)) {
+            logger.notice("the new configuration needs iptables rules or routes the previous one did not: make sure scripts/iptables-setup.sh up \(path) has installed them")
+        }
     }
 }
 

@@ -51,6 +51,17 @@ struct EndToEndTests {
         #expect(output.contains("queues used: 2"))
     }
 
+    /// The real-server lifecycle on a running nfqlb: r1 set to weight 0, then removed with a drain time, by
+    /// SIGHUP, under long connections, a stream of short ones reusing source ports, and UDP flows.
+    @Test func drainingARealServerBreaksNothing() throws {
+        let output = try EndToEnd.run("", script: "drain.sh")
+        for line in ["long connections: 6 intact, 2 to r1", "short connections after weight 0: r1=0 ",
+                     "connect times: max under 900 ms", "udp: the r1 flow moved within 1 datagram",
+                     "reloads applied: 2"] {
+            #expect(output.contains(line))
+        }
+    }
+
     /// One lab, nfqlb stopped and restarted with another config (setup `up` again: idempotent).
     @Test func restartWithANewConfiguration() throws {
         let output = try EndToEnd.run("all")

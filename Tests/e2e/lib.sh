@@ -26,6 +26,10 @@
 #   in_ns NS CMD...            ip netns exec NS CMD...
 #   udp_ask NS HOST PORT DATA  one datagram from NS; prints "SRC_IP SRC_PORT REPLY" (2 s timeout, exit 1)
 #   csum_errors NS             TcpInCsumErrors + UdpInCsumErrors + Udp6InCsumErrors of NS
+#   csum_snapshot / csum_check  record, then require unchanged, the checksum errors of the client, r1..3 and
+#                              the balancer; csum_check prints "checksum errors: client +0 r1 +0 ..."
+#   rules_cleanup_check        iptables-setup.sh down in the balancer, then no NFQLB rule and accept_local
+#                              restored; prints "cleanup: no rules left"
 #   queue_bound NS [QUEUE]     true when NFQUEUE QUEUE (default 0) is bound in NS
 #   nfqlb_start CONFIG         iptables-setup.sh up CONFIG, then $NFQLB run in ${P}b; waits for queue 0
 #   nfqlb_stop                 SIGTERM; requires exit status 0 and queue 0 unbound
@@ -374,6 +378,32 @@ csum_errors() {
     in_ns "$1" nstat -asz | awk '
         $1 == "TcpInCsumErrors" || $1 == "UdpInCsumErrors" || $1 == "Udp6InCsumErrors" { sum += $2 }
         END { print sum + 0 }'
+}
+
+CSUM_HOSTS=(c r1 r2 r3 b)
+declare -A CSUM_BEFORE
+csum_snapshot() {
+    local h
+    for h in "${CSUM_HOSTS[@]}"; do CSUM_BEFORE[$h]=$(csum_errors "${P}$h"); done
+}
+
+csum_check() {
+    local h label line="checksum errors:"
+    for h in "${CSUM_HOSTS[@]}"; do
+        case $h in c) label=client ;; b) label=balancer ;; *) label=$h ;; esac
+        line="$line $label +$(( $(csum_errors "${P}$h") - ${CSUM_BEFORE[$h]} ))"
+    done
+    echo "$line"
+    [ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0 balancer +0" ] || fail "checksum errors appeared"
+}
+
+rules_cleanup_check() {
+    in_ns "${P}b" "$LAB_ROOT/scripts/iptables-setup.sh" down >/dev/null || fail "iptables-setup.sh down failed"
+    if grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)"; then
+        fail "rules left behind: $(in_ns "${P}b" iptables-save | grep NFQLB | tr '\n' ' ')"
+    fi
+    [ "$(in_ns "${P}b" sysctl -n net.ipv4.conf.all.accept_local)" = 0 ] || fail "accept_local not restored by down"
+    echo "cleanup: no rules left"
 }
 
 # queue_bound NS [QUEUE]: the first column of /proc/net/netfilter/nfnetlink_queue lists the bound queues.

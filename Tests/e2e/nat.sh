@@ -201,11 +201,9 @@ PY
     pass "udp: 30 datagrams from 30 source ports answered from 203.0.113.10:53, every server seen"
 }
 
-# Checksum error counters of the client and the real servers before any traffic through the VIP.
-hosts=(c r1 r2 r3 b)
-declare -A csum_before
+# Checksum error counters of the client, the real servers and the balancer before any traffic through the VIP.
 declare -a skip
-for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
+csum_snapshot
 
 rr_config=$LAB_TMP/nat-rr.yaml
 wrr_config=$LAB_TMP/nat-wrr.yaml
@@ -265,18 +263,6 @@ case "$scenario" in
 esac
 stop_and_check
 
-line="checksum errors:"
-for h in "${hosts[@]}"; do
-    case $h in c) label=client ;; b) label=balancer ;; *) label=$h ;; esac
-    line="$line $label +$(( $(csum_errors "${P}$h") - ${csum_before[$h]} ))"
-done
-echo "$line"
-[ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0 balancer +0" ] || fail "checksum errors appeared"
-
-in_ns "${P}b" "$setup" down >/dev/null || fail "iptables-setup.sh down failed"
-if grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)"; then
-    fail "rules left behind: $(in_ns "${P}b" iptables-save | grep NFQLB | tr '\n' ' ')"
-fi
-[ "$(in_ns "${P}b" sysctl -n net.ipv4.conf.all.accept_local)" = 0 ] || fail "accept_local not restored by down"
-echo "cleanup: no rules left"
+csum_check
+rules_cleanup_check
 pass "nat.sh $scenario: all checks passed"

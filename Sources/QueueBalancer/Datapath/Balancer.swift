@@ -5,7 +5,10 @@ import Logging
 /// one connection tracker), plus a housekeeping loop on the calling thread that expires connections, reads
 /// the kernel's per-queue drop counters and writes the stats file. The same runtime serves the real server's
 /// TUN ``Decapsulator`` (no tracker then).
-public final class Balancer {
+///
+/// Sendable: ``update(to:tunnelPaths:)`` may be called from any thread (the handler serialises changes);
+/// ``run(stop:statsFile:statsInterval:)`` and its housekeeping state belong to the thread that runs it.
+public final class Balancer: @unchecked Sendable {
     /// The config the balancer started with (its queues and sizes hold for its whole run).
     public let config: BalancerConfig
     public let counters = DatapathCounters()

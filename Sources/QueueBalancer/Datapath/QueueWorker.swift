@@ -115,10 +115,12 @@ final class QueueWorker: @unchecked Sendable {
     }
 }
 
-/// A stop request shared by the signal handler, the workers and the housekeeping loop.
+/// A flag a signal handler raises and loops poll: the stop request shared by the workers and the
+/// housekeeping loop, or the CLI's reload request.
 public final class StopSignal: Sendable {
     private let flag = Atomic<Bool>(false)
     public init() {}
     public func raise() { flag.store(true, ordering: .relaxed) }
+    public func clear() { flag.store(false, ordering: .relaxed) }
     public var isRaised: Bool { flag.load(ordering: .relaxed) }
 }
