@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs (up) or removes (down) what nfqlb needs in the current network namespace:
 #   - the iptables rules `nfqlb rules --config FILE` prints (raw table, chain NFQLB-PREROUTING, one jump
-#     from PREROUTING), applied with iptables-restore --noflush;
-#   - for DR services, the policy routing `nfqlb rules --config FILE --routes` prints (one fwmark rule and
-#     one table per real server), applied with ip -batch, and send_redirects=0;
+#     from PREROUTING), applied with iptables-restore --noflush, and for IPv6 services the ip6tables rules
+#     `nfqlb rules --config FILE --family ipv6` prints, applied with ip6tables-restore --noflush;
+#   - for DR services, the policy routing `nfqlb rules --config FILE --routes [--family ipv6]` prints (one
+#     fwmark rule and one table per real server), applied with ip -4/-6 -batch, and send_redirects=0;
 #   - the sysctls of the balancer: ip_forward=1 (NAT forwards), rp_filter=0 (rewritten replies come from the
-#     VIP on the server-side interface), accept_local=1 (needed when the VIP is also a local address).
+#     VIP on the server-side interface), accept_local=1 (needed when the VIP is also a local address); with
+#     IPv6 services net.ipv6.conf.all.forwarding=1.
 # `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
 # sysctls are saved with their previous value the first time, and `down` restores exactly those.
 #
@@ -19,7 +21,8 @@ root=$(dirname "$here")
 netns_id=$(stat -L -c %i /proc/self/ns/net)
 state=/run/nfqlb/netns-$netns_id
 saved=$state/sysctl.saved
-routes_down=$state/routes.down   # `ip -batch` input that removes the DR policy routes `up` added
+routes_down=$state/routes.down   # `ip -batch` input that removes the DR policy routes `up` added (IPv4)
+routes6_down=$state/routes6.down # the same for IPv6
 
 die() { echo "iptables-setup: $*" >&2; exit 2; }
 
@@ -44,24 +47,39 @@ set_sysctl() {
 }
 
 remove_routes() {
-    if [ -s "$routes_down" ]; then ip -batch "$routes_down" 2>/dev/null || true; fi
-    rm -f "$routes_down"
+    if [ -s "$routes_down" ]; then ip -4 -batch "$routes_down" 2>/dev/null || true; fi
+    if [ -s "$routes6_down" ]; then ip -6 -batch "$routes6_down" 2>/dev/null || true; fi
+    rm -f "$routes_down" "$routes6_down"
 }
 
 remove_rules() {
-    while iptables -w -t raw -D PREROUTING -j "$chain" 2>/dev/null; do :; done
-    if iptables -w -t raw -S "$chain" >/dev/null 2>&1; then
-        iptables -w -t raw -F "$chain"
-        iptables -w -t raw -X "$chain"
-    fi
+    local tool
+    for tool in iptables ip6tables; do
+        command -v "$tool" >/dev/null || continue
+        while "$tool" -w -t raw -D PREROUTING -j "$chain" 2>/dev/null; do :; done
+        if "$tool" -w -t raw -S "$chain" >/dev/null 2>&1; then
+            "$tool" -w -t raw -F "$chain"
+            "$tool" -w -t raw -X "$chain"
+        fi
+    done
+}
+
+# install_routes ROUTES DOWN_FILE FAMILY: applies `ip -FAMILY -batch` input, recording first how to undo it.
+install_routes() {
+    local routes=$1 down_file=$2 family=$3
+    [ -n "$routes" ] || return 0
+    # Record how to undo first, so that `down` cleans up even if the batch fails halfway.
+    printf '%s\n' "$routes" | awk '$1 == "rule" { sub(/^rule add/, "rule del"); print } $1 == "route" { print "route flush table " $NF }' > "$down_file"
+    printf '%s\n' "$routes" | ip "-$family" -batch -
 }
 
 up() {
-    local config=$1 nfqlb rules routes dev
+    local config=$1 nfqlb rules rules6 routes routes6 dev
     [ -f "$config" ] || die "no such config file: $config"
     nfqlb=$(find_nfqlb)
     rules=$("$nfqlb" rules --config "$config") || die "nfqlb refused $config"
     grep -q '^\*raw$' <<<"$rules" || die "$nfqlb rules printed no iptables-restore input"
+    rules6=$("$nfqlb" rules --config "$config" --family ipv6) || die "nfqlb refused $config"
     command -v iptables-restore >/dev/null || die "iptables is not installed (apt-get install iptables)"
     mkdir -p "$state"
     touch "$saved"
@@ -70,19 +88,19 @@ up() {
         set_sysctl "net.ipv4.conf.$dev.rp_filter" 0
     done
     set_sysctl net.ipv4.conf.all.accept_local 1
+    [ -n "$rules6" ] && set_sysctl net.ipv6.conf.all.forwarding 1
     routes=$("$nfqlb" rules --config "$config" --routes) || die "nfqlb refused $config"
+    routes6=$("$nfqlb" rules --config "$config" --routes --family ipv6) || die "nfqlb refused $config"
     for dev in all default $(ls /proc/sys/net/ipv4/conf); do
         # DR sends packets out towards a real server, possibly on the interface they came in on: no redirects.
         [ -n "$routes" ] && set_sysctl "net.ipv4.conf.$dev.send_redirects" 0
     done
     remove_rules
     remove_routes
-    if [ -n "$routes" ]; then
-        # Record how to undo first, so that `down` cleans up even if the batch fails halfway.
-        printf '%s\n' "$routes" | awk '$1 == "rule" { sub(/^rule add/, "rule del"); print } $1 == "route" { print "route flush table " $NF }' > "$routes_down"
-        printf '%s\n' "$routes" | ip -batch -
-    fi
+    install_routes "$routes" "$routes_down" 4
+    install_routes "$routes6" "$routes6_down" 6
     printf '%s\n' "$rules" | iptables-restore -w --noflush
+    if [ -n "$rules6" ]; then printf '%s\n' "$rules6" | ip6tables-restore -w --noflush; fi
     echo "iptables-setup: nfqlb rules installed from $config (netns $netns_id)"
 }
 

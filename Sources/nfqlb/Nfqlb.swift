@@ -62,10 +62,13 @@ struct Rules: ParsableCommand {
         abstract: "Print the iptables-restore input a configuration needs.",
         discussion: """
         The rules live in the raw table's NFQLB-PREROUTING chain, reached by one jump from PREROUTING. \
-        DR services also need one fwmark rule and routing table per real server (--routes). \
-        scripts/iptables-setup.sh applies both (with the sysctls) and removes them; to apply by hand:
+        IPv4 services get iptables rules, IPv6 services ip6tables rules (--family ipv6; nothing when there are \
+        none). DR services also need one fwmark rule and routing table per real server (--routes). \
+        scripts/iptables-setup.sh applies all of it (with the sysctls) and removes it; to apply by hand:
           nfqlb rules --config lb.yaml | iptables-restore --noflush
-          nfqlb rules --config lb.yaml --routes | ip -batch -
+          nfqlb rules --config lb.yaml --family ipv6 | ip6tables-restore --noflush
+          nfqlb rules --config lb.yaml --routes | ip -4 -batch -
+          nfqlb rules --config lb.yaml --routes --family ipv6 | ip -6 -batch -
         """
     )
 
@@ -74,12 +77,20 @@ struct Rules: ParsableCommand {
     @Flag(help: "Print the policy routing of DR real servers instead, as `ip -batch` input.")
     var routes = false
 
+    @Option(help: "ipv4 (iptables, default) or ipv6 (ip6tables).")
+    var family: RuleFamily = .ipv4
+
+    enum RuleFamily: String, ExpressibleByArgument, CaseIterable {
+        case ipv4, ipv6
+        var ip: IPFamily { self == .ipv4 ? .v4 : .v6 }
+    }
+
     func run() throws {
         let config = try options.load()
         if routes {
-            print(IptablesRules.routeCommands(for: config), terminator: "")
+            print(IptablesRules.routeCommands(for: config, family: family.ip), terminator: "")
         } else {
-            print(IptablesRules.restoreInput(for: config, source: options.config), terminator: "")
+            print(IptablesRules.restoreInput(for: config, family: family.ip, source: options.config), terminator: "")
         }
     }
 }
@@ -218,7 +229,11 @@ struct Run: ParsableCommand {
             }
         }
         if !skipRulesCheck {
-            switch IptablesRules.installed() {
+            let families: [IPFamily] = config.services.contains { !$0.vip.isIPv4 } ? [.v4, .v6] : [.v4]
+            switch families.map({ IptablesRules.installed(family: $0) }).reduce(Optional(true), { a, b in
+                guard let a, let b else { return nil }
+                return a && b
+            }) {
             case true?: break
             case false?:
                 fail("the iptables rules are not installed in this network namespace: run scripts/iptables-setup.sh up \(options.config) first (or pass --skip-rules-check)")
@@ -288,9 +303,11 @@ struct Run: ParsableCommand {
             return
         }
         // Rules a draining server still needs must stay; rules the new config adds must be installed.
-        func rules(_ c: BalancerConfig) -> Set<Substring> {
-            Set((IptablesRules.restoreInput(for: c) + IptablesRules.routeCommands(for: c))
-                .split(separator: "\n").filter { !$0.hasPrefix("#") })
+        func rules(_ c: BalancerConfig) -> Set<String> {
+            Set([IPFamily.v4, .v6].flatMap { family in
+                (IptablesRules.restoreInput(for: c, family: family) + IptablesRules.routeCommands(for: c, family: family))
+                    .split(separator: "\n").filter { !$0.hasPrefix("#") }.map { "\(family) \($0)" }
+            })
         }
         if !rules(config).isSubset(of: rules(previous)) {
             logger.notice("the new configuration needs iptables rules or routes the previous one did not: make sure scripts/iptables-setup.sh up \(path) has installed them")
@@ -317,8 +334,8 @@ struct Decap: ParsableCommand {
 
     func validate() throws {
         guard !vips.isEmpty else { throw ValidationError("give the VIPs this server serves with --vip") }
-        for vip in vips where IPAddress(vip)?.ipv4 == nil {
-            throw ValidationError("'\(vip)' is not an IPv4 address")
+        for vip in vips where IPAddress(vip) == nil {
+            throw ValidationError("'\(vip)' is not an IPv4 or IPv6 address")
         }
     }
 
@@ -328,7 +345,7 @@ struct Decap: ParsableCommand {
     func run() throws {
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         installStopHandlers()
-        let runtime = Balancer(decapsulatingQueues: [queue], vips: vips.compactMap { IPAddress($0)?.ipv4 },
+        let runtime = Balancer(decapsulatingQueues: [queue], vips: vips.compactMap { IPAddress($0) },
                                logger: Logger(label: "nfqlb-decap"))
         do {
             try runtime.run(stop: stopSignal, statsFile: statsFile)

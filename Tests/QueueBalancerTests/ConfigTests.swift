@@ -68,7 +68,7 @@ import Testing
         Refusal("bad protocol", ConfigTests.valid.replacingOccurrences(of: "protocol: udp", with: "protocol: sctp"), 14, "protocol 'sctp' is not one of tcp | udp"),
         Refusal("queues not consecutive", ConfigTests.valid.replacingOccurrences(of: "[0, 1]", with: "[0, 2]"), 1, "consecutive"),
         Refusal("missing vip", ConfigTests.valid.replacingOccurrences(of: "  - vip: 203.0.113.10\n    port: 53", with: "  - port: 53"), 12, "a service needs 'vip'"),
-        Refusal("IPv6 service", ConfigTests.valid.replacingOccurrences(of: "- vip: 203.0.113.10\n    port: 80", with: "- vip: 2001:db8::10\n    port: 80"), 4, "IPv6 virtual services are not supported by the datapath yet"),
+        Refusal("IPv6 VIP, IPv4 real server", ConfigTests.valid.replacingOccurrences(of: "- vip: 203.0.113.10\n    port: 80", with: "- vip: 2001:db8::10\n    port: 80"), 10, "is not of the same address family as vip 2001:db8::10"),
         Refusal("invalid YAML", "queues: [0\nservices: x", 2, "invalid YAML"),
         Refusal("duplicate real", ConfigTests.valid.replacingOccurrences(of: "198.51.100.12", with: "198.51.100.11"), 11, "real server 198.51.100.11:8080 is listed twice"),
     ]

@@ -51,7 +51,7 @@ import Testing
     }
 }
 
-/// With DR only, the queue copies 128 bytes per packet: the handler must work on that prefix.
+/// With DR only, the queue copies 160 bytes per packet: the handler must work on that prefix.
 @Suite struct HeaderOnlyCopyTests {
     @Test func truncatedCopiesAreBalancedInDROnlyConfigs() {
         let config = BalancerConfig(queues: [0], services: [

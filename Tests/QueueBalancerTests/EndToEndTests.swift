@@ -83,7 +83,7 @@ struct DirectReturnEndToEndTests {
     /// DR: marked packets steered to the real server's MAC by policy routing.
     @Test func directRoutingBalancesAndRepliesBypassTheBalancer() throws {
         let output = try EndToEnd.run("dr", script: "direct-return.sh")
-        for line in ["distribution dr r1=10 r2=10 r3=10", "copy range: 128 bytes"] + Self.common {
+        for line in ["distribution dr r1=10 r2=10 r3=10", "copy range: 160 bytes"] + Self.common {
             #expect(output.contains(line))
         }
     }

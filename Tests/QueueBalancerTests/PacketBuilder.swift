@@ -1,7 +1,7 @@
 @testable import QueueBalancer
 
-/// Builds IPv4 packets field by field with checksums computed from scratch (a reference independent of
-/// `InternetChecksum`), for table-driven datapath tests.
+/// Builds IPv4 or IPv6 packets (16-byte addresses) field by field with checksums computed from scratch (a
+/// reference independent of `InternetChecksum`), for table-driven datapath tests.
 struct PacketBuilder {
     var source: [UInt8] = [192, 0, 2, 2]
     var destination: [UInt8] = [203, 0, 113, 10]
@@ -14,6 +14,17 @@ struct PacketBuilder {
     var fragmentField: UInt16 = 0x4000  // DF
     var udpChecksumOff = false
     var ttl: UInt8 = 64
+    /// IPv6 extension headers in order: type (0, 43, 44, 60, ...) and body after the next-header and length
+    /// bytes (padded to a multiple of 8 with the two; the fragment header's second byte is reserved, 0).
+    var extensions: [(type: UInt8, body: [UInt8])] = []
+
+    /// An IPv6 packet from 2001:db8:c::2 to the VIP 2001:db8:f::10.
+    static func v6() -> PacketBuilder {
+        var b = PacketBuilder()
+        b.source = IPAddress("2001:db8:c::2")!.bytes
+        b.destination = IPAddress("2001:db8:f::10")!.bytes
+        return b
+    }
 
     /// Naive RFC 1071 sum: add 16-bit big-endian words in 32 bits, fold, complement.
     static func referenceChecksum(_ bytes: [UInt8]) -> UInt16 {
@@ -56,6 +67,18 @@ struct PacketBuilder {
 
     func build() -> [UInt8] {
         let l4 = transportBytes()
+        if source.count == 16 {
+            var chain: [UInt8] = []
+            for (i, ext) in extensions.enumerated() {
+                let next = i + 1 < extensions.count ? extensions[i + 1].type : transport
+                var header = [next, 0] + ext.body
+                while header.count % 8 != 0 { header.append(0) }
+                if ext.type != 44 { header[1] = UInt8(header.count / 8 - 1) }
+                chain += header
+            }
+            let first = extensions.first?.type ?? transport
+            return [0x60, 0, 0, 0] + be16(UInt16(chain.count + l4.count)) + [first, ttl] + source + destination + chain + l4
+        }
         let headerLength = 20 + options.count
         var ip: [UInt8] = [UInt8(0x40 | headerLength / 4), 0] + be16(UInt16(headerLength + l4.count))
         ip += [0x12, 0x34] + be16(fragmentField) + [ttl, transport, 0, 0] + source + destination + options
@@ -67,6 +90,17 @@ struct PacketBuilder {
 }
 
 func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
+
+extension IPAddress {
+    /// The address as its header carries it: 4 bytes for IPv4, 16 for IPv6.
+    var bytes: [UInt8] {
+        let all = (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * UInt64($0))) }
+            + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * UInt64($0))) }
+        return isIPv4 ? Array(all[12...]) : all
+    }
+}
+
+func ip(_ text: String) -> IPAddress { IPAddress(text)! }
 
 func ipv4(_ text: String) -> UInt32 { IPAddress(text)!.ipv4! }
 

@@ -22,14 +22,14 @@ import Testing
         syn.payload = Array(repeating: 7, count: 100)
         let packet = syn.build()
         let (verdict, out) = handler().run(packet, counters: &counters)
-        #expect(verdict == .acceptEncapsulated(source: ipv4("198.51.100.1"), destination: ipv4("198.51.100.11")))
+        #expect(verdict == .acceptEncapsulated(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
         #expect(out == packet, "the inner packet is not touched")
 
         // The bytes the worker sends: outer header + inner packet.
         let writer = VerdictWriter(limit: 4096)
         let ok = packet.withUnsafeBytes {
-            writer.appendEncapsulated(queue: QueueNumber(rawValue: 0), packetID: 1, inner: $0, innerLength: packet.count,
-                                      source: ipv4("198.51.100.1"), destination: ipv4("198.51.100.11"))
+            writer.appendEncapsulated(queue: QueueNumber(rawValue: 0), packetID: 1, inner: $0, family: .v4, innerLength: packet.count,
+                                      source: ip("198.51.100.1"), destination: ip("198.51.100.11"))
         }
         #expect(ok)
         let message = Array(UnsafeRawBufferPointer(start: writer.bytes, count: writer.used))
@@ -68,14 +68,14 @@ import Testing
 
         // Without DF the kernel may fragment the outer packet: encapsulate.
         big.fragmentField = 0
-        #expect(h.run(big.build(), counters: &counters).0 == .acceptEncapsulated(source: ipv4("198.51.100.1"), destination: ipv4("198.51.100.11")))
+        #expect(h.run(big.build(), counters: &counters).0 == .acceptEncapsulated(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
     }
 
     @Test func decapsulatorReturnsTheInnerPacketOrDropsWhatItCannotHandle() {
         let inner = PacketBuilder().build()
         var outer: [UInt8] = [0x45, 0] + be16(UInt16(inner.count + 20)) + [0, 0, 0x40, 0, 64, 4, 0, 0, 198, 51, 100, 1, 198, 51, 100, 11]
         outer += inner
-        let decap = Decapsulator(vips: [ipv4("203.0.113.10")])
+        let decap = Decapsulator(vips: [ip("203.0.113.10")])
         var counters = CounterBatch()
         var bytes = outer
         #expect(bytes.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .acceptReplaced(offset: 20, length: inner.count))

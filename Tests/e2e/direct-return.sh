@@ -96,7 +96,7 @@ in_ns "${P}b" iptables -w -A FORWARD -s "$vip" ! -p icmp -j ACCEPT
 nfqlb_start "$LAB_TMP/lb.yaml"
 if [ "$mode" = dr ]; then
     copy=$(in_ns "${P}b" awk '$1 == 0 { print $5 }' /proc/net/netfilter/nfnetlink_queue)
-    [ "$copy" = 128 ] || fail "DR should copy only the headers (copy range $copy, want 128)"
+    [ "$copy" = 160 ] || fail "DR should copy only the headers (copy range $copy, want 160)"
     echo "copy range: $copy bytes"
     grep -q "fwmark 0x1000 lookup 4096" <<<"$(in_ns "${P}b" ip rule)" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
 fi

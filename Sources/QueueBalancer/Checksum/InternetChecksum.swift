@@ -29,6 +29,20 @@ public enum InternetChecksum {
         ~sum(bytes, initial: initial)
     }
 
+    /// The pseudo-header sum of either family (RFC 768/793 for IPv4, RFC 8200 section 8.1 for IPv6) for a
+    /// transport segment of `length` bytes.
+    public static func pseudoHeaderSum(source: IPAddress, destination: IPAddress, family: IPFamily,
+                                       protocol proto: UInt8, length: Int) -> UInt32 {
+        guard family == .v6 else {
+            return pseudoHeaderSum(source: UInt32(truncatingIfNeeded: source.low),
+                                   destination: UInt32(truncatingIfNeeded: destination.low), protocol: proto, length: length)
+        }
+        func words(_ w: UInt64) -> UInt64 { (w >> 48) &+ (w >> 32 & 0xFFFF) &+ (w >> 16 & 0xFFFF) &+ (w & 0xFFFF) }
+        let acc = UInt64(proto) &+ UInt64(length >> 16) &+ UInt64(length & 0xFFFF)
+            &+ words(source.high) &+ words(source.low) &+ words(destination.high) &+ words(destination.low)
+        return UInt32(fold(acc))
+    }
+
     /// The IPv4 pseudo-header sum (RFC 793/768) for an L4 segment of `length` bytes.
     public static func pseudoHeaderSum(source: UInt32, destination: UInt32, protocol proto: UInt8, length: Int) -> UInt32 {
         var acc: UInt32 = 0
@@ -60,6 +74,22 @@ public struct ChecksumDelta {
     public mutating func replace(_ old: UInt32, with new: UInt32) {
         replace(UInt16(truncatingIfNeeded: old >> 16), with: UInt16(truncatingIfNeeded: new >> 16))
         replace(UInt16(truncatingIfNeeded: old), with: UInt16(truncatingIfNeeded: new))
+    }
+
+    /// Records that a 64-bit value (half an IPv6 address) changed.
+    public mutating func replace(_ old: UInt64, with new: UInt64) {
+        replace(UInt32(truncatingIfNeeded: old >> 32), with: UInt32(truncatingIfNeeded: new >> 32))
+        replace(UInt32(truncatingIfNeeded: old), with: UInt32(truncatingIfNeeded: new))
+    }
+
+    /// Records that an address of `family` changed (4 bytes for IPv4, 16 for IPv6).
+    public mutating func replace(_ old: IPAddress, with new: IPAddress, family: IPFamily) {
+        if family == .v4 {
+            replace(UInt32(truncatingIfNeeded: old.low), with: UInt32(truncatingIfNeeded: new.low))
+        } else {
+            replace(old.high, with: new.high)
+            replace(old.low, with: new.low)
+        }
     }
 
     /// The checksum field after the recorded changes.

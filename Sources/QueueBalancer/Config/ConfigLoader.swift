@@ -224,9 +224,6 @@ private struct Reader {
         let mode = try choice(modeNode, "mode", ForwardingMode.self)
         let scheduler = try map["scheduler"].map { n throws(ConfigError) in try choice(n, "scheduler", SchedulerKind.self) } ?? .wlc
         let name = try map["name"].map { n throws(ConfigError) in try scalar(n, "name") }
-        guard vip.isIPv4 else {
-            throw fail(map["vip"], "IPv6 virtual services are not supported by the datapath yet (vip \(vip))")
-        }
         let realsNode = try required(map, "reals", in: "a service", at: node)
         guard case .sequence(let realList) = realsNode, !realList.isEmpty else {
             throw fail(realsNode, "service \(Endpoint(address: vip, port: port))/\(transport) has no real servers")
@@ -250,7 +247,9 @@ private struct Reader {
         if let node = map["tunnel-source"] {
             guard mode == .tun else { throw fail(node, "tunnel-source belongs to tun services only (mode is \(mode))") }
             let source = try address(node, "tunnel-source")
-            guard source.isIPv4 else { throw fail(node, "tunnel-source \(source) must be IPv4 (IPIP)") }
+            guard source.isIPv4 == vip.isIPv4 else {
+                throw fail(node, "tunnel-source \(source) is not of the vip's address family (the outer header has the inner packet's family)")
+            }
             tunnelSource = source
         }
         var reals: [RealServer] = []
@@ -259,6 +258,9 @@ private struct Reader {
             let addressNode = try required(r, "address", in: "a real server", at: realNode)
             let rip = try address(addressNode, "address")
             guard rip.isIPv4 == vip.isIPv4 else {
+                if mode == .tun {
+                    throw fail(addressNode, "real server \(rip) is not of the address family of vip \(vip): a queue verdict returns a packet to the stack of its own family, so nfqlb's tun cannot wrap IPv4 in IPv6 or IPv6 in IPv4 (IPVS can); give the real server an address of the vip's family")
+                }
                 throw fail(addressNode, "real server \(rip) is not of the same address family as vip \(vip) (\(mode) cannot translate between families)")
             }
             let rport = try r["port"].map { n throws(ConfigError) in UInt16(try integer(n, "port", 1...65535)) } ?? port

@@ -47,7 +47,7 @@ public final class Balancer: @unchecked Sendable {
     }
 
     /// The real server's TUN decapsulator on `queues`, for inner packets to `vips`.
-    public init(decapsulatingQueues queues: [UInt16], vips: [UInt32], logger: Logger) {
+    public init(decapsulatingQueues queues: [UInt16], vips: [IPAddress], logger: Logger) {
         config = BalancerConfig(queues: queues, services: [])
         self.logger = logger
         tracker = nil

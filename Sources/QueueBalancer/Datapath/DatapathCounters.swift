@@ -49,8 +49,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case passedICMP
     /// Passed unhandled: an IP protocol other than TCP, UDP and ICMP.
     case passedOtherProtocol
-    /// Passed unhandled: not IPv4.
-    case passedNotIPv4
+    /// Dropped: IPv6 headers nfqlb does not walk (a routing header with segments left, AH/ESP, a chain of more
+    /// than 8 headers, a jumbogram).
+    case droppedUnsupportedHeaders
     /// Passed unhandled: matches no virtual service and no tracked reply (e.g. a health check's answer).
     case passedUnmatched
     /// Informational: packets carrying IPv4 options (balanced normally).
@@ -88,7 +89,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedVerdictSend: "dropped_verdict_send"
         case .passedICMP: "passed_icmp"
         case .passedOtherProtocol: "passed_other_protocol"
-        case .passedNotIPv4: "passed_not_ipv4"
+        case .droppedUnsupportedHeaders: "dropped_unsupported_headers"
         case .passedUnmatched: "passed_unmatched"
         case .withIPOptions: "with_ip_options"
         case .receiveErrors: "receive_errors"

@@ -11,9 +11,9 @@ public enum Verdict: Equatable, Sendable {
     case acceptRewritten
     /// NF_ACCEPT, packet unchanged, with this fwmark set (DR: policy routing steers it to the real server).
     case acceptMarked(UInt32)
-    /// NF_ACCEPT with the packet wrapped in an outer IPv4 header (protocol 4) from `source` to `destination`
-    /// (TUN); the worker writes the header in front of the packet in the verdict.
-    case acceptEncapsulated(source: UInt32, destination: UInt32)
+    /// NF_ACCEPT with the packet wrapped in an outer header of its family (IPv4 protocol 4, IPv6 next header
+    /// 41) from `source` to `destination` (TUN); the worker writes the header in front of the packet in the verdict.
+    case acceptEncapsulated(source: IPAddress, destination: IPAddress)
     /// NF_ACCEPT with the packet replaced by `length` bytes of the buffer from `offset` (an ICMP error built in
     /// place, or the inner packet of a tunnel).
     case acceptReplaced(offset: Int, length: Int)
@@ -55,9 +55,9 @@ public final class PacketHandler: PacketProcessor {
     /// ``headerCopyRange`` bytes of each packet to user space (DESIGN.md: -23% CPU per packet). Fixed for the
     /// handler's life (the queues are bound with it).
     public let headersOnly: Bool
-    /// Bytes copied per packet when ``headersOnly``: the largest IPv4 header (60) and the TCP header up to the
-    /// flags, with room to spare.
-    public static let headerCopyRange: UInt32 = 128
+    /// Bytes copied per packet when ``headersOnly``: the largest IPv4 header (60), or the IPv6 header with
+    /// 100 bytes of extension headers, and the TCP header up to the flags.
+    public static let headerCopyRange: UInt32 = 160
 
     /// The current table, as the bits of a retained `Unmanaged<ServiceTable>`.
     private let current: Atomic<UInt>
@@ -165,19 +165,19 @@ public final class PacketHandler: PacketProcessor {
     private func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, table: ServiceTable,
                         counters: inout CounterBatch) -> Verdict {
         let services = table.services
-        let packet: IPv4Packet
-        switch IPv4Packet.parse(UnsafeRawBufferPointer(bytes), headersOnly: headersOnly) {
+        let packet: IPPacket
+        switch IPPacket.parse(UnsafeRawBufferPointer(bytes), headersOnly: headersOnly) {
         case .transport(let parsed): packet = parsed
         case .malformed: counters.count(.droppedMalformed); return .drop
         case .fragment: counters.count(.droppedFragment); return .drop
+        case .unsupportedHeaders: counters.count(.droppedUnsupportedHeaders); return .drop
         case .icmp: counters.count(.passedICMP); return .accept
         case .otherProtocol: counters.count(.passedOtherProtocol); return .accept
-        case .notIPv4: counters.count(.passedNotIPv4); return .accept
         }
         if packet.hasOptions { counters.count(.withIPOptions) }
         let key = FlowKey(
-            source: Endpoint(address: IPAddress(ipv4: packet.source), port: packet.sourcePort),
-            destination: Endpoint(address: IPAddress(ipv4: packet.destination), port: packet.destinationPort),
+            source: Endpoint(address: packet.source, port: packet.sourcePort),
+            destination: Endpoint(address: packet.destination, port: packet.destinationPort),
             transport: packet.transport)
 
         if let serviceIndex = table.matchService(packet) {
@@ -212,18 +212,14 @@ public final class PacketHandler: PacketProcessor {
                 if service.mode == .tun { return tunnel(bytes, packet, route.tunnel, to: real, &counters) }
                 counters.count(.forwarded)
                 if service.mode == .dr { return .acceptMarked(route.mark) }
-                guard let address = real.address.ipv4 else { counters.count(.droppedMalformed); return .drop }
-                NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
+                NATRewrite.rewriteDestination(bytes, packet, address: real.address, port: real.port)
                 return .acceptRewritten
             case .forwardTranslated(let real, let local, let number, let created):
                 if created { counters.count(.connectionsCreated) }
                 services[serviceIndex].templates?.bind(key.source.address, to: number, now: now)
                 counters.count(.forwarded)
-                guard let address = real.address.ipv4, let localAddress = local.address.ipv4 else {
-                    counters.count(.droppedMalformed); return .drop
-                }
-                NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
-                NATRewrite.rewriteSource(bytes, packet, address: localAddress, port: local.port)
+                NATRewrite.rewriteDestination(bytes, packet, address: real.address, port: real.port)
+                NATRewrite.rewriteSource(bytes, packet, address: local.address, port: local.port)
                 return .acceptRewritten
             case .portsExhausted: counters.count(.droppedPortsExhausted); return .drop
             case .realServerRemoved: counters.count(.droppedRealServerRemoved); return .drop
@@ -233,14 +229,12 @@ public final class PacketHandler: PacketProcessor {
             case .conflict: counters.count(.droppedConflict); return .drop
             }
         }
-        if let inbound = tracker.reply(key, flags: packet.tcpFlags, now: now),
-           let vip = inbound.destination.address.ipv4, let client = inbound.source.address.ipv4 {
+        if let inbound = tracker.reply(key, flags: packet.tcpFlags, now: now) {
             // NAT: from RIP:rport to VIP:vport. FULLNAT also: to LIP:lport back to CIP:cport.
-            NATRewrite.rewriteSource(bytes, packet, address: vip, port: inbound.destination.port)
+            NATRewrite.rewriteSource(bytes, packet, address: inbound.destination.address, port: inbound.destination.port)
             counters.count(.replied)
             if inbound.source != key.destination {
-                NATRewrite.rewriteDestination(bytes, packet, address: client, port: inbound.source.port)
-                return .acceptRewritten
+                NATRewrite.rewriteDestination(bytes, packet, address: inbound.source.address, port: inbound.source.port)
             }
             return .acceptRewritten
         }
@@ -252,7 +246,7 @@ public final class PacketHandler: PacketProcessor {
 
     /// `ops`: schedule this datagram alone. NAT keeps a reply-keyed entry so the server's answer is mapped back;
     /// DR and TUN need none (the answer goes straight to the client).
-    private func onePacket(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet, _ key: FlowKey,
+    private func onePacket(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, _ key: FlowKey,
                            _ service: ServiceTable.Service, _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
         guard let realIndex = service.scheduler.pick(for: key) else { counters.count(.droppedNoRealServer); return .drop }
         let real = service.reals[realIndex]
@@ -264,33 +258,32 @@ public final class PacketHandler: PacketProcessor {
             return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters)
         case .nat, .fullnat:
             let assignment = ConnectionTracker.Assignment(realServer: real, real: service.numbers[realIndex])
-            guard tracker.oneShot(key, assignment: assignment, now: now), let address = real.address.ipv4 else {
+            guard tracker.oneShot(key, assignment: assignment, now: now) else {
                 counters.count(.droppedTableFull)
                 return .drop
             }
             counters.count(.forwarded)
-            NATRewrite.rewriteDestination(bytes, packet, address: address, port: real.port)
+            NATRewrite.rewriteDestination(bytes, packet, address: real.address, port: real.port)
             return .acceptRewritten
         }
     }
 
-    /// TUN: encapsulate towards the real server, or, when the result would exceed the path MTU and the client
-    /// forbade fragmentation, answer the client with ICMP "fragmentation needed" (MTU - 20) from the VIP in
-    /// place of the packet: routed back to the client, it lowers the client's path MTU (DESIGN.md: otherwise
-    /// the kernel's own ICMP would go to the outer source, the balancer, and the flow would black-hole).
-    private func tunnel(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet, _ path: TunnelPath,
+    /// TUN: encapsulate towards the real server, or, when the result would exceed the path MTU (and an IPv4
+    /// client forbade fragmentation; IPv6 routers never fragment), answer the client from the VIP in place of the
+    /// packet with ICMP "fragmentation needed" (MTU - 20) or ICMPv6 "packet too big" (MTU - 40): routed back to
+    /// the client, it lowers the client's path MTU (DESIGN.md: otherwise the kernel's own ICMP would go to the
+    /// outer source, the balancer, and the flow would black-hole).
+    private func tunnel(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, _ path: TunnelPath,
                         to real: Endpoint, _ counters: inout CounterBatch) -> Verdict {
-        guard let destination = real.address.ipv4, let source = path.source.ipv4 else {
-            counters.count(.droppedMalformed); return .drop
-        }
-        let dontFragment = bytes.loadBigEndianUInt16(at: 6) & 0x4000 != 0
-        if packet.totalLength + IPIPEncapsulation.overhead > path.mtu && dontFragment {
+        let overhead = TunnelEncapsulation.overhead(packet.family)
+        let mayFragment = packet.family == .v4 && bytes.loadBigEndianUInt16(at: 6) & 0x4000 == 0
+        if packet.totalLength + overhead > path.mtu && !mayFragment {
             counters.count(.tunnelTooBig)
-            let mtu = UInt16(clamping: path.mtu - IPIPEncapsulation.overhead)
-            let length = IPIPEncapsulation.replaceWithFragmentationNeeded(bytes, packet, mtu: mtu, vip: packet.destination)
+            let length = TunnelEncapsulation.replaceWithTooBig(bytes, packet, mtu: path.mtu - overhead,
+                                                               vip: packet.destination)
             return length > 0 ? .acceptReplaced(offset: 0, length: length) : .drop
         }
         counters.count(.forwarded)
-        return .acceptEncapsulated(source: source, destination: destination)
+        return .acceptEncapsulated(source: path.source, destination: real.address)
     }
 }

@@ -95,12 +95,14 @@ final class QueueWorker: @unchecked Sendable {
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: slice,
                                    mark: IptablesRules.translatedMark)
         case .acceptEncapsulated(let source, let destination):
-            let innerLength = Int(UnsafeRawBufferPointer(message.payload).loadBigEndianUInt16(at: 2))
-            guard innerLength + IPIPEncapsulation.overhead <= 0xFFFF - 4, innerLength <= message.payload.count else {
+            let inner = UnsafeRawBufferPointer(message.payload)
+            let family: IPFamily = inner[0] >> 4 == 6 ? .v6 : .v4
+            let innerLength = family == .v4 ? Int(inner.loadBigEndianUInt16(at: 2)) : 40 + Int(inner.loadBigEndianUInt16(at: 4))
+            guard innerLength + TunnelEncapsulation.overhead(family) <= 0xFFFF - 4, innerLength <= inner.count else {
                 local.count(.droppedMalformed)
                 return verdicts.append(queue: queue, packetID: id, verdict: .drop)
             }
-            return verdicts.appendEncapsulated(queue: queue, packetID: id, inner: UnsafeRawBufferPointer(message.payload),
+            return verdicts.appendEncapsulated(queue: queue, packetID: id, inner: inner, family: family,
                                                innerLength: innerLength, source: source, destination: destination)
         }
     }

@@ -3,7 +3,7 @@
 final class ServiceTable: Sendable {
     /// One virtual service as the packet path needs it.
     struct Service: Sendable {
-        let vip: UInt32
+        let vip: IPAddress
         let port: UInt16
         let transport: TransportProtocol
         let mode: ForwardingMode
@@ -34,7 +34,7 @@ final class ServiceTable: Sendable {
 
     /// The match fields of `services`, same order: plain values, so matching a packet retains nothing.
     struct Key: Sendable, Equatable {
-        let vip: UInt32
+        let vip: IPAddress
         let port: UInt16
         let transport: TransportProtocol
     }
@@ -94,7 +94,7 @@ final class ServiceTable: Sendable {
                 routes[Int(number)] = Route(mark: marks[i], tunnel: tunnels[i])
             }
             let loads = numbers[index].map { registry.loads[Int($0)] }
-            let key = Key(vip: service.vip.ipv4 ?? 0, port: service.port, transport: service.transport)
+            let key = Key(vip: service.vip, port: service.port, transport: service.transport)
             // Templates survive a change that keeps the service and its persistence settings.
             var templates: PersistenceTemplates?
             if service.persistence > 0 {
@@ -118,7 +118,7 @@ final class ServiceTable: Sendable {
         self.init(services: services, routes: routes)
     }
 
-    func matchService(_ packet: IPv4Packet) -> Int? {
+    func matchService(_ packet: IPPacket) -> Int? {
         keys.withUnsafeBufferPointer { keys in
             for i in keys.indices where keys[i].vip == packet.destination
                 && keys[i].port == packet.destinationPort && keys[i].transport == packet.transport {

@@ -1,37 +1,66 @@
-/// The LVS NAT header rewrite: destination VIP:vport -> RIP:rport on the way in, source RIP:rport -> VIP:vport
-/// on the way back. Both checksums are updated incrementally (RFC 1624), so a packet that arrived corrupt
-/// leaves corrupt and the receiver still drops it.
+/// The LVS NAT header rewrite, for both families: destination VIP:vport -> RIP:rport on the way in, source
+/// RIP:rport -> VIP:vport on the way back. Checksums are updated incrementally (RFC 1624): the IPv4 header
+/// checksum, and the transport checksum, which covers the addresses through the pseudo-header. So a packet that
+/// arrived corrupt leaves corrupt and the receiver still drops it. IPv6 has no header checksum; a UDP checksum
+/// of 0 (none) is valid only over IPv4 and stays 0 there, while over IPv6 it is computed in full (RFC 8200 8.1).
 public enum NATRewrite {
     /// Rewrites the destination address and port of `packet` (client -> real server).
-    public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet,
-                                          address: UInt32, port: UInt16) {
-        rewrite(bytes, packet, addressOffset: 16, oldAddress: packet.destination, newAddress: address,
-                portOffset: packet.transportOffset + 2, oldPort: packet.destinationPort, newPort: port)
+    public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
+                                          address: IPAddress, port: UInt16) {
+        rewrite(bytes, packet, addressOffset: packet.family.destinationOffset, oldAddress: packet.destination,
+                newAddress: address, portOffset: packet.transportOffset + 2, oldPort: packet.destinationPort, newPort: port)
     }
 
     /// Rewrites the source address and port of `packet` (real server reply -> client).
-    public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet,
-                                     address: UInt32, port: UInt16) {
-        rewrite(bytes, packet, addressOffset: 12, oldAddress: packet.source, newAddress: address,
-                portOffset: packet.transportOffset, oldPort: packet.sourcePort, newPort: port)
+    public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
+                                     address: IPAddress, port: UInt16) {
+        rewrite(bytes, packet, addressOffset: packet.family.sourceOffset, oldAddress: packet.source,
+                newAddress: address, portOffset: packet.transportOffset, oldPort: packet.sourcePort, newPort: port)
     }
 
-    static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPv4Packet,
-                        addressOffset: Int, oldAddress: UInt32, newAddress: UInt32,
+    static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
+                        addressOffset: Int, oldAddress: IPAddress, newAddress: IPAddress,
                         portOffset: Int, oldPort: UInt16, newPort: UInt16) {
+        let family = packet.family
         var addressDelta = ChecksumDelta()
-        addressDelta.replace(oldAddress, with: newAddress)
-        // IPv4 header checksum covers the address only.
-        let ipChecksum = bytes.loadBigEndianUInt16(at: 10)
-        bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: 10)
-        bytes.storeBigEndian(newAddress, at: addressOffset)
-        // The L4 checksum covers the address (pseudo-header) and the port.
-        var l4Delta = addressDelta
-        l4Delta.replace(oldPort, with: newPort)
+        addressDelta.replace(oldAddress, with: newAddress, family: family)
+        if family == .v4 {
+            // The IPv4 header checksum covers the address only.
+            let ipChecksum = bytes.loadBigEndianUInt16(at: 10)
+            bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: 10)
+        }
+        bytes.store(newAddress, family: family, at: addressOffset)
         let checksumOffset = packet.checksumOffset
         let l4Checksum = bytes.loadBigEndianUInt16(at: checksumOffset)
+        bytes.storeBigEndian(newPort, at: portOffset)
+        if packet.transport == .udp && l4Checksum == 0 && family == .v6 {
+            bytes.storeBigEndian(transportChecksum(bytes, packet), at: checksumOffset)
+            return
+        }
+        // The transport checksum covers the address (pseudo-header) and the port.
+        var l4Delta = addressDelta
+        l4Delta.replace(oldPort, with: newPort)
         let updated = packet.transport == .udp ? l4Delta.appliedToUDP(l4Checksum) : l4Delta.applied(to: l4Checksum)
         bytes.storeBigEndian(updated, at: checksumOffset)
-        bytes.storeBigEndian(newPort, at: portOffset)
+    }
+
+    /// The transport checksum of `packet` as it is now in `bytes`, computed in full (the field read as 0).
+    static func transportChecksum(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UInt16 {
+        let raw = UnsafeRawBufferPointer(bytes)
+        let source = address(raw, packet.family, at: packet.family.sourceOffset)
+        let destination = address(raw, packet.family, at: packet.family.destinationOffset)
+        bytes.storeBigEndian(UInt16(0), at: packet.checksumOffset)
+        let pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, family: packet.family,
+                                                      protocol: packet.transport.rawValue, length: packet.transportLength)
+        let checksum = InternetChecksum.compute(
+            UnsafeRawBufferPointer(rebasing: raw[packet.transportOffset..<packet.totalLength]), initial: pseudo)
+        return packet.transport == .udp && checksum == 0 ? 0xFFFF : checksum
+    }
+
+    /// The address of `family` at `offset` of `bytes`.
+    static func address(_ bytes: UnsafeRawBufferPointer, _ family: IPFamily, at offset: Int) -> IPAddress {
+        family == .v4
+            ? IPAddress(ipv4: bytes.loadBigEndianUInt32(at: offset))
+            : IPAddress(high: bytes.loadBigEndianUInt64(at: offset), low: bytes.loadBigEndianUInt64(at: offset + 8))
     }
 }

@@ -14,7 +14,7 @@ public struct TunnelPath: Sendable, Equatable {
     /// Asks the kernel (`ip route get REAL`): the `src` of the route, and its `mtu` attribute or else the
     /// output device's MTU. Nil when there is no route.
     public static func resolve(to real: IPAddress) -> TunnelPath? {
-        guard let (status, output) = runCapturingOutput(["ip", "-4", "route", "get", real.description]), status == 0 else {
+        guard let (status, output) = runCapturingOutput(["ip", real.isIPv4 ? "-4" : "-6", "route", "get", real.description]), status == 0 else {
             return nil
         }
         let words = output.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)

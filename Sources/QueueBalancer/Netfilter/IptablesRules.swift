@@ -18,10 +18,16 @@ public enum IptablesRules {
     /// second pass of a translated packet (measured: FULLNAT downloads fell to 4 Mbit/s without this).
     public static let translatedMark: UInt32 = 0x0100_0000
 
-    /// The `iptables-restore --noflush` input for `config`.
-    public static func restoreInput(for config: BalancerConfig, source: String? = nil) -> String {
+    /// The `iptables-restore --noflush` input for the IPv4 services of `config`, or with `family` `.v6` the
+    /// `ip6tables-restore --noflush` input for its IPv6 services (empty when it has none: IPv4 always gets its
+    /// chain, so that `run` can check the jump).
+    public static func restoreInput(for config: BalancerConfig, family: IPFamily = .v4, source: String? = nil) -> String {
+        let services = config.services.filter { $0.vip.isIPv4 == (family == .v4) }
+        if family == .v6 && services.isEmpty { return "" }
+        let tool = family == .v4 ? "iptables-restore" : "ip6tables-restore"
+        let host = family == .v4 ? "/32" : "/128"
         var lines: [String] = []
-        lines.append("# nfqlb rules" + (source.map { " for \($0)" } ?? "") + ": apply with iptables-restore --noflush")
+        lines.append("# nfqlb \(family) rules" + (source.map { " for \($0)" } ?? "") + ": apply with \(tool) --noflush")
         lines.append("*raw")
         lines.append(":\(chain) - [0:0]")
         let target = queueTarget(config.queues)
@@ -34,30 +40,30 @@ public enum IptablesRules {
         // FULLNAT rewrites sources to the VIP and the local addresses, which accept_local=1 lets the kernel
         // accept: so packets arriving from outside with those sources are spoofed, and dropped before queueing.
         var spoofable: [IPAddress] = []
-        for service in config.services where service.mode == .fullnat {
+        for service in services where service.mode == .fullnat {
             for address in [service.vip] + service.localAddresses where !spoofable.contains(address) {
                 spoofable.append(address)
             }
         }
         for address in spoofable {
             let mark = "0x\(String(translatedMark, radix: 16))"
-            lines.append("-A \(chain) ! -i lo -s \(address)/32 -m mark ! --mark \(mark)/\(mark) -m comment --comment \"nfqlb fullnat anti-spoof\" -j DROP")
+            lines.append("-A \(chain) ! -i lo -s \(address)\(host) -m mark ! --mark \(mark)/\(mark) -m comment --comment \"nfqlb fullnat anti-spoof\" -j DROP")
         }
         let ports = "\(config.fullnatPorts.lowerBound):\(config.fullnatPorts.upperBound)"
-        for service in config.services where service.vip.isIPv4 {
+        for service in services {
             let proto = service.transport.description
-            add("-d \(service.vip)/32 -p \(proto) -m \(proto) --dport \(service.port)",
+            add("-d \(service.vip)\(host) -p \(proto) -m \(proto) --dport \(service.port)",
                 "nfqlb \(service.mode) \(service): client to VIP")
             switch service.mode {
             case .nat:
                 for real in service.reals {
-                    add("-s \(real.address)/32 -p \(proto) -m \(proto) --sport \(real.port)",
+                    add("-s \(real.address)\(host) -p \(proto) -m \(proto) --sport \(real.port)",
                         "nfqlb \(service.mode) \(service): reply from \(real.endpoint)")
                 }
             case .fullnat:
                 for local in service.localAddresses {
                     for real in service.reals {
-                        add("-s \(real.address)/32 -d \(local)/32 -p \(proto) -m \(proto) --sport \(real.port) --dport \(ports)",
+                        add("-s \(real.address)\(host) -d \(local)\(host) -p \(proto) -m \(proto) --sport \(real.port) --dport \(ports)",
                             "nfqlb \(service.mode) \(service): reply from \(real.endpoint) to \(local)")
                     }
                 }
@@ -70,10 +76,11 @@ public enum IptablesRules {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    /// The policy routing of the DR real servers, as `ip -batch` input: one fwmark rule and one table with a
-    /// default route via the real server each. Empty when the config has no DR service.
-    public static func routeCommands(for config: BalancerConfig) -> String {
-        config.directRoutes.map { route in
+    /// The policy routing of the DR real servers of one family, as `ip -4 -batch` (or `ip -6 -batch`) input:
+    /// one fwmark rule and one table with a default route via the real server each. Empty when the config has
+    /// no DR real server of that family.
+    public static func routeCommands(for config: BalancerConfig, family: IPFamily = .v4) -> String {
+        config.directRoutes.filter { $0.realServer.isIPv4 == (family == .v4) }.map { route in
             "rule add fwmark 0x\(String(route.mark, radix: 16)) table \(route.table) pref \(routeRulePreference)\n"
                 + "route replace default via \(route.realServer) table \(route.table)\n"
         }.joined()
@@ -90,9 +97,10 @@ public enum IptablesRules {
     }
 
     /// Whether the jump to ``chain`` is installed in this network namespace (from `iptables -t raw -S
-    /// PREROUTING`). Nil when iptables cannot be run.
-    public static func installed() -> Bool? {
-        guard let (status, text) = runCapturingOutput(["iptables", "-w", "-t", "raw", "-S", "PREROUTING"]),
+    /// PREROUTING`, or `ip6tables` for `.v6`). Nil when iptables cannot be run.
+    public static func installed(family: IPFamily = .v4) -> Bool? {
+        guard let (status, text) = runCapturingOutput([family == .v4 ? "iptables" : "ip6tables", "-w", "-t", "raw",
+                                                       "-S", "PREROUTING"]),
               status == 0 else { return nil }
         return text.split(separator: "\n").contains { $0 == "-A PREROUTING -j \(chain)" }
     }

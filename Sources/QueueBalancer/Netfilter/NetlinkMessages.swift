@@ -137,11 +137,12 @@ public final class VerdictWriter {
         return true
     }
 
-    /// Appends an NF_ACCEPT verdict whose payload is `inner` behind a new outer IPv4 header (IPIP, TUN).
+    /// Appends an NF_ACCEPT verdict whose payload is `inner` behind a new outer header of its `family` (TUN).
     /// Returns false (and appends nothing) when it would not fit.
-    public func appendEncapsulated(queue: QueueNumber, packetID: UInt32, inner: UnsafeRawBufferPointer,
-                                   innerLength: Int, source: UInt32, destination: UInt32) -> Bool {
-        let payloadLength = IPIPEncapsulation.overhead + innerLength
+    public func appendEncapsulated(queue: QueueNumber, packetID: UInt32, inner: UnsafeRawBufferPointer, family: IPFamily,
+                                   innerLength: Int, source: IPAddress, destination: IPAddress) -> Bool {
+        let overhead = TunnelEncapsulation.overhead(family)
+        let payloadLength = overhead + innerLength
         let length = NetlinkLayout.attributesOffset + 12 + NetlinkLayout.align(4 + payloadLength)
         guard used + length <= limit, let innerBase = inner.baseAddress else { return false }
         // Header and verdict attribute as for a payload-less accept, then the payload attribute by hand.
@@ -152,9 +153,9 @@ public final class VerdictWriter {
         let attribute = p + NetlinkLayout.attributesOffset + 12
         attribute.storeBytes(of: UInt16(4 + payloadLength), toByteOffset: 0, as: UInt16.self)
         attribute.storeBytes(of: NetlinkLayout.attributePayload, toByteOffset: 2, as: UInt16.self)
-        IPIPEncapsulation.writeOuterHeader(attribute + 4, inner: inner, innerLength: innerLength,
-                                           source: source, destination: destination)
-        (attribute + 4 + IPIPEncapsulation.overhead).copyMemory(from: innerBase, byteCount: innerLength)
+        TunnelEncapsulation.writeOuterHeader(attribute + 4, inner: inner, family: family, innerLength: innerLength,
+                                             source: source, destination: destination)
+        (attribute + 4 + overhead).copyMemory(from: innerBase, byteCount: innerLength)
         let padded = NetlinkLayout.align(4 + payloadLength)
         if padded > 4 + payloadLength {
             (attribute + 4 + payloadLength).initializeMemory(as: UInt8.self, repeating: 0, count: padded - 4 - payloadLength)

@@ -1,9 +1,11 @@
 import Foundation
 
 /// The real-server side of LVS DR and TUN, the recipe an LVS user otherwise types by hand: the VIP on `lo`
-/// (so the real server accepts packets addressed to it) and ARP settings so that it never answers ARP for the
-/// VIP (`arp_ignore=1`: answer only for addresses of the receiving interface; `arp_announce=2`: never use the
-/// VIP as the source of ARP requests). Only the balancer may own the VIP on the shared L2 network.
+/// (so the real server accepts packets addressed to it) and, for an IPv4 VIP, ARP settings so that it never
+/// answers ARP for the VIP (`arp_ignore=1`: answer only for addresses of the receiving interface;
+/// `arp_announce=2`: never use the VIP as the source of ARP requests). Only the balancer may own the VIP on the
+/// shared L2 network. An IPv6 VIP needs no setting: Linux answers neighbour solicitations only for addresses of
+/// the interface they arrive on, never for one on `lo` (verified on this kernel).
 ///
 /// Idempotent both ways. What `setup` changes is recorded per network namespace under /run/nfqlb, so that
 /// `teardown` removes the VIPs it added and, when none is left, restores the sysctls it changed, nothing else.
@@ -37,19 +39,19 @@ public struct RealServerSetup {
         ("net/ipv4/conf/lo/arp_announce", "2"),
     ]
 
-    /// The mangle INPUT chain that queues IPIP packets to `nfqlb decap` (TUN on kernels without ipip).
+    /// The mangle INPUT chain (of iptables, or ip6tables) that queues tunnelled packets to `nfqlb decap` (TUN
+    /// on kernels without ipip/ip6_tunnel).
     public static let decapChain = "NFQLB-DECAP"
 
-    /// Puts `vip` on `lo` and applies the ARP sysctls; for TUN also queues IP protocol 4 at mangle INPUT
-    /// (after reassembly) to `decapQueue`, where `nfqlb decap` turns it into the inner packet. Returns what it
-    /// did, one line per change.
+    /// Puts `vip` on `lo` (IPv4: and applies the ARP sysctls); for TUN also queues the tunnel protocol (IPv4:
+    /// IP protocol 4 with iptables; IPv6: next header 41 with ip6tables) at mangle INPUT (after reassembly) to
+    /// `decapQueue`, where `nfqlb decap` turns it into the inner packet. Returns what it did, one line per change.
     public func setup(vip: IPAddress, mode: Mode, decapQueue: UInt16 = 0) throws(Failure) -> [String] {
-        guard vip.isIPv4 else { throw Failure(description: "IPv6 real servers are not supported yet (\(vip))") }
         try makeStateDirectory()
         var done: [String] = []
         let savedPath = stateDirectory + "/sysctl.saved"
         var saved = (try? String(contentsOfFile: savedPath, encoding: .utf8)) ?? ""
-        for (key, value) in RealServerSetup.sysctls {
+        for (key, value) in RealServerSetup.sysctls where vip.isIPv4 {
             let path = "\(sysctlRoot)/\(key)"
             guard let old = read(path) else { continue }
             if old == value { continue }
@@ -58,34 +60,38 @@ public struct RealServerSetup {
             done.append("sysctl \(key.replacingOccurrences(of: "/", with: ".")) = \(value) (was \(old))")
         }
         try save(saved, to: savedPath)
+        let host = vip.isIPv4 ? "/32" : "/128"
         if try !vipIsOnLoopback(vip) {
-            try ip(["addr", "add", "\(vip)/32", "dev", "lo"])
+            try ip([vip.isIPv4 ? "-4" : "-6", "addr", "add", "\(vip)\(host)", "dev", "lo"])
             try save("", to: stateDirectory + "/vip-\(vip)")
-            done.append("added \(vip)/32 to lo")
+            done.append("added \(vip)\(host) to lo")
         }
         if mode == .tun {
+            let tool = vip.isIPv4 ? "iptables" : "ip6tables"
             let chain = RealServerSetup.decapChain
-            let rule = ["-p", "4", "-m", "comment", "--comment", "nfqlb decap: IPIP to queue \(decapQueue)",
+            let proto = vip.isIPv4 ? "4" : "41"
+            let name = vip.isIPv4 ? "IPIP" : "IPv6-in-IPv6"
+            let rule = ["-p", proto, "-m", "comment", "--comment", "nfqlb decap: \(name) to queue \(decapQueue)",
                         "-j", "NFQUEUE", "--queue-num", "\(decapQueue)"]
-            let chainExists = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-S", chain])?.status == 0
+            let chainExists = runCapturingOutput([tool, "-w", "-t", "mangle", "-S", chain])?.status == 0
             let ruleExists = chainExists
-                && runCapturingOutput(["iptables", "-w", "-t", "mangle", "-C", chain] + rule)?.status == 0
+                && runCapturingOutput([tool, "-w", "-t", "mangle", "-C", chain] + rule)?.status == 0
             if !ruleExists {
-                try iptables(chainExists ? ["-F", chain] : ["-N", chain])
-                try iptables(["-A", chain] + rule)
-                done.append("queued IPIP (protocol 4) at mangle INPUT to NFQUEUE \(decapQueue) for nfqlb decap")
+                try mangle(tool, chainExists ? ["-F", chain] : ["-N", chain])
+                try mangle(tool, ["-A", chain] + rule)
+                done.append("queued \(name) (protocol \(proto)) at \(tool) mangle INPUT to NFQUEUE \(decapQueue) for nfqlb decap")
             }
-            if runCapturingOutput(["iptables", "-w", "-t", "mangle", "-C", "INPUT", "-j", chain])?.status != 0 {
-                try iptables(["-I", "INPUT", "1", "-j", chain])
+            if runCapturingOutput([tool, "-w", "-t", "mangle", "-C", "INPUT", "-j", chain])?.status != 0 {
+                try mangle(tool, ["-I", "INPUT", "1", "-j", chain])
             }
-            try save("", to: stateDirectory + "/decap")
+            try save("", to: stateDirectory + (vip.isIPv4 ? "/decap" : "/decap6"))
         }
         return done
     }
 
-    private func iptables(_ arguments: [String]) throws(Failure) {
-        guard let (status, _) = runCapturingOutput(["iptables", "-w", "-t", "mangle"] + arguments), status == 0 else {
-            throw Failure(description: "`iptables -t mangle \(arguments.joined(separator: " "))` failed (is iptables installed? root?)")
+    private func mangle(_ tool: String, _ arguments: [String]) throws(Failure) {
+        guard let (status, _) = runCapturingOutput([tool, "-w", "-t", "mangle"] + arguments), status == 0 else {
+            throw Failure(description: "`\(tool) -t mangle \(arguments.joined(separator: " "))` failed (is iptables installed? root?)")
         }
     }
 
@@ -95,21 +101,23 @@ public struct RealServerSetup {
         var done: [String] = []
         let marker = stateDirectory + "/vip-\(vip)"
         if FileManager.default.fileExists(atPath: marker) {
+            let host = vip.isIPv4 ? "/32" : "/128"
             if try vipIsOnLoopback(vip) {
-                try ip(["addr", "del", "\(vip)/32", "dev", "lo"])
-                done.append("removed \(vip)/32 from lo")
+                try ip([vip.isIPv4 ? "-4" : "-6", "addr", "del", "\(vip)\(host)", "dev", "lo"])
+                done.append("removed \(vip)\(host) from lo")
             }
             try? FileManager.default.removeItem(atPath: marker)
         }
         let remaining = (try? FileManager.default.contentsOfDirectory(atPath: stateDirectory))?
             .filter { $0.hasPrefix("vip-") } ?? []
         if remaining.isEmpty {
-            if FileManager.default.fileExists(atPath: stateDirectory + "/decap") {
+            for (marker, tool) in [("/decap", "iptables"), ("/decap6", "ip6tables")]
+            where FileManager.default.fileExists(atPath: stateDirectory + marker) {
                 let chain = RealServerSetup.decapChain
-                while runCapturingOutput(["iptables", "-w", "-t", "mangle", "-D", "INPUT", "-j", chain])?.status == 0 {}
-                _ = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-F", chain])
-                _ = runCapturingOutput(["iptables", "-w", "-t", "mangle", "-X", chain])
-                done.append("removed the IPIP queue rule (mangle \(chain))")
+                while runCapturingOutput([tool, "-w", "-t", "mangle", "-D", "INPUT", "-j", chain])?.status == 0 {}
+                _ = runCapturingOutput([tool, "-w", "-t", "mangle", "-F", chain])
+                _ = runCapturingOutput([tool, "-w", "-t", "mangle", "-X", chain])
+                done.append("removed the tunnel queue rule (\(tool) mangle \(chain))")
             }
             let savedPath = stateDirectory + "/sysctl.saved"
             let saved = (try? String(contentsOfFile: savedPath, encoding: .utf8)) ?? ""
@@ -125,10 +133,11 @@ public struct RealServerSetup {
     }
 
     private func vipIsOnLoopback(_ vip: IPAddress) throws(Failure) -> Bool {
-        guard let (status, output) = runCapturingOutput(["ip", "-4", "-o", "addr", "show", "dev", "lo"]), status == 0 else {
+        guard let (status, output) = runCapturingOutput(["ip", vip.isIPv4 ? "-4" : "-6", "-o", "addr", "show", "dev", "lo"]),
+              status == 0 else {
             throw Failure(description: "cannot run `ip addr show dev lo` (is iproute2 installed?)")
         }
-        return output.contains(" \(vip)/32 ")
+        return output.contains(" \(vip)\(vip.isIPv4 ? "/32" : "/128") ")
     }
 
     private func ip(_ arguments: [String]) throws(Failure) {
