@@ -99,14 +99,54 @@ struct DirectReturnEndToEndTests {
     }
 }
 
+/// IPv6 in every mode: the same scripts with the lab's IPv6 addresses (`LAB_FAMILY=6`): VIP 2001:db8:f::10,
+/// real servers 2001:db8:5::1X.
+@Suite(.serialized, .enabled(if: EndToEnd.canRun, "needs root to create network namespaces"))
+struct IPv6EndToEndTests {
+    @Test func natOverIPv6() throws {
+        let output = try EndToEnd.run("all", ipv6: true)
+        for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
+                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
+                     "distribution wrr r1=10 r2=20 r3=30"] {
+            #expect(output.contains(line))
+        }
+    }
+
+    @Test func fullNATOverIPv6() throws {
+        let output = try EndToEnd.run("fullnat", ipv6: true)
+        for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
+                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
+                     "fullnat peer: 2001:db8:5::1"] {
+            #expect(output.contains(line))
+        }
+    }
+
+    @Test func directRoutingOverIPv6() throws {
+        let output = try EndToEnd.run("dr", script: "direct-return.sh", ipv6: true)
+        for line in ["distribution dr r1=10 r2=10 r3=10", "copy range: 160 bytes"] + DirectReturnEndToEndTests.common {
+            #expect(output.contains(line))
+        }
+    }
+
+    /// IPv6-in-IPv6; the upload's full-size segments take the ICMPv6 "packet too big" path.
+    @Test func tunnelOverIPv6() throws {
+        let output = try EndToEnd.run("tun", script: "direct-return.sh", ipv6: true)
+        for line in ["distribution tun r1=10 r2=10 r3=10", "tunnel too big answered:",
+                     "decapsulated on every real server, none dropped"] + DirectReturnEndToEndTests.common {
+            #expect(output.contains(line))
+        }
+    }
+}
+
 enum EndToEnd {
     static var canRun: Bool { getuid() == 0 || ProcessInfo.processInfo.environment["CI"] != nil }
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
 
-    /// Runs `Tests/e2e/SCRIPT SCENARIO`; fails the test with the script's output when it exits non-zero.
-    static func run(_ scenario: String, script: String = "nat.sh") throws -> String {
+    /// Runs `Tests/e2e/SCRIPT SCENARIO` (with IPv6 addresses when `ipv6`); fails the test with the script's
+    /// output when it exits non-zero.
+    static func run(_ scenario: String, script: String = "nat.sh", ipv6: Bool = false) throws -> String {
         let binary = ProcessInfo.processInfo.environment["NFQLB"]
             ?? packageRoot.appendingPathComponent(".build/debug/nfqlb").path
         guard FileManager.default.isExecutableFile(atPath: binary) else {
@@ -118,6 +158,7 @@ enum EndToEnd {
         process.arguments = [packageRoot.appendingPathComponent("Tests/e2e/\(script)").path, scenario]
         var environment = ProcessInfo.processInfo.environment
         environment["NFQLB"] = binary
+        environment["LAB_FAMILY"] = ipv6 ? "6" : "4"
         process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe

@@ -7,7 +7,9 @@
 # Either way the real server (prepared by `nfqlb real-server setup`) holds the VIP on lo and answers the
 # client directly through the router, never through the balancer.
 #
-# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/direct-return.sh dr|tun      (root)
+# Usage: NFQLB=/abs/path/to/nfqlb [LAB_FAMILY=6] Tests/e2e/direct-return.sh dr|tun      (root)
+# With LAB_FAMILY=6 the VIP and the real servers are IPv6 (lib.sh): DR by IPv6 policy routing, TUN as
+# IPv6-in-IPv6 with ICMPv6 "packet too big" for the upload.
 # Checks: 30 HTTP requests spread 10/10/10 (rr); a 5 MiB download and a 3 MiB upload byte-identical; 30 UDP
 # datagrams answered from the VIP, 10/10/10; the balancer rewrote nothing and forwarded no reply (its FORWARD
 # counter for packets from the VIP stays 0) while the router carried the replies; no checksum errors; after
@@ -21,7 +23,9 @@ lab_unmask_signals "$@"
 [ -n "${NFQLB:-}" ] && [[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
 export NFQLB
 setup=$LAB_ROOT/scripts/iptables-setup.sh
-vip=203.0.113.10
+vip=$LAB_VIP
+iptables=iptables; icmp=icmp
+[ "$LAB_FAMILY" = 6 ] && { iptables=ip6tables; icmp=ipv6-icmp; }
 declare -a decap_pid
 
 lab_init "n${mode:0:1}$$x"
@@ -38,7 +42,9 @@ lab_dr_up
 # The real servers: the LVS recipe through nfqlb itself, then services bound to the VIP (DR keeps the port).
 for i in 1 2 3; do
     in_ns "${P}r$i" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null || fail "real-server setup on r$i"
-    [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 1 ] || fail "arp_ignore not set on r$i"
+    if [ "$LAB_FAMILY" = 4 ]; then
+        [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 1 ] || fail "arp_ignore not set on r$i"
+    fi
 done
 grep -q "nothing to change" <<<"$(in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode")" || fail "real-server setup is not idempotent"
 if [ "$mode" = tun ]; then
@@ -54,7 +60,7 @@ fi
 head -c 5242880 /dev/urandom > "$LAB_TMP/big.bin"
 cat > "$LAB_TMP/echo.py" <<'PY'
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[2], 53))
 while True:
     data, peer = s.recvfrom(65535)
@@ -68,7 +74,7 @@ done
 lab_start_upload_sinks "$vip" "$vip" "$vip"
 for i in 1 2 3; do
     for _ in $(seq 50); do
-        in_ns "${P}r$i" curl -s --max-time 1 -o /dev/null "http://$vip/whoami" && continue 2
+        in_ns "${P}r$i" curl -s --max-time 1 -o /dev/null "http://$LAB_URL_HOST/whoami" && continue 2
         sleep 0.1
     done
     fail "HTTP server on r$i did not start"
@@ -79,11 +85,11 @@ cat > "$LAB_TMP/lb.yaml" <<YAML
 queues: [0]
 services:
   - { vip: $vip, port: 80, protocol: tcp, mode: $mode, scheduler: rr,
-      reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+      reals: [ { address: ${LAB_RIP[0]} }, { address: ${LAB_RIP[1]} }, { address: ${LAB_RIP[2]} } ] }
   - { vip: $vip, port: 9000, protocol: tcp, mode: $mode, scheduler: rr,
-      reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+      reals: [ { address: ${LAB_RIP[0]} }, { address: ${LAB_RIP[1]} }, { address: ${LAB_RIP[2]} } ] }
   - { vip: $vip, port: 53, protocol: udp, mode: $mode, scheduler: rr,
-      reals: [ { address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 } ] }
+      reals: [ { address: ${LAB_RIP[0]} }, { address: ${LAB_RIP[1]} }, { address: ${LAB_RIP[2]} } ] }
 YAML
 
 hosts=(c r1 r2 r3 b g)
@@ -91,19 +97,19 @@ declare -A csum_before
 for h in "${hosts[@]}"; do csum_before[$h]=$(csum_errors "${P}$h"); done
 # Counting rules: replies (source: the VIP) forwarded by the router, and by the balancer (must stay 0; the
 # balancer's own ICMP "fragmentation needed" answers in TUN mode also come from the VIP, so ICMP is left out).
-in_ns "${P}g" iptables -w -A FORWARD -s "$vip" -j ACCEPT
-in_ns "${P}b" iptables -w -A FORWARD -s "$vip" ! -p icmp -j ACCEPT
+in_ns "${P}g" $iptables -w -A FORWARD -s "$vip" -j ACCEPT
+in_ns "${P}b" $iptables -w -A FORWARD -s "$vip" ! -p $icmp -j ACCEPT
 nfqlb_start "$LAB_TMP/lb.yaml"
 if [ "$mode" = dr ]; then
     copy=$(in_ns "${P}b" awk '$1 == 0 { print $5 }' /proc/net/netfilter/nfnetlink_queue)
     [ "$copy" = 160 ] || fail "DR should copy only the headers (copy range $copy, want 160)"
     echo "copy range: $copy bytes"
-    grep -q "fwmark 0x1000 lookup 4096" <<<"$(in_ns "${P}b" ip rule)" || fail "fwmark rule missing: $(in_ns "${P}b" ip rule)"
+    grep -q "fwmark 0x1000 lookup 4096" <<<"$(in_ns "${P}b" ip -$LAB_FAMILY rule)" || fail "fwmark rule missing: $(in_ns "${P}b" ip -$LAB_FAMILY rule)"
 fi
 
 declare -A count=([r1]=0 [r2]=0 [r3]=0)
 for i in $(seq 30); do
-    answer=$(in_ns "${P}c" curl -s --max-time 5 "http://$vip/whoami") || fail "request $i through the VIP failed"
+    answer=$(in_ns "${P}c" curl -s --max-time 5 "http://$LAB_URL_HOST/whoami") || fail "request $i through the VIP failed"
     [[ $answer =~ ^r[123]$ ]] || fail "request $i: unexpected answer '$answer'"
     count[$answer]=$((count[$answer] + 1))
 done
@@ -111,7 +117,7 @@ line="distribution $mode r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
 echo "$line"
 [ "$line" = "distribution $mode r1=10 r2=10 r3=10" ] || fail "$mode: $line"
 
-in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$vip/big.bin" || fail "download failed"
+in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$LAB_URL_HOST/big.bin" || fail "download failed"
 cmp -s "$LAB_TMP/big.bin" "$LAB_TMP/download.bin" || fail "download differs"
 echo "download 5242880 bytes identical"
 
@@ -123,12 +129,12 @@ vip = sys.argv[1]
 count = {"r1": 0, "r2": 0, "r3": 0}
 sockets = []
 for i in range(30):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET, socket.SOCK_DGRAM)
     sockets.append(s)
     s.settimeout(2)
     s.sendto(b"ping%d" % i, (vip, 53))
     data, peer = s.recvfrom(2048)
-    if peer != (vip, 53):
+    if peer[:2] != (vip, 53):
         sys.exit("answer from %s" % (peer,))
     name, _, payload = data.decode().partition(":")
     if payload != "ping%d" % i:
@@ -147,8 +153,12 @@ echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
 for counter in dropped_malformed dropped_no_real_server dropped_verdict_send kernel_messages kernel_queue_dropped kernel_user_dropped; do
     [ "$(stat_value $counter)" = 0 ] || fail "$counter = $(stat_value $counter)"
 done
-via_router=$(in_ns "${P}g" iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '$8 == v { print $1 }')
-via_balancer=$(in_ns "${P}b" iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '$8 == v { print $1 }')
+# The packet count of the FORWARD rule whose source is the VIP (column positions differ between families).
+forward_count() {
+    in_ns "$1" $iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '{ for (i = 2; i <= NF; i++) if ($i == v || $i == v "/128") { print $1; next } }'
+}
+via_router=$(forward_count "${P}g")
+via_balancer=$(forward_count "${P}b")
 echo "replies from the VIP: via router $via_router packets, via balancer $via_balancer packets"
 [ "$via_balancer" = 0 ] && [ "$via_router" -gt 0 ] || fail "replies did not take the direct return path"
 echo "direct return: balancer handled no reply"
@@ -176,15 +186,15 @@ done
 echo "$line"
 [ "$line" = "checksum errors: client +0 r1 +0 r2 +0 r3 +0 balancer +0 router +0" ] || fail "checksum errors appeared"
 
-in_ns "${P}b" iptables -w -D FORWARD -s "$vip" ! -p icmp -j ACCEPT
+in_ns "${P}b" $iptables -w -D FORWARD -s "$vip" ! -p $icmp -j ACCEPT
 in_ns "${P}b" "$setup" down >/dev/null
-grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)" && fail "iptables rules left behind"
-grep -q fwmark <<<"$(in_ns "${P}b" ip rule)" && fail "fwmark rules left behind: $(in_ns "${P}b" ip rule)"
-[ -z "$(in_ns "${P}b" ip route show table 4096 2>/dev/null)" ] || fail "route table 4096 left behind"
+grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save; in_ns "${P}b" ip6tables-save)" && fail "iptables rules left behind"
+grep -q fwmark <<<"$(in_ns "${P}b" ip -4 rule; in_ns "${P}b" ip -6 rule)" && fail "fwmark rules left behind: $(in_ns "${P}b" ip -$LAB_FAMILY rule)"
+[ -z "$(in_ns "${P}b" ip -$LAB_FAMILY route show table 4096 2>/dev/null)" ] || fail "route table 4096 left behind"
 for i in 1 2 3; do
     in_ns "${P}r$i" "$NFQLB" real-server teardown --vip "$vip" >/dev/null
     grep -q "$vip" <<<"$(in_ns "${P}r$i" ip -o addr show dev lo)" && fail "VIP still on lo of r$i"
-    grep -q NFQLB <<<"$(in_ns "${P}r$i" iptables-save)" && fail "decap rule left on r$i"
+    grep -q NFQLB <<<"$(in_ns "${P}r$i" iptables-save; in_ns "${P}r$i" ip6tables-save)" && fail "decap rule left on r$i"
     [ "$(in_ns "${P}r$i" sysctl -n net.ipv4.conf.all.arp_ignore)" = 0 ] || fail "arp_ignore not restored on r$i"
 done
 echo "cleanup: no rules left"

@@ -11,6 +11,11 @@
 #    routed to the balancer,                          └─ r3 ── veth ── eth0 198.51.100.13/24  ${P}r3
 #    not configured on it)                                      (each: default via 198.51.100.1)
 #
+# Every link also carries IPv6 (no DAD, no multicast snooping on the bridges): client 2001:db8:c::2, balancer
+# 2001:db8:c::1 and 2001:db8:5::1, real servers 2001:db8:5::1X, VIP 2001:db8:f::10 (the router of lab_dr_up:
+# 2001:db8:c::fe and 2001:db8:5::fe). LAB_FAMILY=6 in the environment makes the helpers below (servers, the
+# LAB_* address variables) use the IPv6 addresses; the IPv4 ones otherwise.
+#
 # Interfaces are created directly inside their namespaces (ip -n NS link add ... peer ... netns NS2), so their
 # names are short, fixed, and never appear in the root namespace, whatever the length of the prefix.
 #
@@ -36,11 +41,21 @@
 #   stat_value NAME            a counter from the stats file of the last nfqlb run
 #   fail MSG / pass MSG        "FAIL: MSG" on stderr and exit 1 / "ok: MSG"
 #
-# Variables for callers: P (prefix), LAB_TMP (temp dir), LAB_ROOT (repository root), LAB_PYTHON,
+# Variables for callers: LAB_VIP, LAB_RIP (array of the 3 real servers' addresses), LAB_LIP (the balancer's
+# server-side address), LAB_CLIENT, LAB_URL_HOST (the VIP as a URL host: [v6]), LAB_HOST_BITS (32 or 128),
+# P (prefix), LAB_TMP (temp dir), LAB_ROOT (repository root), LAB_PYTHON,
 # NFQLB (nfqlb binary, needed by nfqlb_start), NFQLB_PID, NFQLB_LOG, NFQLB_STATS, LAB_EXIT_STATUS (in the hook).
 set -euo pipefail
 
 LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LAB_FAMILY=${LAB_FAMILY:-4}
+if [ "$LAB_FAMILY" = 6 ]; then
+    LAB_VIP=2001:db8:f::10; LAB_RIP=(2001:db8:5::11 2001:db8:5::12 2001:db8:5::13); LAB_LIP=2001:db8:5::1
+    LAB_CLIENT=2001:db8:c::2; LAB_URL_HOST="[$LAB_VIP]"; LAB_HOST_BITS=128
+else
+    LAB_VIP=203.0.113.10; LAB_RIP=(198.51.100.11 198.51.100.12 198.51.100.13); LAB_LIP=198.51.100.1
+    LAB_CLIENT=192.0.2.2; LAB_URL_HOST=$LAB_VIP; LAB_HOST_BITS=32
+fi
 LAB_PIDS=()         # every background process this run started, by PID
 LAB_NS=()           # every namespace this run created
 LAB_TMP=""
@@ -55,6 +70,9 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "ok: $*"; }
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# url_host ADDRESS: the address as the host part of a URL ([..] around IPv6).
+url_host() { if [[ $1 == *:* ]]; then echo "[$1]"; else echo "$1"; fi; }
 
 # lab_unmask_signals "$@": call it right after sourcing, with the script's arguments. Some launchers start
 # processes with most signals blocked: Foundation.Process on Linux passes Dispatch's worker-thread mask on
@@ -168,11 +186,13 @@ lab_teardown() {
     return 0
 }
 
-# lab_add_ns NAME: creates a namespace, records it, brings up its loopback.
+# lab_add_ns NAME: creates a namespace, records it, brings up its loopback; no IPv6 duplicate address
+# detection on the links created afterwards (addresses usable at once).
 lab_add_ns() {
     ip netns add "$1"
     LAB_NS+=("$1")
     ip -n "$1" link set lo up
+    in_ns "$1" sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
 }
 
 lab_nat_up() {
@@ -186,14 +206,18 @@ lab_nat_up() {
     ip -n "$c" addr add 192.0.2.2/24 dev eth0
     ip -n "$c" link set eth0 up
     ip -n "$c" route add 203.0.113.0/24 via 192.0.2.1     # the VIP range is routed to the balancer
+    ip -n "$c" addr add 2001:db8:c::2/64 dev eth0 nodad
+    ip -n "$c" route add 2001:db8:f::/64 via 2001:db8:c::1
     ip -n "$b" addr add 192.0.2.1/24 dev client0
+    ip -n "$b" addr add 2001:db8:c::1/64 dev client0 nodad
     ip -n "$b" link set client0 up
 
     # balancer: bridge for the real servers, forwarding on
-    ip -n "$b" link add br0 type bridge
+    ip -n "$b" link add br0 type bridge mcast_snooping 0
     ip -n "$b" addr add 198.51.100.1/24 dev br0
+    ip -n "$b" addr add 2001:db8:5::1/64 dev br0 nodad
     ip -n "$b" link set br0 up
-    in_ns "$b" sysctl -qw net.ipv4.ip_forward=1
+    in_ns "$b" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
     # real servers, each on a bridge port of the balancer
     for i in 1 2 3; do
@@ -203,8 +227,10 @@ lab_nat_up() {
         ip -n "$b" link set "r$i" master br0
         ip -n "$b" link set "r$i" up
         ip -n "$r" addr add "198.51.100.1$i/24" dev eth0
+        ip -n "$r" addr add "2001:db8:5::1$i/64" dev eth0 nodad
         ip -n "$r" link set eth0 up
         ip -n "$r" route add default via 198.51.100.1
+        ip -n "$r" route add default via 2001:db8:5::1
     done
 }
 
@@ -220,10 +246,12 @@ lab_dr_up() {
     local c=${P}c b=${P}b g=${P}g i r dev
     [ -n "$P" ] || fail "lab_dr_up: call lab_init first"
     lab_add_ns "$c"; lab_add_ns "$b"; lab_add_ns "$g"
-    ip -n "$g" link add brc type bridge
-    ip -n "$g" link add brs type bridge
+    ip -n "$g" link add brc type bridge mcast_snooping 0
+    ip -n "$g" link add brs type bridge mcast_snooping 0
     ip -n "$g" addr add 192.0.2.254/24 dev brc
     ip -n "$g" addr add 198.51.100.254/24 dev brs
+    ip -n "$g" addr add 2001:db8:c::fe/64 dev brc nodad
+    ip -n "$g" addr add 2001:db8:5::fe/64 dev brs nodad
     ip -n "$g" link set brc up
     ip -n "$g" link set brs up
     # lab_dr_port NS IFNAME BRIDGE PORTNAME: a veth from NS to a port of a router bridge.
@@ -236,21 +264,28 @@ lab_dr_up() {
     lab_dr_port "$c" eth0 brc c0
     ip -n "$c" addr add 192.0.2.2/24 dev eth0
     ip -n "$c" route add 203.0.113.0/24 via 192.0.2.1
+    ip -n "$c" addr add 2001:db8:c::2/64 dev eth0 nodad
+    ip -n "$c" route add 2001:db8:f::/64 via 2001:db8:c::1
     lab_dr_port "$b" client0 brc b0
     ip -n "$b" addr add 192.0.2.1/24 dev client0
+    ip -n "$b" addr add 2001:db8:c::1/64 dev client0 nodad
     lab_dr_port "$b" servers0 brs b1
     ip -n "$b" addr add 198.51.100.1/24 dev servers0
-    in_ns "$b" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "$b" addr add 2001:db8:5::1/64 dev servers0 nodad
+    in_ns "$b" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     # The router forwards the real servers' replies (source: the VIP) to the client.
-    in_ns "$g" sysctl -qw net.ipv4.ip_forward=1
+    in_ns "$g" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
     ip -n "$g" route add 203.0.113.0/24 via 192.0.2.1
+    ip -n "$g" route add 2001:db8:f::/64 via 2001:db8:c::1
     for dev in all default brc brs; do in_ns "$g" sysctl -qw "net.ipv4.conf.$dev.rp_filter=0"; done
     for i in 1 2 3; do
         r=${P}r$i
         lab_add_ns "$r"
         lab_dr_port "$r" eth0 brs "r$i"
         ip -n "$r" addr add "198.51.100.1$i/24" dev eth0
+        ip -n "$r" addr add "2001:db8:5::1$i/64" dev eth0 nodad
         ip -n "$r" route add default via 198.51.100.254
+        ip -n "$r" route add default via 2001:db8:5::fe
     done
 }
 
@@ -260,7 +295,8 @@ lab_start_upload_sinks() {
     local i=0 address
     cat > "$LAB_TMP/sink.py" <<'PY'
 import hashlib, socket, sys, threading
-server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = socket.create_server((sys.argv[1], int(sys.argv[2])), family=family)
 def serve(conn):
     h, n = hashlib.sha256(), 0
     while True:
@@ -315,12 +351,12 @@ lab_start_http_servers() {
         echo "r$i" > "$dir/whoami"
         ln -f "$LAB_TMP/big.bin" "$dir/big.bin"
         lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" \
-            "$LAB_PYTHON" -m http.server 8080 --bind "198.51.100.1$i" --directory "$dir"
+            "$LAB_PYTHON" -m http.server 8080 --bind "${LAB_RIP[i - 1]}" --directory "$dir"
     done
     # Ready when each answers its own whoami (bounded: 50 x 0.1 s + curl time).
     for i in 1 2 3; do
         for _ in $(seq 50); do
-            if [ "$(in_ns "${P}r$i" curl -s --max-time 1 "http://198.51.100.1$i:8080/whoami")" = "r$i" ]; then
+            if [ "$(in_ns "${P}r$i" curl -s --max-time 1 "http://$(url_host "${LAB_RIP[i - 1]}"):8080/whoami")" = "r$i" ]; then
                 continue 2
             fi
             sleep 0.1
@@ -335,7 +371,7 @@ udp_ask() {
     in_ns "$1" "$LAB_PYTHON" -c '
 import socket, sys
 host, port, payload, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(timeout)
 s.sendto(payload.encode(), (host, port))
 try:
@@ -353,18 +389,18 @@ lab_start_udp_echo() {
     cat > "$LAB_TMP/udp_echo.py" <<'PY'
 import socket, sys
 name, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((address, port))
 while True:
     data, peer = s.recvfrom(65535)
     s.sendto(name.encode() + b":" + data, peer)
 PY
     for i in 1 2 3; do
-        lab_spawn "${P}r$i" "$LAB_TMP/udp$i.log" "$LAB_PYTHON" "$LAB_TMP/udp_echo.py" "r$i" "198.51.100.1$i" 5353
+        lab_spawn "${P}r$i" "$LAB_TMP/udp$i.log" "$LAB_PYTHON" "$LAB_TMP/udp_echo.py" "r$i" "${LAB_RIP[i - 1]}" 5353
     done
     for i in 1 2 3; do
         for _ in $(seq 50); do
-            if [ "$(udp_ask "${P}r$i" "198.51.100.1$i" 5353 ready 0.1 2>/dev/null)" = "198.51.100.1$i 5353 r$i:ready" ]; then
+            if [ "$(udp_ask "${P}r$i" "${LAB_RIP[i - 1]}" 5353 ready 0.1 2>/dev/null)" = "${LAB_RIP[i - 1]} 5353 r$i:ready" ]; then
                 continue 2
             fi
             sleep 0.1
@@ -399,9 +435,12 @@ csum_check() {
 
 rules_cleanup_check() {
     in_ns "${P}b" "$LAB_ROOT/scripts/iptables-setup.sh" down >/dev/null || fail "iptables-setup.sh down failed"
-    if grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save)"; then
-        fail "rules left behind: $(in_ns "${P}b" iptables-save | grep NFQLB | tr '\n' ' ')"
-    fi
+    local tool
+    for tool in iptables-save ip6tables-save; do
+        if grep -q NFQLB <<<"$(in_ns "${P}b" "$tool")"; then
+            fail "rules left behind: $(in_ns "${P}b" "$tool" | grep NFQLB | tr '\n' ' ')"
+        fi
+    done
     [ "$(in_ns "${P}b" sysctl -n net.ipv4.conf.all.accept_local)" = 0 ] || fail "accept_local not restored by down"
     echo "cleanup: no rules left"
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of nfqlb's LVS NAT mode in a lab of network namespaces (topology: see lib.sh).
 #
-# Usage: NFQLB=/abs/path/to/nfqlb Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|fullnat|all]     (root; default: all)
+# Usage: NFQLB=/abs/path/to/nfqlb [LAB_FAMILY=6] Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|fullnat|all]
+#        (root; default: all). With LAB_FAMILY=6 every address below is its IPv6 counterpart (lib.sh): the VIP
+#        2001:db8:f::10, the real servers 2001:db8:5::1X, the local address 2001:db8:5::1.
 #
 #   rr        60 sequential HTTP requests to 203.0.113.10:80, scheduler rr 1:1:1   -> exactly 20/20/20
 #   wrr       60 sequential HTTP requests, scheduler wrr 1:2:3                      -> exactly 10/20/30
@@ -65,7 +67,7 @@ lab_extra_teardown() {
 lab_nat_up
 lab_start_http_servers
 lab_start_udp_echo
-lab_start_upload_sinks 198.51.100.11 198.51.100.12 198.51.100.13
+lab_start_upload_sinks "${LAB_RIP[@]}"
 pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 
 # write_config FILE TCP_SCHEDULER W1 W2 W3: TCP 203.0.113.10:80 -> :8080 with that scheduler and weights;
@@ -75,37 +77,37 @@ pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 write_config() {
     local mode=${MODE:-nat} locals=""
     [ "$mode" = fullnat ] && locals="
-    local-addresses: [198.51.100.1]"
+    local-addresses: [$LAB_LIP]"
     cat > "$1" <<YAML
 queues: ${QUEUES:-[0]}
 services:
-  - vip: 203.0.113.10
+  - vip: $LAB_VIP
     port: 80
     protocol: tcp
     mode: $mode$locals
     scheduler: $2
     reals:
-      - { address: 198.51.100.11, port: 8080, weight: $3 }
-      - { address: 198.51.100.12, port: 8080, weight: $4 }
-      - { address: 198.51.100.13, port: 8080, weight: $5 }
-  - vip: 203.0.113.10
+      - { address: ${LAB_RIP[0]}, port: 8080, weight: $3 }
+      - { address: ${LAB_RIP[1]}, port: 8080, weight: $4 }
+      - { address: ${LAB_RIP[2]}, port: 8080, weight: $5 }
+  - vip: $LAB_VIP
     port: 53
     protocol: udp
     mode: $mode$locals
     scheduler: rr
     reals:
-      - { address: 198.51.100.11, port: 5353, weight: 1 }
-      - { address: 198.51.100.12, port: 5353, weight: 1 }
-      - { address: 198.51.100.13, port: 5353, weight: 1 }
-  - vip: 203.0.113.10
+      - { address: ${LAB_RIP[0]}, port: 5353, weight: 1 }
+      - { address: ${LAB_RIP[1]}, port: 5353, weight: 1 }
+      - { address: ${LAB_RIP[2]}, port: 5353, weight: 1 }
+  - vip: $LAB_VIP
     port: 9000
     protocol: tcp
     mode: $mode$locals
     scheduler: rr
     reals:
-      - { address: 198.51.100.11 }
-      - { address: 198.51.100.12 }
-      - { address: 198.51.100.13 }
+      - { address: ${LAB_RIP[0]} }
+      - { address: ${LAB_RIP[1]} }
+      - { address: ${LAB_RIP[2]} }
 YAML
 }
 
@@ -132,7 +134,7 @@ http_run() {
     local name=$1 n=$2 expected=$3 i answer failed=0 line
     local -A count=([r1]=0 [r2]=0 [r3]=0)
     for i in $(seq "$n"); do
-        answer=$(in_ns "${P}c" curl -s --max-time 5 http://203.0.113.10/whoami) || answer=""
+        answer=$(in_ns "${P}c" curl -s --max-time 5 "http://$LAB_URL_HOST/whoami") || answer=""
         if [[ $answer =~ ^r[123]$ ]]; then
             count[$answer]=$((count[$answer] + 1))
         else
@@ -154,7 +156,7 @@ run_wrr() { http_run wrr 60 "distribution wrr r1=10 r2=20 r3=30"; }
 run_download() {
     local want got size
     rm -f "$LAB_TMP/download.bin"
-    in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" http://203.0.113.10/big.bin ||
+    in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$LAB_URL_HOST/big.bin" ||
         fail "download of big.bin through the VIP failed (curl status $?)"
     want=$(sha256sum < "$LAB_TMP/big.bin" | cut -d' ' -f1)
     got=$(sha256sum < "$LAB_TMP/download.bin" | cut -d' ' -f1)
@@ -171,21 +173,23 @@ run_udp() {
     # connections for the balancer, hence exactly 10 per server with rr.
     cat > "$LAB_TMP/udp_client.py" <<'PY'
 import socket, sys
+vip = sys.argv[1]
+family = socket.AF_INET6 if ":" in vip else socket.AF_INET
 count = {"r1": 0, "r2": 0, "r3": 0}
 sockets, ports = [], set()
 for i in range(30):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family, socket.SOCK_DGRAM)
     sockets.append(s)
     s.settimeout(2)
     payload = b"ping%d" % i
-    s.sendto(payload, ("203.0.113.10", 53))
+    s.sendto(payload, (vip, 53))
     ports.add(s.getsockname()[1])
     try:
         data, peer = s.recvfrom(2048)
     except socket.timeout:
         sys.exit("datagram %d: no answer within 2 s" % i)
-    if peer != ("203.0.113.10", 53):
-        sys.exit("datagram %d: answer from %s:%d, not from 203.0.113.10:53" % (i, peer[0], peer[1]))
+    if peer[:2] != (vip, 53):
+        sys.exit("datagram %d: answer from %s:%d, not from %s:53" % (i, peer[0], peer[1], vip))
     name, _, echoed = data.partition(b":")
     if echoed != payload or name.decode() not in count:
         sys.exit("datagram %d: bad answer %r" % (i, data))
@@ -194,11 +198,11 @@ if len(ports) != 30:
     sys.exit("only %d distinct source ports" % len(ports))
 print("distribution udp r1=%d r2=%d r3=%d" % (count["r1"], count["r2"], count["r3"]))
 PY
-    out=$(in_ns "${P}c" "$LAB_PYTHON" "$LAB_TMP/udp_client.py" 2>&1) || fail "udp through the VIP: $out"
+    out=$(in_ns "${P}c" "$LAB_PYTHON" "$LAB_TMP/udp_client.py" "$LAB_VIP" 2>&1) || fail "udp through the VIP: $out"
     echo "$out"
     [[ $out =~ r1=[1-9].*r2=[1-9].*r3=[1-9] ]] || fail "udp: not every real server answered ($out)"
     [ "$out" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp: rr over 30 new flows gave '$out', want 10 each"
-    pass "udp: 30 datagrams from 30 source ports answered from 203.0.113.10:53, every server seen"
+    pass "udp: 30 datagrams from 30 source ports answered from $LAB_VIP:53, every server seen"
 }
 
 # Checksum error counters of the client, the real servers and the balancer before any traffic through the VIP.
@@ -217,20 +221,20 @@ case "$scenario" in
     udp)      nfqlb_start "$rr_config";  run_udp ;;
     fullnat)
         # No route back through the balancer on the real servers: FULLNAT does not need one.
-        for i in 1 2 3; do ip -n "${P}r$i" route del default; done
+        for i in 1 2 3; do ip -n "${P}r$i" -4 route del default; ip -n "${P}r$i" -6 route del default; done
         MODE=fullnat write_config "$LAB_TMP/fullnat.yaml" rr 1 1 1
         # Skip the log lines of the servers' own readiness checks.
         for i in 1 2 3; do skip[$i]=$(wc -l < "$LAB_TMP/http$i.log"); done
         nfqlb_start "$LAB_TMP/fullnat.yaml"
         run_rr
         run_download
-        upload_check 203.0.113.10 3145728
+        upload_check "$LAB_VIP" 3145728
         run_udp
         # The real servers' HTTP logs name the peer of each accepted connection: only the local address.
         peers=$(for i in 1 2 3; do tail -n +$((skip[$i] + 1)) "$LAB_TMP/http$i.log"; done | awk '/GET/ { print $1 }' | sort -u | tr '\n' ' ')
         echo "real servers saw peers: $peers"
-        [ "$peers" = "198.51.100.1 " ] || fail "fullnat: real servers saw peers '$peers', want only the local address"
-        echo "fullnat peer: 198.51.100.1"
+        [ "$peers" = "$LAB_LIP " ] || fail "fullnat: real servers saw peers '$peers', want only the local address"
+        echo "fullnat peer: $LAB_LIP"
         pass "fullnat: no gateway on the real servers, every connection from the local address" ;;
     multiqueue)
         # Two queues with --queue-balance 0:1: the kernel hashes addresses only, so a connection's two
@@ -246,7 +250,7 @@ case "$scenario" in
     local-vip)
         # The VIP is also a local address of the balancer: the rewritten replies then carry a local source
         # address, which the kernel accepts only with accept_local=1 (set by iptables-setup.sh up).
-        ip -n "${P}b" addr add 203.0.113.10/32 dev lo
+        ip -n "${P}b" addr add "$LAB_VIP/$LAB_HOST_BITS" dev lo
         nfqlb_start "$rr_config"
         run_rr
         run_udp ;;
@@ -254,7 +258,7 @@ case "$scenario" in
         nfqlb_start "$rr_config"
         run_rr
         run_download
-        upload_check 203.0.113.10 3145728
+        upload_check "$LAB_VIP" 3145728
         run_udp
         stop_and_check
         # Second configuration: setup `up` again (idempotent, replaces the rules), new nfqlb.
