@@ -25,6 +25,7 @@ struct EndToEndTests {
     @Test func udpEchoThroughTheVIP() throws {
         let output = try EndToEnd.run("udp")
         #expect(output.contains("distribution udp r1=10 r2=10 r3=10"))
+        #expect(output.contains(EndToEnd.icmpTranslated), "the real server's port unreachable, translated")
     }
 
     @Test func vipConfiguredLocallyOnTheBalancer() throws {
@@ -38,7 +39,7 @@ struct EndToEndTests {
         let output = try EndToEnd.run("fullnat")
         for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
                      "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
-                     "fullnat peer: 198.51.100.1"] {
+                     "fullnat peer: 198.51.100.1", EndToEnd.icmpTranslated] {
             #expect(output.contains(line))
         }
     }
@@ -107,7 +108,7 @@ struct IPv6EndToEndTests {
         let output = try EndToEnd.run("all", ipv6: true)
         for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
                      "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
-                     "distribution wrr r1=10 r2=20 r3=30"] {
+                     "distribution wrr r1=10 r2=20 r3=30", EndToEnd.icmpTranslated] {
             #expect(output.contains(line))
         }
     }
@@ -116,7 +117,7 @@ struct IPv6EndToEndTests {
         let output = try EndToEnd.run("fullnat", ipv6: true)
         for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
                      "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
-                     "fullnat peer: 2001:db8:5::1"] {
+                     "fullnat peer: 2001:db8:5::1", EndToEnd.icmpTranslated] {
             #expect(output.contains(line))
         }
     }
@@ -139,6 +140,8 @@ struct IPv6EndToEndTests {
 }
 
 enum EndToEnd {
+    /// nat.sh's line when a real server's ICMP "port unreachable" reached the client as if from the VIP.
+    static let icmpTranslated = "icmp: port unreachable reached the client from the VIP"
     static var canRun: Bool { getuid() == 0 || ProcessInfo.processInfo.environment["CI"] != nil }
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -17,6 +17,8 @@ struct PacketBuilder {
     /// IPv6 extension headers in order: type (0, 43, 44, 60, ...) and body after the next-header and length
     /// bytes (padded to a multiple of 8 with the two; the fragment header's second byte is reserved, 0).
     var extensions: [(type: UInt8, body: [UInt8])] = []
+    /// ICMP (transport 1) or ICMPv6 (58) message: type, code, the 4 bytes after the checksum, the quoted bytes.
+    var icmp: (type: UInt8, code: UInt8, rest: [UInt8], quoted: [UInt8])?
 
     /// An IPv6 packet from 2001:db8:c::2 to the VIP 2001:db8:f::10.
     static func v6() -> PacketBuilder {
@@ -48,6 +50,14 @@ struct PacketBuilder {
             l4 += [0x50, tcpFlags] + be16(64240) + [0, 0] + [0, 0]
         case 17:
             l4 = be16(sourcePort) + be16(destinationPort) + be16(UInt16(8 + payload.count)) + [0, 0]
+        case 1, 58 where icmp != nil:
+            guard let m = icmp else { l4 = [8, 0, 0, 0, 0, 1, 0, 1]; break }
+            l4 = [m.type, m.code, 0, 0] + m.rest + m.quoted
+            let pseudo = transport == 58 ? source + destination + [0, 58] + be16(UInt16(l4.count)) : []
+            let checksum = PacketBuilder.referenceChecksum(pseudo + l4)
+            l4[2] = UInt8(checksum >> 8)
+            l4[3] = UInt8(checksum & 0xFF)
+            return l4
         default:
             l4 = [8, 0, 0, 0, 0, 1, 0, 1]
         }

@@ -9,7 +9,10 @@
 #   wrr       60 sequential HTTP requests, scheduler wrr 1:2:3                      -> exactly 10/20/30
 #   download  5 MiB file through the VIP, sha256 identical to the original
 #   udp       30 datagrams to 203.0.113.10:53, each from a new socket (new source port): all answered,
-#             from 203.0.113.10:53, rr -> exactly 10/10/10
+#             from 203.0.113.10:53, rr -> exactly 10/10/10; then one datagram to 203.0.113.10:54, whose real
+#             server port has no listener: the real server's ICMP "port unreachable", translated by nfqlb
+#             (from the VIP, quoting the client's own datagram), makes the client's connected socket fail
+#             with ECONNREFUSED ("icmp: port unreachable reached the client from the VIP")
 #   fullnat   rr, download, upload, udp in FULLNAT mode, real servers without a route back; their peers: the LIP
 #   multiqueue rr and download with queues [0, 1]: the two directions on different queues, one table
 #   local-vip rr and udp with the VIP also configured on the balancer's lo (needs accept_local=1)
@@ -108,6 +111,13 @@ services:
       - { address: ${LAB_RIP[0]} }
       - { address: ${LAB_RIP[1]} }
       - { address: ${LAB_RIP[2]} }
+  - vip: $LAB_VIP
+    port: 54
+    protocol: udp
+    mode: $mode$locals
+    scheduler: rr
+    reals:
+      - { address: ${LAB_RIP[0]}, port: 5454 }
 YAML
 }
 
@@ -202,6 +212,25 @@ PY
     echo "$out"
     [[ $out =~ r1=[1-9].*r2=[1-9].*r3=[1-9] ]] || fail "udp: not every real server answered ($out)"
     [ "$out" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp: rr over 30 new flows gave '$out', want 10 each"
+    # Nobody listens on the real server's port 5454: its ICMP error must reach the client as if from the VIP.
+    out=$(in_ns "${P}c" "$LAB_PYTHON" - "$LAB_VIP" <<'PY'
+import socket, sys
+vip = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((vip, 54))
+s.send(b"anyone?")
+try:
+    s.recv(100)
+    print("icmp: unexpected answer")
+except ConnectionRefusedError:
+    print("icmp: port unreachable reached the client from the VIP")
+except socket.timeout:
+    print("icmp: no error within 3 s")
+PY
+)
+    echo "$out"
+    [ "$out" = "icmp: port unreachable reached the client from the VIP" ] || fail "udp: the real server's ICMP error was not translated"
     pass "udp: 30 datagrams from 30 source ports answered from $LAB_VIP:53, every server seen"
 }
 

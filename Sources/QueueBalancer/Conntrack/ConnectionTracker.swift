@@ -285,6 +285,32 @@ public final class ConnectionTracker: Sendable {
         }
     }
 
+    /// The live connection whose inbound key (client -> VIP) is `key`: its reply key (real server -> client or
+    /// local endpoint) and real server number. Changes nothing (ICMP errors about a connection neither open
+    /// nor refresh it).
+    public func connection(inbound key: FlowKey, now: UInt64) -> (reply: FlowKey, real: UInt32)? {
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
+        let keyHash = hasher.hash(key)
+        return stripe.table.withLock { table -> (reply: FlowKey, real: UInt32)? in
+            guard let found = table.find(key, hash: keyHash, direction: .inbound) else { return nil }
+            let entry = table.entries[found]
+            guard entry.expires > now, table.lifecycle(of: entry.real) != .removed else { return nil }
+            return (entry.reply, entry.real)
+        }
+    }
+
+    /// The inbound key of the live connection whose reply key is `key`; changes nothing.
+    public func connection(reply key: FlowKey, now: UInt64) -> FlowKey? {
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.destination, key.transport)) & stripeMask]
+        let keyHash = hasher.hash(key)
+        return stripe.table.withLock { table -> FlowKey? in
+            guard let found = table.find(key, hash: keyHash, direction: .reply) else { return nil }
+            let entry = table.entries[found]
+            guard entry.expires > now, table.lifecycle(of: entry.real) != .removed else { return nil }
+            return entry.inbound
+        }
+    }
+
     /// Removes every connection whose timeout has passed, one stripe at a time. Returns how many it removed.
     @discardableResult
     public func expire(now: UInt64) -> Int {

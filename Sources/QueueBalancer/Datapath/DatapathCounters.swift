@@ -45,7 +45,13 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case droppedTunnelSpoofed
     /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
     case droppedVerdictSend
-    /// Passed unhandled: ICMP.
+    /// ICMP errors from the client side about a tracked connection (e.g. "packet too big" for a reply), sent on
+    /// to its real server (accepted, rewritten, marked or tunnelled).
+    case icmpForwarded
+    /// ICMP errors from a real server about a tracked connection (e.g. port unreachable), sent on to the client
+    /// as coming from the VIP (accepted, rewritten).
+    case icmpReplied
+    /// Passed unhandled: ICMP other than an error about a tracked connection.
     case passedICMP
     /// Passed unhandled: an IP protocol other than TCP, UDP and ICMP.
     case passedOtherProtocol
@@ -87,6 +93,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedTunnelHeader: "dropped_tunnel_header"
         case .droppedTunnelSpoofed: "dropped_tunnel_spoofed"
         case .droppedVerdictSend: "dropped_verdict_send"
+        case .icmpForwarded: "icmp_forwarded"
+        case .icmpReplied: "icmp_replied"
         case .passedICMP: "passed_icmp"
         case .passedOtherProtocol: "passed_other_protocol"
         case .droppedUnsupportedHeaders: "dropped_unsupported_headers"

@@ -171,7 +171,8 @@ public final class PacketHandler: PacketProcessor {
         case .malformed: counters.count(.droppedMalformed); return .drop
         case .fragment: counters.count(.droppedFragment); return .drop
         case .unsupportedHeaders: counters.count(.droppedUnsupportedHeaders); return .drop
-        case .icmp: counters.count(.passedICMP); return .accept
+        case .icmp(let error?): return icmpError(bytes, error, table, now, &counters)
+        case .icmp(nil): counters.count(.passedICMP); return .accept
         case .otherProtocol: counters.count(.passedOtherProtocol); return .accept
         }
         if packet.hasOptions { counters.count(.withIPOptions) }
@@ -241,6 +242,46 @@ public final class PacketHandler: PacketProcessor {
         // Not for a virtual service and not a tracked reply: e.g. a real server answering a health check sent
         // from the balancer itself. Passing it unchanged is what the kernel would have done without nfqlb.
         counters.count(.passedUnmatched)
+        return .accept
+    }
+
+    /// An ICMP error quoting a packet of a tracked connection goes where the connection goes, translated as its
+    /// packets are (IPVS does this for both families): from the client side (quoting a reply VIP -> client) to
+    /// the real server; from the real server (quoting client -> real server) to the client, from the VIP.
+    /// Errors about nothing nfqlb tracks pass unchanged.
+    private func icmpError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError, _ table: ServiceTable,
+                           _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
+        let key = error.connectionKey
+        if let index = table.matchService(address: error.innerSource.address, port: error.innerSource.port,
+                                          transport: error.transport),
+           let connection = tracker.connection(inbound: key, now: now) {
+            let real = connection.reply.source
+            let route = table.routes[Int(connection.real)]
+            counters.count(.icmpForwarded)
+            switch table.services[index].mode {
+            case .dr:
+                return .acceptMarked(route.mark)
+            case .tun:
+                return .acceptEncapsulated(source: route.tunnel.source, destination: real.address)
+            case .nat:
+                error.rewrite(bytes, outerDestination: real.address, innerSource: real)
+            case .fullnat:
+                let local = connection.reply.destination
+                error.rewrite(bytes, outerSource: local.address, outerDestination: real.address,
+                              innerSource: real, innerDestination: local)
+            }
+            return .acceptRewritten
+        }
+        if let inbound = tracker.connection(reply: key, now: now) {
+            // NAT: from the VIP, quoting client -> VIP. FULLNAT: also to the client, quoting its own endpoint.
+            let translated = inbound.source != error.innerSource
+            error.rewrite(bytes, outerSource: inbound.destination.address,
+                          outerDestination: translated ? inbound.source.address : nil,
+                          innerSource: translated ? inbound.source : nil, innerDestination: inbound.destination)
+            counters.count(.icmpReplied)
+            return .acceptRewritten
+        }
+        counters.count(.passedICMP)
         return .accept
     }
 

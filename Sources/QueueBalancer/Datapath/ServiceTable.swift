@@ -119,9 +119,13 @@ final class ServiceTable: Sendable {
     }
 
     func matchService(_ packet: IPPacket) -> Int? {
+        matchService(address: packet.destination, port: packet.destinationPort, transport: packet.transport)
+    }
+
+    /// The index of the service VIP:port/transport, if there is one.
+    func matchService(address: IPAddress, port: UInt16, transport: TransportProtocol) -> Int? {
         keys.withUnsafeBufferPointer { keys in
-            for i in keys.indices where keys[i].vip == packet.destination
-                && keys[i].port == packet.destinationPort && keys[i].transport == packet.transport {
+            for i in keys.indices where keys[i].vip == address && keys[i].port == port && keys[i].transport == transport {
                 return i
             }
             return nil

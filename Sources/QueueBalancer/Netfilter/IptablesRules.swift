@@ -71,6 +71,29 @@ public enum IptablesRules {
                 break   // replies go straight to the client
             }
         }
+        // ICMP errors about the connections (IPVS forwards them in both directions): from the client side to a
+        // VIP, and from the real servers (NAT) or to the local addresses (FULLNAT).
+        let icmp = family == .v4 ? "-p icmp -m icmp --icmp-type" : "-p ipv6-icmp -m icmp6 --icmpv6-type"
+        let errorTypes = family == .v4 ? [3, 11, 12] : [1, 2, 3, 4]
+        for service in services {
+            for type in errorTypes {
+                add("-d \(service.vip)\(host) \(icmp) \(type)", "nfqlb: ICMP errors about \(service.vip)'s connections")
+            }
+            for type in errorTypes {
+                switch service.mode {
+                case .nat:
+                    for real in service.reals {
+                        add("-s \(real.address)\(host) \(icmp) \(type)", "nfqlb: ICMP errors from real server \(real.address)")
+                    }
+                case .fullnat:
+                    for local in service.localAddresses {
+                        add("-d \(local)\(host) \(icmp) \(type)", "nfqlb: ICMP errors to local address \(local)")
+                    }
+                case .dr, .tun:
+                    break
+                }
+            }
+        }
         lines.append("-I PREROUTING 1 -j \(chain)")
         lines.append("COMMIT")
         return lines.joined(separator: "\n") + "\n"

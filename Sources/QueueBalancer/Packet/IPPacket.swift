@@ -46,8 +46,9 @@ public struct IPPacket {
         case transport(IPPacket)
         /// A fragment (IPv4 MF or offset; an IPv6 fragment header other than an atomic one): no ports in it.
         case fragment
-        /// ICMP or ICMPv6.
-        case icmp
+        /// ICMP or ICMPv6: an error quoting a TCP or UDP packet, or nil for anything else (echo, neighbour
+        /// discovery, errors about other protocols).
+        case icmp(ICMPError?)
         /// Another IP protocol (or IPv6 "no next header").
         case otherProtocol
         /// IPv6 headers nfqlb does not walk: a routing header with segments left (the VIP is not the final
@@ -82,7 +83,10 @@ public struct IPPacket {
         // More-fragments flag or a fragment offset: only the first fragment has ports, and none has all bytes.
         guard bytes.loadBigEndianUInt16(at: 6) & 0x3FFF == 0 else { return .fragment }
         switch bytes[9] {
-        case 1: return .icmp
+        case 1:
+            let available = min(count, totalLength)
+            return .icmp(ICMPError.parse(bytes, family: .v4, headerLength: headerLength, totalLength: totalLength,
+                                         available: available))
         case let proto:
             return transport(bytes, family: .v4, proto: proto, headerLength: headerLength, totalLength: totalLength,
                              available: min(count, totalLength),
@@ -121,7 +125,8 @@ public struct IPPacket {
                 next = bytes[offset]
                 offset += 8
             case 58:
-                return .icmp
+                return .icmp(ICMPError.parse(bytes, family: .v6, headerLength: offset, totalLength: totalLength,
+                                             available: available))
             case 59:
                 return .otherProtocol
             case 50, 51:
