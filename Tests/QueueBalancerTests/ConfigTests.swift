@@ -86,6 +86,37 @@ import Testing
         }
     }
 
+    /// Dual stack: one name for an IPv4 and an IPv6 service of every mode; a real server of the other family
+    /// is accepted by TUN only, refused with the reason otherwise.
+    @Test func dualStackServicesShareAName() throws {
+        var yaml = "queues: [0]\nservices:\n"
+        for mode in ForwardingMode.allCases {
+            let port = mode == .dr || mode == .tun ? "" : ", port: 8080"
+            let locals4 = mode == .fullnat ? ", local-addresses: [198.51.100.1]" : ""
+            let locals6 = mode == .fullnat ? ", local-addresses: [\"2001:db8:5::1\"]" : ""
+            let vport = 80 + ForwardingMode.allCases.firstIndex(of: mode)!
+            yaml += """
+              - { name: web, vip: 203.0.113.10, port: \(vport), protocol: tcp, mode: \(mode)\(locals4),
+                  reals: [ { address: 198.51.100.11\(port) } ] }
+              - { name: web, vip: "2001:db8:f::10", port: \(vport), protocol: tcp, mode: \(mode)\(locals6),
+                  reals: [ { address: "2001:db8:5::11"\(port) } ] }
+
+            """
+        }
+        let config = try ConfigLoader.parse(yaml: yaml, file: "dual.yaml")
+        #expect(config.services.count == 8)
+        #expect(config.services.filter { !$0.vip.isIPv4 }.count == 4)
+        #expect(config.services.allSatisfy { $0.name == "web" })
+        #expect(IptablesRules.restoreInput(for: config, family: .v6).contains("-d 2001:db8:f::10/128 -p tcp -m tcp --dport 83"))
+        // TUN may carry one family in the other (IPVS does); the other modes may not.
+        let mixed = "queues: [0]\nservices:\n  - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: tun,\n      reals: [ { address: \"2001:db8:5::11\" }, { address: 198.51.100.11 } ] }\n"
+        #expect(try ConfigLoader.parse(yaml: mixed, file: "mixed.yaml").services[0].reals.count == 2)
+        let error = #expect(throws: ConfigError.self) {
+            try ConfigLoader.parse(yaml: mixed.replacingOccurrences(of: "mode: tun", with: "mode: dr"), file: "mixed.yaml")
+        }
+        #expect(error?.description.hasPrefix("mixed.yaml:4: real server 2001:db8:5::11 is not of the same address family as vip 203.0.113.10 (dr cannot translate between families") == true)
+    }
+
     @Test func schedulerFlagsAreRead() throws {
         let yaml = ConfigTests.valid.replacingOccurrences(of: "scheduler: rr", with: "scheduler: mh\n    scheduler-flags: [mh-fallback, mh-port]\n    mh-table-size: 251")
         let options = try ConfigLoader.parse(yaml: yaml).services[0].schedulerOptions

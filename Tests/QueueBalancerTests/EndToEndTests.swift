@@ -139,6 +139,19 @@ struct IPv6EndToEndTests {
     }
 }
 
+/// TUN between families, as IPVS allows: real servers addressed in the other family than the VIP.
+@Suite(.serialized, .enabled(if: EndToEnd.canRun, "needs root to create network namespaces"))
+struct CrossFamilyTunnelEndToEndTests {
+    @Test(arguments: [false, true])
+    func tunnelBetweenFamilies(ipv6VIP: Bool) throws {
+        let output = try EndToEnd.run("tun", script: "direct-return.sh", ipv6: ipv6VIP, crossFamily: true)
+        for line in ["distribution tun r1=10 r2=10 r3=10", "tunnel too big answered:",
+                     "decapsulated on every real server, none dropped"] + DirectReturnEndToEndTests.common {
+            #expect(output.contains(line))
+        }
+    }
+}
+
 enum EndToEnd {
     /// nat.sh's line when a real server's ICMP "port unreachable" reached the client as if from the VIP.
     static let icmpTranslated = "icmp: port unreachable reached the client from the VIP"
@@ -149,7 +162,7 @@ enum EndToEnd {
 
     /// Runs `Tests/e2e/SCRIPT SCENARIO` (with IPv6 addresses when `ipv6`); fails the test with the script's
     /// output when it exits non-zero.
-    static func run(_ scenario: String, script: String = "nat.sh", ipv6: Bool = false) throws -> String {
+    static func run(_ scenario: String, script: String = "nat.sh", ipv6: Bool = false, crossFamily: Bool = false) throws -> String {
         let binary = ProcessInfo.processInfo.environment["NFQLB"]
             ?? packageRoot.appendingPathComponent(".build/debug/nfqlb").path
         guard FileManager.default.isExecutableFile(atPath: binary) else {
@@ -162,6 +175,7 @@ enum EndToEnd {
         var environment = ProcessInfo.processInfo.environment
         environment["NFQLB"] = binary
         environment["LAB_FAMILY"] = ipv6 ? "6" : "4"
+        environment["LAB_CROSS"] = crossFamily ? "1" : "0"
         process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe

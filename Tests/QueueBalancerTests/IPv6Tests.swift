@@ -236,3 +236,81 @@ import Testing
         #expect(servers.count == 1, "one /64, one real server")
     }
 }
+
+/// TUN between families (IPVS allows it): IPv4 in IPv6 and IPv6 in IPv4, sent through a raw socket because a
+/// verdict cannot change a packet's family.
+@Suite struct CrossFamilyTunnelTests {
+    func handler(vip: String, real: String, source: String) -> PacketHandler {
+        let config = BalancerConfig(queues: [0], services: [VirtualService(
+            vip: ip(vip), port: 80, transport: .tcp, mode: .tun, scheduler: .rr, reals: [RealServer(address: ip(real), port: 80)])])
+        return PacketHandler(config: config, tracker: ConnectionTracker(),
+                             tunnelPaths: [ip(real): TunnelPath(source: ip(source), mtu: 1500)])
+    }
+
+    @Test func ipv4InIPv6() {
+        let h = handler(vip: "203.0.113.10", real: "2001:db8:5::11", source: "2001:db8:5::1")
+        var counters = CounterBatch()
+        var syn = PacketBuilder()
+        let packet = syn.build()
+        #expect(h.run(packet, counters: &counters).0 == .sendEncapsulated(source: ip("2001:db8:5::1"), destination: ip("2001:db8:5::11")))
+        // The outer header the worker writes: IPv6, next header 4, traffic class from the TOS byte.
+        var tos = packet
+        tos[1] = 0xB8
+        var header = [UInt8](repeating: 0, count: 40)
+        tos.withUnsafeBytes { inner in
+            header.withUnsafeMutableBytes {
+                TunnelEncapsulation.writeOuterHeader($0.baseAddress!, inner: inner, family: .v4, outer: .v6,
+                                                     innerLength: packet.count, source: ip("2001:db8:5::1"), destination: ip("2001:db8:5::11"))
+            }
+        }
+        #expect(Array(header[0..<4]) == [0x6B, 0x80, 0, 0], "version 6, traffic class 0xB8")
+        #expect(Int(header[4]) << 8 | Int(header[5]) == packet.count && header[6] == 4 && header[7] == 64)
+        #expect(Array(header[24..<40]) == ip("2001:db8:5::11").bytes)
+        // Too big for the IPv6 path (40 bytes of overhead): "fragmentation needed" with MTU 1460 to the client.
+        syn.tcpFlags = 0x10
+        syn.payload = Array(repeating: 1, count: 1460)
+        let (verdict, out) = h.run(syn.build(), counters: &counters)
+        #expect(verdict == .acceptReplaced(offset: 0, length: 56))
+        #expect(out[20] == 3 && out[21] == 4 && Int(out[26]) << 8 | Int(out[27]) == 1460)
+    }
+
+    @Test func ipv6InIPv4() {
+        let h = handler(vip: "2001:db8:f::10", real: "198.51.100.11", source: "198.51.100.1")
+        var counters = CounterBatch()
+        let packet = PacketBuilder.v6().build()
+        #expect(h.run(packet, counters: &counters).0 == .sendEncapsulated(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
+        var header = [UInt8](repeating: 0, count: 20)
+        packet.withUnsafeBytes { inner in
+            header.withUnsafeMutableBytes {
+                TunnelEncapsulation.writeOuterHeader($0.baseAddress!, inner: inner, family: .v6, outer: .v4,
+                                                     innerLength: packet.count, source: ip("198.51.100.1"), destination: ip("198.51.100.11"))
+            }
+        }
+        #expect(header[0] == 0x45 && header[9] == 41 && header[6] & 0x40 != 0, "protocol 41, DF")
+        #expect(Int(header[2]) << 8 | Int(header[3]) == packet.count + 20)
+        #expect(PacketBuilder.referenceChecksum(header) == 0)
+    }
+
+    /// On the real server: the inner packet of the other family goes out through a raw socket to the VIP.
+    @Test func decapsulatorSendsTheOtherFamilysInnerPacket() {
+        let decap = Decapsulator(vips: [ip("203.0.113.10"), ip("2001:db8:f::10")])
+        var counters = CounterBatch()
+        let inner4 = PacketBuilder().build()
+        var outer = [0x60, 0, 0, 0] + be16(UInt16(inner4.count)) + [4, 64] + ip("2001:db8:5::1").bytes
+            + ip("2001:db8:5::11").bytes + inner4
+        #expect(outer.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) }
+            == .sendReplaced(offset: 40, length: inner4.count))
+        let inner6 = PacketBuilder.v6().build()
+        outer = [0x45, 0] + be16(UInt16(inner6.count + 20)) + [0, 0, 0x40, 0, 64, 41, 0, 0, 198, 51, 100, 1, 198, 51, 100, 11] + inner6
+        #expect(outer.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) }
+            == .sendReplaced(offset: 20, length: inner6.count))
+        #expect(counters[.decapsulated] == 2)
+        var other = PacketBuilder()
+        other.destination = [203, 0, 113, 99]
+        let notVIP = other.build()
+        outer = [0x60, 0, 0, 0] + be16(UInt16(notVIP.count)) + [4, 64] + ip("2001:db8:5::1").bytes
+            + ip("2001:db8:5::11").bytes + notVIP
+        #expect(outer.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .drop)
+        #expect(counters[.droppedTunnelSpoofed] == 1)
+    }
+}

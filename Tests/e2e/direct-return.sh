@@ -9,7 +9,8 @@
 #
 # Usage: NFQLB=/abs/path/to/nfqlb [LAB_FAMILY=6] Tests/e2e/direct-return.sh dr|tun      (root)
 # With LAB_FAMILY=6 the VIP and the real servers are IPv6 (lib.sh): DR by IPv6 policy routing, TUN as
-# IPv6-in-IPv6 with ICMPv6 "packet too big" for the upload.
+# IPv6-in-IPv6 with ICMPv6 "packet too big" for the upload. With LAB_CROSS=1 (tun only) the real servers are
+# addressed in the other family: IPv4 in IPv6 (or IPv6 in IPv4), sent and delivered through raw sockets.
 # Checks: 30 HTTP requests spread 10/10/10 (rr); a 5 MiB download and a 3 MiB upload byte-identical; 30 UDP
 # datagrams answered from the VIP, 10/10/10; the balancer rewrote nothing and forwarded no reply (its FORWARD
 # counter for packets from the VIP stays 0) while the router carried the replies; no checksum errors; after
@@ -24,6 +25,11 @@ lab_unmask_signals "$@"
 export NFQLB
 setup=$LAB_ROOT/scripts/iptables-setup.sh
 vip=$LAB_VIP
+rips=("${LAB_RIP[@]}")
+if [ "${LAB_CROSS:-0}" = 1 ]; then
+    [ "$mode" = tun ] || fail "LAB_CROSS=1 is for tun only"
+    if [ "$LAB_FAMILY" = 6 ]; then rips=(198.51.100.11 198.51.100.12 198.51.100.13); else rips=(2001:db8:5::11 2001:db8:5::12 2001:db8:5::13); fi
+fi
 iptables=iptables; icmp=icmp
 [ "$LAB_FAMILY" = 6 ] && { iptables=ip6tables; icmp=ipv6-icmp; }
 declare -a decap_pid
@@ -79,17 +85,17 @@ for i in 1 2 3; do
     done
     fail "HTTP server on r$i did not start"
 done
-pass "lab up: client, balancer, router, 3 real servers holding $vip on lo"
+pass "lab up: client, balancer, router, 3 real servers (${rips[*]}) holding $vip on lo"
 
 cat > "$LAB_TMP/lb.yaml" <<YAML
 queues: [0]
 services:
   - { vip: $vip, port: 80, protocol: tcp, mode: $mode, scheduler: rr,
-      reals: [ { address: ${LAB_RIP[0]} }, { address: ${LAB_RIP[1]} }, { address: ${LAB_RIP[2]} } ] }
+      reals: [ { address: ${rips[0]} }, { address: ${rips[1]} }, { address: ${rips[2]} } ] }
   - { vip: $vip, port: 9000, protocol: tcp, mode: $mode, scheduler: rr,
-      reals: [ { address: ${LAB_RIP[0]} }, { address: ${LAB_RIP[1]} }, { address: ${LAB_RIP[2]} } ] }
+      reals: [ { address: ${rips[0]} }, { address: ${rips[1]} }, { address: ${rips[2]} } ] }
   - { vip: $vip, port: 53, protocol: udp, mode: $mode, scheduler: rr,
-      reals: [ { address: ${LAB_RIP[0]} }, { address: ${LAB_RIP[1]} }, { address: ${LAB_RIP[2]} } ] }
+      reals: [ { address: ${rips[0]} }, { address: ${rips[1]} }, { address: ${rips[2]} } ] }
 YAML
 
 hosts=(c r1 r2 r3 b g)
@@ -150,7 +156,7 @@ nfqlb_stop
 echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
 [ "$(stat_value replied)" = 0 ] || fail "the balancer handled replies"
 [ "$(stat_value forwarded)" -gt 0 ] || fail "nfqlb forwarded nothing"
-for counter in dropped_malformed dropped_no_real_server dropped_verdict_send kernel_messages kernel_queue_dropped kernel_user_dropped; do
+for counter in dropped_malformed dropped_no_real_server dropped_verdict_send dropped_raw_send kernel_messages kernel_queue_dropped kernel_user_dropped; do
     [ "$(stat_value $counter)" = 0 ] || fail "$counter = $(stat_value $counter)"
 done
 # The packet count of the FORWARD rule whose source is the VIP (column positions differ between families).

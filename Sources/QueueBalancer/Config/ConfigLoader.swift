@@ -247,9 +247,6 @@ private struct Reader {
         if let node = map["tunnel-source"] {
             guard mode == .tun else { throw fail(node, "tunnel-source belongs to tun services only (mode is \(mode))") }
             let source = try address(node, "tunnel-source")
-            guard source.isIPv4 == vip.isIPv4 else {
-                throw fail(node, "tunnel-source \(source) is not of the vip's address family (the outer header has the inner packet's family)")
-            }
             tunnelSource = source
         }
         var reals: [RealServer] = []
@@ -257,11 +254,12 @@ private struct Reader {
             let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight", "upper", "lower"])
             let addressNode = try required(r, "address", in: "a real server", at: realNode)
             let rip = try address(addressNode, "address")
-            guard rip.isIPv4 == vip.isIPv4 else {
-                if mode == .tun {
-                    throw fail(addressNode, "real server \(rip) is not of the address family of vip \(vip): a queue verdict returns a packet to the stack of its own family, so nfqlb's tun cannot wrap IPv4 in IPv6 or IPv6 in IPv4 (IPVS can); give the real server an address of the vip's family")
-                }
-                throw fail(addressNode, "real server \(rip) is not of the same address family as vip \(vip) (\(mode) cannot translate between families)")
+            // TUN may cross families (IPv4 in IPv6, IPv6 in IPv4), as IPVS allows; the other modes keep the packet's family.
+            guard rip.isIPv4 == vip.isIPv4 || mode == .tun else {
+                throw fail(addressNode, "real server \(rip) is not of the same address family as vip \(vip) (\(mode) cannot translate between families; only tun can carry one family in the other)")
+            }
+            if let source = tunnelSource, source.isIPv4 != rip.isIPv4 {
+                throw fail(addressNode, "real server \(rip) is not of the family of tunnel-source \(source) (the outer header has the real server's family)")
             }
             let rport = try r["port"].map { n throws(ConfigError) in UInt16(try integer(n, "port", 1...65535)) } ?? port
             if mode == .dr || mode == .tun, rport != port {

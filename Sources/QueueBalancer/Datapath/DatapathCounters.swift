@@ -45,6 +45,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case droppedTunnelSpoofed
     /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
     case droppedVerdictSend
+    /// Dropped: a packet for a raw socket (TUN between families, on either side) was refused by the kernel or no
+    /// raw socket could be opened (also counted where its verdict was decided).
+    case droppedRawSend
     /// ICMP errors from the client side about a tracked connection (e.g. "packet too big" for a reply), sent on
     /// to its real server (accepted, rewritten, marked or tunnelled).
     case icmpForwarded
@@ -93,6 +96,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedTunnelHeader: "dropped_tunnel_header"
         case .droppedTunnelSpoofed: "dropped_tunnel_spoofed"
         case .droppedVerdictSend: "dropped_verdict_send"
+        case .droppedRawSend: "dropped_raw_send"
         case .icmpForwarded: "icmp_forwarded"
         case .icmpReplied: "icmp_replied"
         case .passedICMP: "passed_icmp"

@@ -17,6 +17,12 @@ public enum Verdict: Equatable, Sendable {
     /// NF_ACCEPT with the packet replaced by `length` bytes of the buffer from `offset` (an ICMP error built in
     /// place, or the inner packet of a tunnel).
     case acceptReplaced(offset: Int, length: Int)
+    /// NF_DROP for the queued packet, which leaves instead through a raw socket, wrapped in an outer header of the
+    /// other family from `source` to `destination` (TUN between families: a verdict cannot change the family).
+    case sendEncapsulated(source: IPAddress, destination: IPAddress)
+    /// NF_DROP for the queued packet; instead `length` bytes of the buffer from `offset`, a packet of the other
+    /// family (a decapsulated inner packet), go through a raw socket to their own destination.
+    case sendReplaced(offset: Int, length: Int)
 }
 
 /// Decides verdicts for one kind of queue: the balancer's ``PacketHandler`` or the real server's
@@ -262,7 +268,9 @@ public final class PacketHandler: PacketProcessor {
             case .dr:
                 return .acceptMarked(route.mark)
             case .tun:
-                return .acceptEncapsulated(source: route.tunnel.source, destination: real.address)
+                return real.address.isIPv4 == (error.family == .v4)
+                    ? .acceptEncapsulated(source: route.tunnel.source, destination: real.address)
+                    : .sendEncapsulated(source: route.tunnel.source, destination: real.address)
             case .nat:
                 error.rewrite(bytes, outerDestination: real.address, innerSource: real)
             case .fullnat:
@@ -316,8 +324,10 @@ public final class PacketHandler: PacketProcessor {
     /// outer source, the balancer, and the flow would black-hole).
     private func tunnel(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, _ path: TunnelPath,
                         to real: Endpoint, _ counters: inout CounterBatch) -> Verdict {
-        let overhead = TunnelEncapsulation.overhead(packet.family)
-        let mayFragment = packet.family == .v4 && bytes.loadBigEndianUInt16(at: 6) & 0x4000 == 0
+        let outer: IPFamily = real.address.isIPv4 ? .v4 : .v6
+        let overhead = TunnelEncapsulation.overhead(outer)
+        // Only an IPv4 packet without DF in an IPv4 tunnel may be fragmented on the way.
+        let mayFragment = outer == .v4 && packet.family == .v4 && bytes.loadBigEndianUInt16(at: 6) & 0x4000 == 0
         if packet.totalLength + overhead > path.mtu && !mayFragment {
             counters.count(.tunnelTooBig)
             let length = TunnelEncapsulation.replaceWithTooBig(bytes, packet, mtu: path.mtu - overhead,
@@ -325,6 +335,7 @@ public final class PacketHandler: PacketProcessor {
             return length > 0 ? .acceptReplaced(offset: 0, length: length) : .drop
         }
         counters.count(.forwarded)
-        return .acceptEncapsulated(source: path.source, destination: real.address)
+        return outer == packet.family ? .acceptEncapsulated(source: path.source, destination: real.address)
+                                      : .sendEncapsulated(source: path.source, destination: real.address)
     }
 }

@@ -14,6 +14,11 @@ final class QueueWorker: @unchecked Sendable {
     let index: Int
     private let batch: ReceiveBatch
     private let verdicts: VerdictWriter
+    /// TUN between families: raw sockets of each family (nil without CAP_NET_RAW) and the buffer a packet is
+    /// built in before it is sent.
+    private let raw4 = RawIPSocket(family: .v4)
+    private let raw6 = RawIPSocket(family: .v6)
+    private let rawBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + 80, alignment: 8)
 
     /// Messages per `recvmmsg`.
     static let batchSize = 64
@@ -30,6 +35,8 @@ final class QueueWorker: @unchecked Sendable {
         batch = ReceiveBatch(capacity: QueueWorker.batchSize, messageSize: QueueWorker.messageSize)
         verdicts = VerdictWriter(limit: sendLimit)
     }
+
+    deinit { rawBuffer.deallocate() }
 
     /// Runs until `stop` is raised (noticed within the socket's 200 ms receive timeout).
     func run() {
@@ -104,6 +111,34 @@ final class QueueWorker: @unchecked Sendable {
             }
             return verdicts.appendEncapsulated(queue: queue, packetID: id, inner: inner, family: family,
                                                innerLength: innerLength, source: source, destination: destination)
+        case .sendEncapsulated(let source, let destination):
+            let inner = UnsafeRawBufferPointer(message.payload)
+            let family: IPFamily = inner[0] >> 4 == 6 ? .v6 : .v4
+            let outer: IPFamily = destination.isIPv4 ? .v4 : .v6
+            let innerLength = family == .v4 ? Int(inner.loadBigEndianUInt16(at: 2)) : 40 + Int(inner.loadBigEndianUInt16(at: 4))
+            let overhead = TunnelEncapsulation.overhead(outer)
+            if innerLength <= inner.count, innerLength + overhead <= rawBuffer.count, let base = rawBuffer.baseAddress,
+               let socket = outer == .v4 ? raw4 : raw6 {
+                TunnelEncapsulation.writeOuterHeader(base, inner: inner, family: family, outer: outer,
+                                                     innerLength: innerLength, source: source, destination: destination)
+                (base + overhead).copyMemory(from: inner.baseAddress!, byteCount: innerLength)
+                if !socket.send(UnsafeRawBufferPointer(rebasing: rawBuffer[0..<(innerLength + overhead)]), to: destination) {
+                    local.count(.droppedRawSend)
+                }
+            } else {
+                local.count(.droppedRawSend)
+            }
+            return verdicts.append(queue: queue, packetID: id, verdict: .drop)
+        case .sendReplaced(let offset, let length):
+            let packet = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
+            let isIPv4 = packet[0] >> 4 == 4
+            let destination = NATRewrite.address(packet, isIPv4 ? .v4 : .v6, at: isIPv4 ? 16 : 24)
+            if let socket = isIPv4 ? raw4 : raw6, socket.send(packet, to: destination) {
+                // delivered
+            } else {
+                local.count(.droppedRawSend)
+            }
+            return verdicts.append(queue: queue, packetID: id, verdict: .drop)
         }
     }
 

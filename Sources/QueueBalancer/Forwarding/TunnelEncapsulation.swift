@@ -2,8 +2,10 @@
 /// next header 41) towards the real server, and the ICMP answer when the encapsulated packet would not fit the
 /// path: "fragmentation needed" (ICMP 3/4, RFC 1191) or "packet too big" (ICMPv6 2, RFC 8201).
 ///
-/// The outer header has the inner packet's family: a verdict hands the packet back to the stack it was queued
-/// from, so it cannot change the family.
+/// The outer header has the real server's family. When it is the inner packet's, the encapsulated packet is the
+/// verdict; across families (IPv4 in IPv6, IPv6 in IPv4, as IPVS allows) a verdict cannot carry it (the kernel
+/// re-injects a verdict into the stack it was queued from), so the worker sends it through a raw socket
+/// (``RawIPSocket``) and drops the original.
 public enum TunnelEncapsulation {
     /// Bytes the outer header adds: 20 for IPv4, 40 for IPv6.
     public static func overhead(_ family: IPFamily) -> Int { family == .v4 ? 20 : 40 }
@@ -11,29 +13,42 @@ public enum TunnelEncapsulation {
     /// The smallest MTU every IPv6 link has (RFC 8200): an ICMPv6 error is cut to fit it.
     static let minimumIPv6MTU = 1280
 
-    /// Writes the outer header for `inner` (a packet of `innerLength` bytes whose family is `family`) at
-    /// `header`. IPv4: TOS, identification and DF copied from the inner header (so the path treats the tunnel
-    /// like the flow, and a packet without DF may still be fragmented), TTL 64, protocol 4. IPv6: traffic class
-    /// and flow label copied, hop limit 64, next header 41.
+    /// Writes the outer header of `outer` family (by default the inner packet's) for `inner`, a packet of
+    /// `innerLength` bytes of `family`, at `header`. IPv4 outer: TOS (or the IPv6 traffic class), identification
+    /// and DF copied from an IPv4 inner header (so the path treats the tunnel like the flow, and a packet without
+    /// DF may still be fragmented; an IPv6 inner packet gets DF), TTL 64, protocol 4 or 41. IPv6 outer: traffic
+    /// class (and an IPv6 inner packet's flow label) copied, hop limit 64, next header 41 or 4.
     public static func writeOuterHeader(_ header: UnsafeMutableRawPointer, inner: UnsafeRawBufferPointer, family: IPFamily,
-                                        innerLength: Int, source: IPAddress, destination: IPAddress) {
-        let out = UnsafeMutableRawBufferPointer(start: header, count: overhead(family))
-        if family == .v6 {
-            out.storeBytes(of: inner.loadUnaligned(fromByteOffset: 0, as: UInt32.self), toByteOffset: 0, as: UInt32.self)
+                                        outer: IPFamily? = nil, innerLength: Int, source: IPAddress, destination: IPAddress) {
+        let outerFamily = outer ?? family
+        let out = UnsafeMutableRawBufferPointer(start: header, count: overhead(outerFamily))
+        let trafficClass = family == .v4 ? inner[1] : inner[0] << 4 | inner[1] >> 4
+        let payloadProtocol: UInt8 = family == .v4 ? 4 : 41
+        if outerFamily == .v6 {
+            if family == .v6 {
+                out.storeBytes(of: inner.loadUnaligned(fromByteOffset: 0, as: UInt32.self), toByteOffset: 0, as: UInt32.self)
+            } else {
+                out.storeBigEndian(UInt32(0x6000_0000) | UInt32(trafficClass) << 20, at: 0)
+            }
             out.storeBigEndian(UInt16(innerLength), at: 4)
-            out[6] = 41
+            out[6] = payloadProtocol
             out[7] = 64
             out.store(source, family: .v6, at: 8)
             out.store(destination, family: .v6, at: 24)
             return
         }
         out[0] = 0x45
-        out[1] = inner[1]
+        out[1] = trafficClass
         out.storeBigEndian(UInt16(innerLength + 20), at: 2)
-        out.storeBytes(of: inner.loadUnaligned(fromByteOffset: 4, as: UInt16.self), toByteOffset: 4, as: UInt16.self)
-        out.storeBigEndian(inner.loadBigEndianUInt16(at: 6) & 0x4000, at: 6)
+        if family == .v4 {
+            out.storeBytes(of: inner.loadUnaligned(fromByteOffset: 4, as: UInt16.self), toByteOffset: 4, as: UInt16.self)
+            out.storeBigEndian(inner.loadBigEndianUInt16(at: 6) & 0x4000, at: 6)
+        } else {
+            out.storeBigEndian(UInt16(0), at: 4)
+            out.storeBigEndian(UInt16(0x4000), at: 6)
+        }
         out[8] = 64
-        out[9] = 4
+        out[9] = payloadProtocol
         out.storeBigEndian(UInt16(0), at: 10)
         out.store(source, family: .v4, at: 12)
         out.store(destination, family: .v4, at: 16)

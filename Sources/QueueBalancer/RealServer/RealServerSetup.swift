@@ -43,9 +43,10 @@ public struct RealServerSetup {
     /// on kernels without ipip/ip6_tunnel).
     public static let decapChain = "NFQLB-DECAP"
 
-    /// Puts `vip` on `lo` (IPv4: and applies the ARP sysctls); for TUN also queues the tunnel protocol (IPv4:
-    /// IP protocol 4 with iptables; IPv6: next header 41 with ip6tables) at mangle INPUT (after reassembly) to
-    /// `decapQueue`, where `nfqlb decap` turns it into the inner packet. Returns what it did, one line per change.
+    /// Puts `vip` on `lo` (IPv4: and applies the ARP sysctls); for TUN also queues the tunnel protocols (4 and
+    /// 41, in iptables and ip6tables: the outer packet has the real server's family, which may differ from the
+    /// VIP's) at mangle INPUT (after reassembly) to `decapQueue`, where `nfqlb decap` turns each into its inner
+    /// packet. Returns what it did, one line per change.
     public func setup(vip: IPAddress, mode: Mode, decapQueue: UInt16 = 0) throws(Failure) -> [String] {
         try makeStateDirectory()
         var done: [String] = []
@@ -67,24 +68,28 @@ public struct RealServerSetup {
             done.append("added \(vip)\(host) to lo")
         }
         if mode == .tun {
-            let tool = vip.isIPv4 ? "iptables" : "ip6tables"
+            // The outer packet has the real server's family, the inner one the VIP's: queue both tunnel
+            // protocols (4: IPv4 inside, 41: IPv6 inside) in both families' mangle INPUT.
             let chain = RealServerSetup.decapChain
-            let proto = vip.isIPv4 ? "4" : "41"
-            let name = vip.isIPv4 ? "IPIP" : "IPv6-in-IPv6"
-            let rule = ["-p", proto, "-m", "comment", "--comment", "nfqlb decap: \(name) to queue \(decapQueue)",
-                        "-j", "NFQUEUE", "--queue-num", "\(decapQueue)"]
-            let chainExists = runCapturingOutput([tool, "-w", "-t", "mangle", "-S", chain])?.status == 0
-            let ruleExists = chainExists
-                && runCapturingOutput([tool, "-w", "-t", "mangle", "-C", chain] + rule)?.status == 0
-            if !ruleExists {
-                try mangle(tool, chainExists ? ["-F", chain] : ["-N", chain])
-                try mangle(tool, ["-A", chain] + rule)
-                done.append("queued \(name) (protocol \(proto)) at \(tool) mangle INPUT to NFQUEUE \(decapQueue) for nfqlb decap")
+            for tool in ["iptables", "ip6tables"] {
+                let rules = ["4", "41"].map { proto in
+                    ["-p", proto, "-m", "comment", "--comment", "nfqlb decap: protocol \(proto) to queue \(decapQueue)",
+                     "-j", "NFQUEUE", "--queue-num", "\(decapQueue)"]
+                }
+                let chainExists = runCapturingOutput([tool, "-w", "-t", "mangle", "-S", chain])?.status == 0
+                let rulesExist = chainExists && rules.allSatisfy {
+                    runCapturingOutput([tool, "-w", "-t", "mangle", "-C", chain] + $0)?.status == 0
+                }
+                if !rulesExist {
+                    try mangle(tool, chainExists ? ["-F", chain] : ["-N", chain])
+                    for rule in rules { try mangle(tool, ["-A", chain] + rule) }
+                    done.append("queued tunnelled packets (protocols 4 and 41) at \(tool) mangle INPUT to NFQUEUE \(decapQueue) for nfqlb decap")
+                }
+                if runCapturingOutput([tool, "-w", "-t", "mangle", "-C", "INPUT", "-j", chain])?.status != 0 {
+                    try mangle(tool, ["-I", "INPUT", "1", "-j", chain])
+                }
+                try save("", to: stateDirectory + (tool == "iptables" ? "/decap" : "/decap6"))
             }
-            if runCapturingOutput([tool, "-w", "-t", "mangle", "-C", "INPUT", "-j", chain])?.status != 0 {
-                try mangle(tool, ["-I", "INPUT", "1", "-j", chain])
-            }
-            try save("", to: stateDirectory + (vip.isIPv4 ? "/decap" : "/decap6"))
         }
         return done
     }
