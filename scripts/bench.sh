@@ -5,7 +5,7 @@
 #   nat, fullnat: the NAT lab (lib.sh lab_nat_up); "direct" goes through the balancer's kernel forwarding.
 #   dr, tun:      the direct-return lab (lab_dr_up); "direct" goes through the router, as the replies do.
 #
-# Usage (root): NFQLB=/path/to/nfqlb scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
+# Usage (root): NFQLB=/path/to/nfqlb [LAB_FAMILY=6] scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
 #   IPERF_ARGS=-R measures the other direction (server to client). Without NFQLB it builds the release binary.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,7 +22,10 @@ if [ -z "${NFQLB:-}" ]; then
     NFQLB=$(cd "$root" && swift build -c release --show-bin-path)/nfqlb
 fi
 export NFQLB
-vip=203.0.113.10
+vip=$LAB_VIP          # LAB_FAMILY=6 in the environment: the lab's IPv6 addresses (Tests/e2e/lib.sh)
+rip=${LAB_RIP[0]}
+if [ "$LAB_FAMILY" = 6 ]; then servers=2001:db8:5::/64; via_balancer=2001:db8:c::1; via_router=2001:db8:c::fe
+else servers=198.51.100.0/24; via_balancer=192.0.2.1; via_router=192.0.2.254; fi
 
 lab_init "nqb$$"
 decap=""
@@ -35,11 +38,11 @@ extra=""
 case "$mode" in
     nat|fullnat)
         lab_nat_up
-        ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.1     # direct: kernel forwarding on the balancer
-        [ "$mode" = fullnat ] && extra="local-addresses: [198.51.100.1], " ;;
+        ip -n "${P}c" route add "$servers" via "$via_balancer"     # direct: kernel forwarding on the balancer
+        [ "$mode" = fullnat ] && extra="local-addresses: [\"$LAB_LIP\"], " ;;
     dr|tun)
         lab_dr_up
-        ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.254   # direct: through the router
+        ip -n "${P}c" route add "$servers" via "$via_router"       # direct: through the router
         in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null
         if [ "$mode" = tun ]; then
             lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0 --vip "$vip"
@@ -51,7 +54,7 @@ sleep 0.5
 cat > "$LAB_TMP/bench.yaml" <<YAML
 queues: [0]
 services:
-  - { vip: $vip, port: 5201, protocol: tcp, mode: $mode, ${extra}reals: [ { address: 198.51.100.11 } ] }
+  - { vip: "$vip", port: 5201, protocol: tcp, mode: $mode, ${extra}reals: [ { address: "$rip" } ] }
 YAML
 
 # mbps TARGET: one bounded iperf3 run; prints Mbit/s received.
@@ -62,7 +65,7 @@ mbps() {
 
 direct=(); balanced=()
 for round in $(seq "$rounds"); do
-    d=$(mbps 198.51.100.11) || fail "direct iperf3 failed"
+    d=$(mbps "$rip") || fail "direct iperf3 failed"
     nfqlb_start "$LAB_TMP/bench.yaml" >/dev/null
     n=$(mbps "$vip") || fail "iperf3 through the VIP failed"
     nfqlb_stop
@@ -73,4 +76,4 @@ for round in $(seq "$rounds"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 md=$(median "${direct[@]}"); mb=$(median "${balanced[@]}")
-echo "median ($mode${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
+echo "median ($mode IPv$LAB_FAMILY${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
