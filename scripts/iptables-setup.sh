@@ -7,7 +7,9 @@
 #     fwmark rule and one table per real server), applied with ip -4/-6 -batch, and send_redirects=0;
 #   - the sysctls of the balancer: ip_forward=1 (NAT forwards), rp_filter=0 (rewritten replies come from the
 #     VIP on the server-side interface), accept_local=1 (needed when the VIP is also a local address); with
-#     IPv6 services net.ipv6.conf.all.forwarding=1.
+#     IPv6 services net.ipv6.conf.all.forwarding=1 (which also makes every interface a router: interfaces
+#     then ignore router advertisements, so a balancer configured by SLAAC needs a static default route; and
+#     `down` writes the saved `all` value back, which resets every interface's own forwarding setting).
 # `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
 # sysctls are saved with their previous value the first time, and `down` restores exactly those.
 #
@@ -81,6 +83,9 @@ up() {
     grep -q '^\*raw$' <<<"$rules" || die "$nfqlb rules printed no iptables-restore input"
     rules6=$("$nfqlb" rules --config "$config" --family ipv6) || die "nfqlb refused $config"
     command -v iptables-restore >/dev/null || die "iptables is not installed (apt-get install iptables)"
+    if [ -n "$rules6" ]; then
+        command -v ip6tables-restore >/dev/null || die "ip6tables is not installed (apt-get install iptables): the config has IPv6 services"
+    fi
     mkdir -p "$state"
     touch "$saved"
     set_sysctl net.ipv4.ip_forward 1

@@ -43,6 +43,15 @@ import Testing
         expected.source = datagram.destination
         expected.icmp = (v6 ? 1 : 3, v6 ? 4 : 3, [0, 0, 0, 0], datagram.build())
         #expect(out == expected.build())
+
+        // A damaged message stays damaged: the ICMP checksum is updated, not recomputed.
+        var damaged = error.build()
+        let checksumAt = v6 ? 42 : 22
+        damaged[checksumAt] ^= 0x01
+        let (_, damagedOut) = handler.run(damaged, counters: &counters)
+        var fixed = damagedOut
+        fixed[checksumAt] ^= 0x01
+        #expect(fixed == expected.build(), "off by exactly the damage")
     }
 
     /// "Packet too big" / "fragmentation needed" from a router on the client side, about a reply from the VIP,
@@ -113,6 +122,24 @@ import Testing
             var counters = CounterBatch()
             #expect(handler.run(error.build(), counters: &counters).0 == want)
             #expect(counters[.icmpForwarded] == 1)
+            // A quote of the client's own packet (client -> real server) matches the connection's reply key,
+            // but DR and TUN servers answer clients directly: not nfqlb's to translate. With DR the queue
+            // copies only 160 bytes: nothing may be rewritten in them either way.
+            var forward = PacketBuilder()
+            forward.transport = 17
+            forward.destination = [198, 51, 100, 11]
+            forward.sourcePort = datagram.sourcePort
+            forward.payload = Array(repeating: 5, count: 300)
+            var fromReal = PacketBuilder()
+            fromReal.transport = 1
+            fromReal.source = [198, 51, 100, 11]
+            fromReal.destination = datagram.source
+            fromReal.icmp = (3, 3, [0, 0, 0, 0], forward.build())
+            let fromRealBytes = fromReal.build()
+            let prefix = mode == .dr ? Array(fromRealBytes.prefix(160)) : fromRealBytes
+            let (fromRealVerdict, fromRealOut) = handler.run(prefix, counters: &counters)
+            #expect(fromRealVerdict == .accept && fromRealOut == prefix && counters[.icmpReplied] == 0)
+            counters = CounterBatch()
             // Another client port: not a tracked connection.
             reply.destinationPort = 1
             error.icmp = (3, 4, [0, 0, 5, 0], reply.build())

@@ -160,6 +160,8 @@ import Testing
         try lab.handler.update(to: Self.config(weights: [0, 1, 1], persistence: 300), now: 2000)
         let moved = lab.connect(port: 1002, now: 3000)
         #expect(moved == 12 || moved == 13)
+        // The old connection's packets still reach 11, but no longer refresh a template naming it.
+        #expect(lab.send(port: 1000, now: 3500).1 == 11)
         #expect(lab.connect(port: 1003, now: 4000) == moved, "the template now names the new server")
         // Removed and put back: the client stays where its template now points.
         try lab.handler.update(to: Self.config(reals: [12, 13], persistence: 300), now: 5000)
@@ -173,7 +175,9 @@ import Testing
         #expect(other.handler.tracker.forgetRemovedServers() == 1)
         other.registry.advance(now: 2000)
         #expect(other.registry.servers().count == 3, "kept for the persistence time")
-        other.registry.advance(now: 301_000)
+        other.registry.advance(now: 301_999)     // removed at 1 s, templates last 300 s, plus 1 s of rounding
+        #expect(other.registry.servers().count == 3)
+        other.registry.advance(now: 302_000)
         #expect(other.registry.servers().count == 2)
     }
 
@@ -224,15 +228,24 @@ import Testing
 
     @Test func dRealServersKeepTheirFwmarks() throws {
         func dr(_ reals: [UInt8]) -> BalancerConfig {
-            BalancerConfig(queues: [0], services: [VirtualService(
+            var service = VirtualService(
                 vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .dr, scheduler: .rr,
-                reals: reals.map { RealServer(address: IPAddress("198.51.100.\($0)")!, port: 80) })])
+                reals: reals.map { RealServer(address: IPAddress("198.51.100.\($0)")!, port: 80) })
+            service.drain = 60
+            return BalancerConfig(queues: [0], services: [service])
         }
         let lab = Lab(dr([11, 12, 13]))
         try lab.handler.update(to: dr([11, 12]), now: 1000)     // the last one leaves: no mark moves
         let error = #expect(throws: ConfigUpdateError.self) { try lab.handler.update(to: dr([12]), now: 2000) }
         #expect(error?.reason.contains("fwmark") == true)
         #expect(throws: ConfigUpdateError.self) { try lab.handler.update(to: Self.config(), now: 2000) }
+        // 13 left at 1 s and drains for 60 s: a new server may not take its mark meanwhile (that would steer
+        // 13's connections to it), and may once 13 is gone.
+        let reuse = #expect(throws: ConfigUpdateError.self) { try lab.handler.update(to: dr([11, 12, 14]), now: 3000) }
+        #expect(reuse?.reason.contains("still draining") == true)
+        lab.registry.advance(now: 61_000)
+        lab.registry.advance(now: 62_001)
+        try lab.handler.update(to: dr([11, 12, 14]), now: 63_000)
     }
 
     @Test func aFullNATServerAddedLaterGetsItsOwnPorts() throws {

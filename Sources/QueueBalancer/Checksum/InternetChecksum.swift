@@ -1,8 +1,10 @@
 /// The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 ///
-/// The datapath only ever updates checksums incrementally: the kernel hands nfqlb packets whose L4 checksum
-/// is complete and valid (no `NFQA_CFG_F_GSO`), and an incremental update keeps a corrupt checksum corrupt,
-/// so nfqlb never launders a damaged packet. The full computation is the reference the tests check against.
+/// The datapath updates checksums incrementally: the kernel hands nfqlb packets whose L4 checksum is complete
+/// and valid (no `NFQA_CFG_F_GSO`), and an incremental update keeps a corrupt checksum corrupt, so nfqlb never
+/// launders a damaged packet. The full computation serves where there is nothing to update: headers nfqlb
+/// writes itself (tunnel headers, ICMP "too big" answers), and an IPv6 UDP datagram that arrived without a
+/// checksum (0, invalid over IPv6). The tests also use it as their reference.
 public enum InternetChecksum {
     /// One's-complement sum of `bytes` folded to 16 bits, not complemented. An odd trailing byte is padded.
     public static func sum(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt16 {

@@ -69,7 +69,8 @@ public struct Decapsulator: PacketProcessor {
         guard outerLength >= 80, raw[40] >> 4 == 6 else { counters.count(.droppedMalformed); return .drop }
         let innerLength = 40 + Int(raw.loadBigEndianUInt16(at: 44))
         guard innerLength <= outerLength - 40 else { counters.count(.droppedMalformed); return .drop }
-        guard raw[46] == TransportProtocol.tcp.rawValue || raw[46] == TransportProtocol.udp.rawValue else {
+        // TCP, UDP, or ICMPv6 (an error about a connection, sent on by the balancer): no extension header.
+        guard raw[46] == TransportProtocol.tcp.rawValue || raw[46] == TransportProtocol.udp.rawValue || raw[46] == 58 else {
             counters.count(.droppedTunnelHeader)
             return .drop
         }

@@ -44,7 +44,7 @@ extension PacketProcessor {
 /// -> track and schedule -> forward (NAT: rewrite the destination; FULLNAT: both ends; DR: fwmark; TUN:
 /// encapsulate) -> verdict. Tests feed it byte arrays; workers feed it the kernel's buffer.
 ///
-/// Allocation-free, no logging, one tracker stripe lock per packet.
+/// Allocation-free, no logging, one tracker stripe lock per packet (ICMP errors included).
 ///
 /// Config changes (``update(to:now:tunnelPaths:)``): what the packet path reads about the virtual services
 /// is one immutable ``ServiceTable``, replaced as a whole by an atomic pointer swap; real servers keep their
@@ -85,7 +85,9 @@ public final class PacketHandler: PacketProcessor {
 
     /// - Parameters:
     ///   - registry: the real servers' state; by default one over the tracker's ``ConnectionTracker/Configuration/loads``
-    ///     (or fresh, when the tracker counts nothing).
+    ///     (or fresh, when the tracker counts nothing: then the tracker sees every server as active, so the
+    ///     lifecycle is not enforced on existing connections; only tests and benchmarks build handlers that way,
+    ///     ``Balancer`` shares the registry's loads with its tracker).
     ///   - tunnelPaths: TUN: the outer source and path MTU towards each real server (see
     ///     ``TunnelPath/resolve(to:)``); a service's `tunnel-source` overrides the source.
     ///   - workers: how many queue workers will call ``enterBatch(worker:)``.
@@ -164,7 +166,9 @@ public final class PacketHandler: PacketProcessor {
     /// Decides the verdict of one packet, rewriting `bytes` in place when the verdict is ``Verdict/acceptRewritten``.
     public func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict {
         // No reference counting on the shared table: it lives while this batch's generation is announced.
-        Unmanaged<ServiceTable>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .acquiring))!)
+        // Sequentially consistent, like the worker's announcement before it (a store then a load: acquire
+        // alone would let this load pass the store on weakly ordered CPUs, and reclaim a table in use).
+        Unmanaged<ServiceTable>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .sequentiallyConsistent))!)
             ._withUnsafeGuaranteedRef { table in handle(bytes, now: now, table: table, counters: &counters) }
     }
 
@@ -213,8 +217,11 @@ public final class PacketHandler: PacketProcessor {
             case .forward(let real, let number, let created):
                 if created { counters.count(.connectionsCreated) }
                 let service = services[serviceIndex]
-                // Every client packet keeps the template alive (IPVS: while the template controls connections).
-                service.templates?.bind(key.source.address, to: number, now: now)
+                // Every client packet keeps the template alive (IPVS: while the template controls connections),
+                // unless its server no longer takes new connections: then the template must be free to move.
+                if let templates = service.templates, registry.loads[Int(number)].isAvailable {
+                    templates.bind(key.source.address, to: number, now: now)
+                }
                 let route = table.routes[Int(number)]
                 if service.mode == .tun { return tunnel(bytes, packet, route.tunnel, to: real, &counters) }
                 counters.count(.forwarded)
@@ -223,7 +230,9 @@ public final class PacketHandler: PacketProcessor {
                 return .acceptRewritten
             case .forwardTranslated(let real, let local, let number, let created):
                 if created { counters.count(.connectionsCreated) }
-                services[serviceIndex].templates?.bind(key.source.address, to: number, now: now)
+                if let templates = services[serviceIndex].templates, registry.loads[Int(number)].isAvailable {
+                    templates.bind(key.source.address, to: number, now: now)
+                }
                 counters.count(.forwarded)
                 NATRewrite.rewriteDestination(bytes, packet, address: real.address, port: real.port)
                 NATRewrite.rewriteSource(bytes, packet, address: local.address, port: local.port)
@@ -258,39 +267,55 @@ public final class PacketHandler: PacketProcessor {
     private func icmpError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError, _ table: ServiceTable,
                            _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
         let key = error.connectionKey
+        // Rewriting needs the whole message; it is there unless the queue copies headers only (all DR).
+        let whole = !headersOnly && error.totalLength <= bytes.count
+        // The quoted packet comes from a VIP: the client side reports on a reply. One tracker lookup either way.
         if let index = table.matchService(address: error.innerSource.address, port: error.innerSource.port,
-                                          transport: error.transport),
-           let connection = tracker.connection(inbound: key, now: now) {
+                                          transport: error.transport) {
+            guard let connection = tracker.connection(inbound: key, now: now) else {
+                counters.count(.passedICMP)
+                return .accept
+            }
             let real = connection.reply.source
             let route = table.routes[Int(connection.real)]
-            counters.count(.icmpForwarded)
             switch table.services[index].mode {
             case .dr:
+                counters.count(.icmpForwarded)
                 return .acceptMarked(route.mark)
             case .tun:
+                counters.count(.icmpForwarded)
                 return real.address.isIPv4 == (error.family == .v4)
                     ? .acceptEncapsulated(source: route.tunnel.source, destination: real.address)
                     : .sendEncapsulated(source: route.tunnel.source, destination: real.address)
-            case .nat:
+            case .nat where whole:
                 error.rewrite(bytes, outerDestination: real.address, innerSource: real)
-            case .fullnat:
+            case .fullnat where whole:
                 let local = connection.reply.destination
                 error.rewrite(bytes, outerSource: local.address, outerDestination: real.address,
                               innerSource: real, innerDestination: local)
+            case .nat, .fullnat:
+                counters.count(.passedICMP)
+                return .accept
             }
+            counters.count(.icmpForwarded)
             return .acceptRewritten
         }
-        if let inbound = tracker.connection(reply: key, now: now) {
-            // NAT: from the VIP, quoting client -> VIP. FULLNAT: also to the client, quoting its own endpoint.
-            let translated = inbound.source != error.innerSource
-            error.rewrite(bytes, outerSource: inbound.destination.address,
-                          outerDestination: translated ? inbound.source.address : nil,
-                          innerSource: translated ? inbound.source : nil, innerDestination: inbound.destination)
-            counters.count(.icmpReplied)
-            return .acceptRewritten
+        // Otherwise a real server may report on a client's packet (NAT, FULLNAT: DR and TUN servers answer the
+        // client directly, not through the balancer).
+        guard whole, let inbound = tracker.connection(reply: key, now: now),
+              let index = table.matchService(address: inbound.destination.address, port: inbound.destination.port,
+                                             transport: error.transport),
+              table.services[index].mode == .nat || table.services[index].mode == .fullnat else {
+            counters.count(.passedICMP)
+            return .accept
         }
-        counters.count(.passedICMP)
-        return .accept
+        // NAT: from the VIP, quoting client -> VIP. FULLNAT: also to the client, quoting its own endpoint.
+        let translated = inbound.source != error.innerSource
+        error.rewrite(bytes, outerSource: inbound.destination.address,
+                      outerDestination: translated ? inbound.source.address : nil,
+                      innerSource: translated ? inbound.source : nil, innerDestination: inbound.destination)
+        counters.count(.icmpReplied)
+        return .acceptRewritten
     }
 
     /// `ops`: schedule this datagram alone. NAT keeps a reply-keyed entry so the server's answer is mapped back;
@@ -330,8 +355,9 @@ public final class PacketHandler: PacketProcessor {
         let mayFragment = outer == .v4 && packet.family == .v4 && bytes.loadBigEndianUInt16(at: 6) & 0x4000 == 0
         if packet.totalLength + overhead > path.mtu && !mayFragment {
             counters.count(.tunnelTooBig)
-            let length = TunnelEncapsulation.replaceWithTooBig(bytes, packet, mtu: path.mtu - overhead,
-                                                               vip: packet.destination)
+            // IPv6 hosts ignore a "packet too big" below the minimum MTU of 1280.
+            let mtu = packet.family == .v6 ? max(path.mtu - overhead, TunnelEncapsulation.minimumIPv6MTU) : path.mtu - overhead
+            let length = TunnelEncapsulation.replaceWithTooBig(bytes, packet, mtu: mtu, vip: packet.destination)
             return length > 0 ? .acceptReplaced(offset: 0, length: length) : .drop
         }
         counters.count(.forwarded)

@@ -112,33 +112,37 @@ final class QueueWorker: @unchecked Sendable {
             return verdicts.appendEncapsulated(queue: queue, packetID: id, inner: inner, family: family,
                                                innerLength: innerLength, source: source, destination: destination)
         case .sendEncapsulated(let source, let destination):
+            // The drop verdict first: if it does not fit, the caller flushes and calls again, and the packet
+            // must not have been sent already.
+            guard verdicts.append(queue: queue, packetID: id, verdict: .drop) else { return false }
             let inner = UnsafeRawBufferPointer(message.payload)
             let family: IPFamily = inner[0] >> 4 == 6 ? .v6 : .v4
             let outer: IPFamily = destination.isIPv4 ? .v4 : .v6
             let innerLength = family == .v4 ? Int(inner.loadBigEndianUInt16(at: 2)) : 40 + Int(inner.loadBigEndianUInt16(at: 4))
             let overhead = TunnelEncapsulation.overhead(outer)
-            if innerLength <= inner.count, innerLength + overhead <= rawBuffer.count, let base = rawBuffer.baseAddress,
-               let socket = outer == .v4 ? raw4 : raw6 {
-                TunnelEncapsulation.writeOuterHeader(base, inner: inner, family: family, outer: outer,
-                                                     innerLength: innerLength, source: source, destination: destination)
-                (base + overhead).copyMemory(from: inner.baseAddress!, byteCount: innerLength)
-                if !socket.send(UnsafeRawBufferPointer(rebasing: rawBuffer[0..<(innerLength + overhead)]), to: destination) {
-                    local.count(.droppedRawSend)
-                }
-            } else {
+            // The outer length fields hold at most 65535 (IPv4: total length; IPv6: payload length).
+            let fits = innerLength <= inner.count && (outer == .v4 ? innerLength + overhead : innerLength) <= 0xFFFF
+            guard fits, let base = rawBuffer.baseAddress, let socket = outer == .v4 ? raw4 : raw6 else {
+                local.count(.droppedRawSend)
+                return true
+            }
+            TunnelEncapsulation.writeOuterHeader(base, inner: inner, family: family, outer: outer,
+                                                 innerLength: innerLength, source: source, destination: destination)
+            (base + overhead).copyMemory(from: inner.baseAddress!, byteCount: innerLength)
+            if !socket.send(UnsafeRawBufferPointer(rebasing: rawBuffer[0..<(innerLength + overhead)]), to: destination) {
                 local.count(.droppedRawSend)
             }
-            return verdicts.append(queue: queue, packetID: id, verdict: .drop)
+            return true
         case .sendReplaced(let offset, let length):
+            guard verdicts.append(queue: queue, packetID: id, verdict: .drop) else { return false }
             let packet = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
             let isIPv4 = packet[0] >> 4 == 4
             let destination = NATRewrite.address(packet, isIPv4 ? .v4 : .v6, at: isIPv4 ? 16 : 24)
             if let socket = isIPv4 ? raw4 : raw6, socket.send(packet, to: destination) {
-                // delivered
-            } else {
-                local.count(.droppedRawSend)
+                return true
             }
-            return verdicts.append(queue: queue, packetID: id, verdict: .drop)
+            local.count(.droppedRawSend)
+            return true
         }
     }
 

@@ -60,7 +60,22 @@ final class ServiceTable: Sendable {
     convenience init(config: BalancerConfig, previous: ServiceTable?, tracker: ConnectionTracker, registry: RealServerRegistry,
          tunnelPaths: [IPAddress: TunnelPath], now: UInt64) throws(ConfigUpdateError) {
         let directRoutes = config.directRoutes
-        // Allocators first: they are the only step that can fail after validation besides the registry.
+        // The steps that can fail, before anything changes: room in the registry, then the port allocators (an
+        // allocator created for a refused config stays, unused, until a restart).
+        do {
+            try registry.check(config)
+        } catch {
+            throw ConfigUpdateError(reason: error.description)
+        }
+        if let previous {
+            // DR: a server that left earlier and still drains keeps its fwmark; no other server may take it.
+            for entry in registry.servers() where entry.lifecycle == .draining || entry.lifecycle == .removed {
+                let mark = previous.routes[Int(entry.number)].mark
+                guard mark != 0, let taker = directRoutes.first(where: { $0.mark == mark }),
+                      taker.realServer != entry.key.real.address else { continue }
+                throw ConfigUpdateError(reason: "fwmark 0x\(String(mark, radix: 16)) of DR real server \(entry.key.real.address), still draining, would go to \(taker.realServer): wait until it has drained, or restart")
+            }
+        }
         var allocatorsByService: [[Int32]] = []
         for service in config.services {
             var list: [Int32] = []
@@ -77,7 +92,7 @@ final class ServiceTable: Sendable {
         }
         let numbers: [[UInt32]]
         do {
-            numbers = try registry.apply(config, now: now)
+            numbers = try registry.apply(config, now: now)     // cannot fail after the check above
         } catch {
             throw ConfigUpdateError(reason: error.description)
         }

@@ -44,16 +44,20 @@ public enum NATRewrite {
         bytes.storeBigEndian(updated, at: checksumOffset)
     }
 
-    /// The transport checksum of `packet` as it is now in `bytes`, computed in full (the field read as 0).
+    /// The transport checksum of `packet` as it is now in `bytes`, computed in full (the field read as 0) over
+    /// the segment: for UDP its own length field (the parser checked it fits the packet), for TCP the rest of
+    /// the packet.
     static func transportChecksum(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UInt16 {
         let raw = UnsafeRawBufferPointer(bytes)
         let source = address(raw, packet.family, at: packet.family.sourceOffset)
         let destination = address(raw, packet.family, at: packet.family.destinationOffset)
         bytes.storeBigEndian(UInt16(0), at: packet.checksumOffset)
+        let length = packet.transport == .udp ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + 4))
+                                              : packet.transportLength
         let pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, family: packet.family,
-                                                      protocol: packet.transport.rawValue, length: packet.transportLength)
+                                                      protocol: packet.transport.rawValue, length: length)
         let checksum = InternetChecksum.compute(
-            UnsafeRawBufferPointer(rebasing: raw[packet.transportOffset..<packet.totalLength]), initial: pseudo)
+            UnsafeRawBufferPointer(rebasing: raw[packet.transportOffset..<(packet.transportOffset + length)]), initial: pseudo)
         return packet.transport == .udp && checksum == 0 ? 0xFFFF : checksum
     }
 

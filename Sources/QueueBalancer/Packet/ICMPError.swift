@@ -73,10 +73,11 @@ public struct ICMPError {
         FlowKey(source: innerDestination, destination: innerSource, transport: transport)
     }
 
-    /// Rewrites the outer addresses and the quoted packet's endpoints given (nil: unchanged), updating the outer
-    /// and quoted IPv4 header checksums and the quoted transport checksum (when quoted) incrementally, then
-    /// computes the ICMP checksum afresh (ICMPv6's covers the outer addresses). The whole message must be in
-    /// `bytes`.
+    /// Rewrites the outer addresses and the quoted packet's endpoints given (nil: unchanged), updating every
+    /// checksum that covers them incrementally (RFC 1624), so that a damaged message stays damaged: the outer
+    /// IPv4 header checksum, the quoted IPv4 header checksum and transport checksum (when quoted), and the ICMP
+    /// checksum, which covers the quote (and, for ICMPv6, the outer addresses through its pseudo-header). The
+    /// message must lie in `bytes` up to `totalLength`.
     public func rewrite(_ bytes: UnsafeMutableRawBufferPointer, outerSource: IPAddress? = nil,
                         outerDestination: IPAddress? = nil, innerSource: Endpoint? = nil, innerDestination: Endpoint? = nil) {
         var outer = ChecksumDelta()
@@ -103,9 +104,15 @@ public struct ICMPError {
             bytes.store(endpoint.address, family: family, at: innerOffset + family.destinationOffset)
             bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + 2)
         }
+        // Every 16-bit word of the ICMP message that changes (all at even offsets from its start).
+        var icmp = family == .v6 ? outer : ChecksumDelta()
+        icmp.acc &+= addresses.acc &+ ports.acc
         if family == .v4 && innerOffset + innerHeaderLength <= totalLength {
             let at = innerOffset + 10
-            bytes.storeBigEndian(addresses.applied(to: bytes.loadBigEndianUInt16(at: at)), at: at)
+            let old = bytes.loadBigEndianUInt16(at: at)
+            let updated = addresses.applied(to: old)
+            bytes.storeBigEndian(updated, at: at)
+            icmp.replace(old, with: updated)
         }
         let checksumAt = innerTransportOffset + (transport == .tcp ? 16 : 6)
         if checksumAt + 2 <= totalLength {
@@ -114,15 +121,8 @@ public struct ICMPError {
             let old = bytes.loadBigEndianUInt16(at: checksumAt)
             let updated = transport == .udp ? l4.appliedToUDP(old) : l4.applied(to: old)
             bytes.storeBigEndian(updated, at: checksumAt)
+            icmp.replace(old, with: updated)
         }
-
-        let raw = UnsafeRawBufferPointer(bytes)
-        bytes.storeBigEndian(UInt16(0), at: headerLength + 2)
-        let pseudo = family == .v4 ? 0 : InternetChecksum.pseudoHeaderSum(
-            source: NATRewrite.address(raw, family, at: family.sourceOffset),
-            destination: NATRewrite.address(raw, family, at: family.destinationOffset),
-            family: .v6, protocol: 58, length: totalLength - headerLength)
-        let checksum = InternetChecksum.compute(UnsafeRawBufferPointer(rebasing: raw[headerLength..<totalLength]), initial: pseudo)
-        bytes.storeBigEndian(checksum, at: headerLength + 2)
+        bytes.storeBigEndian(icmp.applied(to: bytes.loadBigEndianUInt16(at: headerLength + 2)), at: headerLength + 2)
     }
 }

@@ -100,6 +100,19 @@ public final class RealServerRegistry: Sendable {
         (0..<capacity).map { _ in RealServerLoad(weight: 0) }
     }
 
+    /// Throws what ``apply(_:now:)`` would throw for `config`, changing nothing.
+    public func check(_ config: BalancerConfig) throws(Failure) {
+        try state.withLock { state throws(Failure) in
+            var wanted = Set<Key>()
+            for service in config.services {
+                for real in service.reals { wanted.insert(Key(service: service, real: real)) }
+            }
+            let newKeys = wanted.filter { state.numbers[$0] == nil }.count
+            let freeCount = state.free.count - state.freeHead
+            guard newKeys <= freeCount else { throw .full(needed: newKeys, free: freeCount, capacity: capacity) }
+        }
+    }
+
     /// Makes `config` the current set of real servers at `now` (ms): each real server of each service gets its
     /// number (the one it had, or a free one), weight and thresholds; servers no longer in the config start
     /// draining (or are removed at once when their service's `drain` was 0). Nothing changes when it fails.
@@ -173,8 +186,9 @@ public final class RealServerRegistry: Sendable {
                     sweep = sweep || load.connections > 0
                 case .removed where load.connections > 0:
                     sweep = true
+                // Templates expire in whole seconds, rounded up: one more second before the number is reused.
                 case .removed where load.connections == 0
-                        && now >= state.slots[i].removedAt &+ state.slots[i].templateLifetime:
+                        && now >= state.slots[i].removedAt &+ state.slots[i].templateLifetime &+ 1000:
                     freed.append(key)
                 default:
                     break
