@@ -102,15 +102,19 @@ public final class RealServerRegistry: Sendable {
 
     /// Throws what ``apply(_:now:)`` would throw for `config`, changing nothing.
     public func check(_ config: BalancerConfig) throws(Failure) {
-        try state.withLock { state throws(Failure) in
-            var wanted = Set<Key>()
-            for service in config.services {
-                for real in service.reals { wanted.insert(Key(service: service, real: real)) }
-            }
-            let newKeys = wanted.filter { state.numbers[$0] == nil }.count
-            let freeCount = state.free.count - state.freeHead
-            guard newKeys <= freeCount else { throw .full(needed: newKeys, free: freeCount, capacity: capacity) }
+        try state.withLock { state throws(Failure) in _ = try wantedKeys(config, fitting: state) }
+    }
+
+    /// The keys of `config`'s real servers, when the new ones fit the free numbers of `state`.
+    private func wantedKeys(_ config: BalancerConfig, fitting state: State) throws(Failure) -> Set<Key> {
+        var wanted = Set<Key>()
+        for service in config.services {
+            for real in service.reals { wanted.insert(Key(service: service, real: real)) }
         }
+        let newKeys = wanted.filter { state.numbers[$0] == nil }.count
+        let freeCount = state.free.count - state.freeHead
+        guard newKeys <= freeCount else { throw .full(needed: newKeys, free: freeCount, capacity: capacity) }
+        return wanted
     }
 
     /// Makes `config` the current set of real servers at `now` (ms): each real server of each service gets its
@@ -121,13 +125,7 @@ public final class RealServerRegistry: Sendable {
     @discardableResult
     public func apply(_ config: BalancerConfig, now: UInt64) throws(Failure) -> [[UInt32]] {
         try state.withLock { state throws(Failure) -> [[UInt32]] in
-            var wanted = Set<Key>()
-            for service in config.services {
-                for real in service.reals { wanted.insert(Key(service: service, real: real)) }
-            }
-            let newKeys = wanted.filter { state.numbers[$0] == nil }.count
-            let freeCount = state.free.count - state.freeHead
-            guard newKeys <= freeCount else { throw .full(needed: newKeys, free: freeCount, capacity: capacity) }
+            let wanted = try wantedKeys(config, fitting: state)
 
             for (key, number) in state.numbers where !wanted.contains(key) {
                 let load = loads[Int(number)]
