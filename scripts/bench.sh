@@ -5,7 +5,7 @@
 #   nat, fullnat: the NAT lab (lib.sh lab_nat_up); "direct" goes through the balancer's kernel forwarding.
 #   dr, tun:      the direct-return lab (lab_dr_up); "direct" goes through the router, as the replies do.
 #
-# Usage (root): NFQLB=/path/to/nfqlb [LAB_FAMILY=6] scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
+# Usage (root): NFQLB=/path/to/nfqlb [LAB_FAMILY=6] [LAB_CROSS=1] scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
 #   IPERF_ARGS=-R measures the other direction (server to client). Without NFQLB it builds the release binary.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +24,10 @@ fi
 export NFQLB
 vip=$LAB_VIP          # LAB_FAMILY=6 in the environment: the lab's IPv6 addresses (Tests/e2e/lib.sh)
 rip=${LAB_RIP[0]}
+if [ "${LAB_CROSS:-0}" = 1 ]; then     # TUN between families: the real server in the other family
+    [ "$mode" = tun ] || fail "LAB_CROSS=1 is for tun only"
+    if [ "$LAB_FAMILY" = 6 ]; then rip=198.51.100.11; else rip=2001:db8:5::11; fi
+fi
 if [ "$LAB_FAMILY" = 6 ]; then servers=2001:db8:5::/64; via_balancer=2001:db8:c::1; via_router=2001:db8:c::fe
 else servers=198.51.100.0/24; via_balancer=192.0.2.1; via_router=192.0.2.254; fi
 
@@ -43,6 +47,10 @@ case "$mode" in
     dr|tun)
         lab_dr_up
         ip -n "${P}c" route add "$servers" via "$via_router"       # direct: through the router
+        if [ "${LAB_CROSS:-0}" = 1 ]; then                           # and to the real server's own family
+            if [ "$LAB_FAMILY" = 6 ]; then ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.254
+            else ip -n "${P}c" route add 2001:db8:5::/64 via 2001:db8:c::fe; fi
+        fi
         in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null
         if [ "$mode" = tun ]; then
             lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0 --vip "$vip"
@@ -76,4 +84,4 @@ for round in $(seq "$rounds"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 md=$(median "${direct[@]}"); mb=$(median "${balanced[@]}")
-echo "median ($mode IPv$LAB_FAMILY${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
+echo "median ($mode IPv$LAB_FAMILY${LAB_CROSS:+ cross=$LAB_CROSS}${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
