@@ -1,5 +1,5 @@
 // The C surface nfqlb uses: libmnl for the netlink socket, libnetfilter_queue's
-// libmnl-based helpers for queue configuration, and two syscalls Swift cannot see.
+// libmnl-based helpers for queue configuration, and the syscalls Swift cannot see.
 #ifndef NFQLB_CNFQUEUE_SHIM_H
 #define NFQLB_CNFQUEUE_SHIM_H
 
@@ -28,6 +28,11 @@ struct nfqlb_mmsghdr {
 static inline int nfqlb_recvmmsg(int fd, struct nfqlb_mmsghdr *vec, unsigned int vlen,
                                  int flags, struct timespec *timeout) {
     return (int)syscall(SYS_recvmmsg, fd, vec, vlen, flags, timeout);
+}
+
+/// sendmmsg(2) through syscall(2), for the same reason.
+static inline int nfqlb_sendmmsg(int fd, struct nfqlb_mmsghdr *vec, unsigned int vlen, int flags) {
+    return (int)syscall(SYS_sendmmsg, fd, vec, vlen, flags);
 }
 
 /// errno as a function: Swift cannot read the thread-local macro reliably from every module.

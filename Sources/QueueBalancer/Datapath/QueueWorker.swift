@@ -14,11 +14,9 @@ final class QueueWorker: @unchecked Sendable {
     let index: Int
     private let batch: ReceiveBatch
     private let verdicts: VerdictWriter
-    /// TUN between families: raw sockets of each family (nil without CAP_NET_RAW) and the buffer a packet is
-    /// built in before it is sent.
-    private let raw4 = RawIPSocket(family: .v4)
-    private let raw6 = RawIPSocket(family: .v6)
-    private let rawBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536 + 80, alignment: 8)
+    /// TUN between families: the packets for the raw socket of each family, sent once per batch.
+    private let raw4 = RawSendBatch(family: .v4)
+    private let raw6 = RawSendBatch(family: .v6)
 
     /// Messages per `recvmmsg`.
     static let batchSize = 64
@@ -36,7 +34,6 @@ final class QueueWorker: @unchecked Sendable {
         verdicts = VerdictWriter(limit: sendLimit)
     }
 
-    deinit { rawBuffer.deallocate() }
 
     /// Runs until `stop` is raised (noticed within the socket's 200 ms receive timeout).
     func run() {
@@ -113,40 +110,49 @@ final class QueueWorker: @unchecked Sendable {
                                                innerLength: innerLength, source: source, destination: destination)
         case .sendEncapsulated(let source, let destination):
             // The drop verdict first: if it does not fit, the caller flushes and calls again, and the packet
-            // must not have been sent already.
+            // must not have been queued already.
             guard verdicts.append(queue: queue, packetID: id, verdict: .drop) else { return false }
             let inner = UnsafeRawBufferPointer(message.payload)
             let family: IPFamily = inner[0] >> 4 == 6 ? .v6 : .v4
             let outer: IPFamily = destination.isIPv4 ? .v4 : .v6
             let innerLength = family == .v4 ? Int(inner.loadBigEndianUInt16(at: 2)) : 40 + Int(inner.loadBigEndianUInt16(at: 4))
             let overhead = TunnelEncapsulation.overhead(outer)
+            let batch = outer == .v4 ? raw4 : raw6
+            var failed = 0
             // The outer length fields hold at most 65535 (IPv4: total length; IPv6: payload length).
-            let fits = innerLength <= inner.count && (outer == .v4 ? innerLength + overhead : innerLength) <= 0xFFFF
-            guard fits, let base = rawBuffer.baseAddress, let socket = outer == .v4 ? raw4 : raw6 else {
-                local.count(.droppedRawSend)
+            guard innerLength <= inner.count, (outer == .v4 ? innerLength + overhead : innerLength) <= 0xFFFF,
+                  let base = batch.space(innerLength + overhead, failed: &failed) else {
+                local.count(.droppedRawSend, UInt64(failed + 1))
                 return true
             }
             TunnelEncapsulation.writeOuterHeader(base, inner: inner, family: family, outer: outer,
                                                  innerLength: innerLength, source: source, destination: destination)
             (base + overhead).copyMemory(from: inner.baseAddress!, byteCount: innerLength)
-            if !socket.send(UnsafeRawBufferPointer(rebasing: rawBuffer[0..<(innerLength + overhead)]), to: destination) {
-                local.count(.droppedRawSend)
-            }
+            batch.add(length: innerLength + overhead, destination: destination)
+            if failed > 0 { local.count(.droppedRawSend, UInt64(failed)) }
             return true
         case .sendReplaced(let offset, let length):
             guard verdicts.append(queue: queue, packetID: id, verdict: .drop) else { return false }
             let packet = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
             let isIPv4 = packet[0] >> 4 == 4
             let destination = NATRewrite.address(packet, isIPv4 ? .v4 : .v6, at: isIPv4 ? 16 : 24)
-            if let socket = isIPv4 ? raw4 : raw6, socket.send(packet, to: destination) {
+            let batch = isIPv4 ? raw4 : raw6
+            var failed = 0
+            guard let base = batch.space(length, failed: &failed) else {
+                local.count(.droppedRawSend, UInt64(failed + 1))
                 return true
             }
-            local.count(.droppedRawSend)
+            base.copyMemory(from: packet.baseAddress!, byteCount: length)
+            batch.add(length: length, destination: destination)
+            if failed > 0 { local.count(.droppedRawSend, UInt64(failed)) }
             return true
         }
     }
 
     private func flush(_ local: inout CounterBatch) {
+        // Packets for the raw sockets (TUN between families) leave with the verdicts of their batch.
+        let failed = raw4.flush() + raw6.flush()
+        if failed > 0 { local.count(.droppedRawSend, UInt64(failed)) }
         guard verdicts.count > 0 else { return }
         if socket.send(verdicts.bytes, count: verdicts.used) != nil {
             // The kernel holds these packets until the queue is unbound; count them as lost.

@@ -1,3 +1,4 @@
+import CNFQueue
 import Glibc
 
 /// A raw IP socket that sends complete packets, headers included (`IPPROTO_RAW`, which implies
@@ -6,8 +7,8 @@ import Glibc
 /// from). nfqlb uses it for TUN between families: IPv4 in IPv6 or IPv6 in IPv4 on the balancer, and on the
 /// real server to deliver the decapsulated inner packet of the other family to the local VIP.
 ///
-/// The one place besides ``QueueSocket`` that calls socket syscalls. ``send(_:to:)`` is one `sendto(2)` with a
-/// socket address built on the stack: allocation-free.
+/// Packets are queued in a ``RawSendBatch`` while a queue batch is handled and leave with one `sendmmsg(2)` at
+/// its end, like the verdicts. The one place besides ``QueueSocket`` that calls socket syscalls.
 final class RawIPSocket {
     let family: IPFamily
     private let fd: Int32
@@ -22,32 +23,94 @@ final class RawIPSocket {
 
     deinit { close(fd) }
 
-    /// Sends `packet` (a complete packet of ``family``) towards `destination`; false when the kernel refused.
-    func send(_ packet: UnsafeRawBufferPointer, to destination: IPAddress) -> Bool {
-        guard let base = packet.baseAddress else { return false }
-        let sent: Int
+    /// Sends `count` prepared messages; returns how many the kernel took before the first it refused (the
+    /// caller skips that one and goes on).
+    func send(_ messages: UnsafeMutablePointer<nfqlb_mmsghdr>, count: Int) -> Int {
+        let sent = nfqlb_sendmmsg(fd, messages, UInt32(count), 0)
+        return sent < 0 ? 0 : Int(sent)
+    }
+
+    /// Writes the socket address of `destination` (of ``family``) into `storage`; returns its length.
+    func address(_ destination: IPAddress, into storage: UnsafeMutablePointer<sockaddr_in6>) -> socklen_t {
         if family == .v4 {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = UInt32(truncatingIfNeeded: destination.low).bigEndian
-            sent = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(fd, base, packet.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-        } else {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            withUnsafeMutableBytes(of: &address.sin6_addr) { bytes in
-                bytes.storeBytes(of: destination.high.bigEndian, toByteOffset: 0, as: UInt64.self)
-                bytes.storeBytes(of: destination.low.bigEndian, toByteOffset: 8, as: UInt64.self)
-            }
-            sent = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(fd, base, packet.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                }
+            return UnsafeMutableRawPointer(storage).withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
+                address.pointee = sockaddr_in()
+                address.pointee.sin_family = sa_family_t(AF_INET)
+                address.pointee.sin_addr.s_addr = UInt32(truncatingIfNeeded: destination.low).bigEndian
+                return socklen_t(MemoryLayout<sockaddr_in>.size)
             }
         }
-        return sent == packet.count
+        storage.pointee = sockaddr_in6()
+        storage.pointee.sin6_family = sa_family_t(AF_INET6)
+        withUnsafeMutableBytes(of: &storage.pointee.sin6_addr) { bytes in
+            bytes.storeBytes(of: destination.high.bigEndian, toByteOffset: 0, as: UInt64.self)
+            bytes.storeBytes(of: destination.low.bigEndian, toByteOffset: 8, as: UInt64.self)
+        }
+        return socklen_t(MemoryLayout<sockaddr_in6>.size)
+    }
+}
+
+/// The packets one worker sends through one raw socket during a queue batch, sent together by ``flush()``.
+///
+/// Everything is allocated in `init`: an arena the packets are built in (room for four packets of the largest
+/// size, usually dozens of ordinary ones), and one message header, iovec and socket address per packet. When a
+/// packet does not fit, the batch is flushed first.
+final class RawSendBatch {
+    let socket: RawIPSocket?
+    static let capacity = 64
+    static let arenaSize = 4 * (65536 + 80)
+    private let arena = UnsafeMutableRawPointer.allocate(byteCount: RawSendBatch.arenaSize, alignment: 8)
+    private let messages = UnsafeMutablePointer<nfqlb_mmsghdr>.allocate(capacity: RawSendBatch.capacity)
+    private let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: RawSendBatch.capacity)
+    private let addresses = UnsafeMutablePointer<sockaddr_in6>.allocate(capacity: RawSendBatch.capacity)
+    private var used = 0
+    private var count = 0
+
+    init(family: IPFamily) {
+        socket = RawIPSocket(family: family)
+    }
+
+    deinit {
+        arena.deallocate()
+        messages.deallocate()
+        vectors.deallocate()
+        addresses.deallocate()
+    }
+
+    /// Room for a packet of `length` bytes, flushing the batch first when it is full; nil without a socket.
+    /// `failed` counts the packets an intermediate flush could not send.
+    func space(_ length: Int, failed: inout Int) -> UnsafeMutableRawPointer? {
+        guard socket != nil, length <= RawSendBatch.arenaSize else { return nil }
+        if count == RawSendBatch.capacity || used + length > RawSendBatch.arenaSize { failed += flush() }
+        return arena + used
+    }
+
+    /// Queues the packet just built at ``space(_:failed:)`` for `destination`.
+    func add(length: Int, destination: IPAddress) {
+        guard let socket else { return }
+        vectors[count] = iovec(iov_base: arena + used, iov_len: length)
+        let addressLength = socket.address(destination, into: addresses + count)
+        messages[count] = nfqlb_mmsghdr(
+            msg_hdr: msghdr(msg_name: UnsafeMutableRawPointer(addresses + count), msg_namelen: addressLength,
+                            msg_iov: vectors + count, msg_iovlen: 1, msg_control: nil, msg_controllen: 0, msg_flags: 0),
+            msg_len: 0)
+        used += (length + 7) & ~7
+        count += 1
+    }
+
+    /// Sends every queued packet; returns how many the kernel refused.
+    func flush() -> Int {
+        defer { count = 0; used = 0 }
+        guard let socket, count > 0 else { return 0 }
+        var next = 0, failed = 0
+        while next < count {
+            let sent = socket.send(messages + next, count: count - next)
+            next += sent
+            if next < count {     // the kernel refused this one: skip it
+                failed += 1
+                next += 1
+            }
+        }
+        return failed
     }
 }
