@@ -192,7 +192,9 @@ public final class PacketHandler: PacketProcessor {
             transport: packet.transport)
 
         if let serviceIndex = table.matchService(packet) {
-            if services[serviceIndex].onePacket { return onePacket(bytes, packet, key, services[serviceIndex], now, &counters) }
+            if services[serviceIndex].onePacket {
+                return onePacket(bytes, packet, key, services[serviceIndex], table, now, &counters)
+            }
             let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
                 let service = services[serviceIndex]
                 // A live persistence template wins while its server is in this service and takes new connections.
@@ -217,11 +219,7 @@ public final class PacketHandler: PacketProcessor {
             case .forward(let real, let number, let created):
                 if created { counters.count(.connectionsCreated) }
                 let service = services[serviceIndex]
-                // Every client packet keeps the template alive (IPVS: while the template controls connections),
-                // unless its server no longer takes new connections: then the template must be free to move.
-                if let templates = service.templates, registry.loads[Int(number)].isAvailable {
-                    templates.bind(key.source.address, to: number, now: now)
-                }
+                refreshTemplate(service, client: key.source.address, real: number, now: now)
                 let route = table.routes[Int(number)]
                 if service.mode == .tun { return tunnel(bytes, packet, route.tunnel, to: real, &counters) }
                 counters.count(.forwarded)
@@ -230,9 +228,7 @@ public final class PacketHandler: PacketProcessor {
                 return .acceptRewritten
             case .forwardTranslated(let real, let local, let number, let created):
                 if created { counters.count(.connectionsCreated) }
-                if let templates = services[serviceIndex].templates, registry.loads[Int(number)].isAvailable {
-                    templates.bind(key.source.address, to: number, now: now)
-                }
+                refreshTemplate(services[serviceIndex], client: key.source.address, real: number, now: now)
                 counters.count(.forwarded)
                 NATRewrite.rewriteDestination(bytes, packet, address: real.address, port: real.port)
                 NATRewrite.rewriteSource(bytes, packet, address: local.address, port: local.port)
@@ -258,6 +254,13 @@ public final class PacketHandler: PacketProcessor {
         // from the balancer itself. Passing it unchanged is what the kernel would have done without nfqlb.
         counters.count(.passedUnmatched)
         return .accept
+    }
+
+    /// Every client packet keeps its network's template alive (IPVS: while the template controls connections),
+    /// unless its server no longer takes new connections: then the template must be free to move.
+    private func refreshTemplate(_ service: ServiceTable.Service, client: IPAddress, real: UInt32, now: UInt64) {
+        guard let templates = service.templates, registry.loads[Int(real)].isAvailable else { return }
+        templates.bind(client, to: real, now: now)
     }
 
     /// An ICMP error quoting a packet of a tracked connection goes where the connection goes, translated as its
@@ -321,15 +324,16 @@ public final class PacketHandler: PacketProcessor {
     /// `ops`: schedule this datagram alone. NAT keeps a reply-keyed entry so the server's answer is mapped back;
     /// DR and TUN need none (the answer goes straight to the client).
     private func onePacket(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, _ key: FlowKey,
-                           _ service: ServiceTable.Service, _ now: UInt64, _ counters: inout CounterBatch) -> Verdict {
+                           _ service: ServiceTable.Service, _ table: ServiceTable, _ now: UInt64,
+                           _ counters: inout CounterBatch) -> Verdict {
         guard let realIndex = service.scheduler.pick(for: key) else { counters.count(.droppedNoRealServer); return .drop }
         let real = service.reals[realIndex]
         switch service.mode {
         case .dr:
             counters.count(.forwarded)
-            return .acceptMarked(service.marks[realIndex])
+            return .acceptMarked(table.routes[Int(service.numbers[realIndex])].mark)
         case .tun:
-            return tunnel(bytes, packet, service.tunnels[realIndex], to: real, &counters)
+            return tunnel(bytes, packet, table.routes[Int(service.numbers[realIndex])].tunnel, to: real, &counters)
         case .nat, .fullnat:
             let assignment = ConnectionTracker.Assignment(realServer: real, real: service.numbers[realIndex])
             guard tracker.oneShot(key, assignment: assignment, now: now) else {

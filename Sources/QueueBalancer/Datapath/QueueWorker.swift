@@ -100,8 +100,7 @@ final class QueueWorker: @unchecked Sendable {
                                    mark: IptablesRules.translatedMark)
         case .acceptEncapsulated(let source, let destination):
             let inner = UnsafeRawBufferPointer(message.payload)
-            let family: IPFamily = inner[0] >> 4 == 6 ? .v6 : .v4
-            let innerLength = family == .v4 ? Int(inner.loadBigEndianUInt16(at: 2)) : 40 + Int(inner.loadBigEndianUInt16(at: 4))
+            let (family, innerLength) = TunnelEncapsulation.familyAndLength(inner)
             guard innerLength + TunnelEncapsulation.overhead(family) <= 0xFFFF - 4, innerLength <= inner.count else {
                 local.count(.droppedMalformed)
                 return verdicts.append(queue: queue, packetID: id, verdict: .drop)
@@ -113,9 +112,8 @@ final class QueueWorker: @unchecked Sendable {
             // must not have been queued already.
             guard verdicts.append(queue: queue, packetID: id, verdict: .drop) else { return false }
             let inner = UnsafeRawBufferPointer(message.payload)
-            let family: IPFamily = inner[0] >> 4 == 6 ? .v6 : .v4
+            let (family, innerLength) = TunnelEncapsulation.familyAndLength(inner)
             let outer: IPFamily = destination.isIPv4 ? .v4 : .v6
-            let innerLength = family == .v4 ? Int(inner.loadBigEndianUInt16(at: 2)) : 40 + Int(inner.loadBigEndianUInt16(at: 4))
             let overhead = TunnelEncapsulation.overhead(outer)
             let batch = outer == .v4 ? raw4 : raw6
             var failed = 0

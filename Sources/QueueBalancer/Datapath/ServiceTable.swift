@@ -3,18 +3,13 @@
 final class ServiceTable: Sendable {
     /// One virtual service as the packet path needs it.
     struct Service: Sendable {
-        let vip: IPAddress
-        let port: UInt16
-        let transport: TransportProtocol
+        let key: Key
         let mode: ForwardingMode
-        /// The real servers in config order, their registry numbers and live state.
+        /// The real servers in config order, their registry numbers (which index ``routes``: DR marks, TUN
+        /// paths) and live state.
         let reals: [Endpoint]
         let numbers: [UInt32]
         let loads: [RealServerLoad]
-        /// DR: the fwmark of each real server (its policy route).
-        let marks: [UInt32]
-        /// TUN: per real server, the outer source address and the path MTU towards it.
-        let tunnels: [TunnelPath]
         /// FULLNAT: the local addresses, and the port allocator of each (local, real) at
         /// `localIndex * reals.count + realIndex`.
         let locals: [IPAddress]
@@ -46,7 +41,7 @@ final class ServiceTable: Sendable {
 
     private init(services: [Service], routes: [Route]) {
         self.services = services
-        keys = services.map { Key(vip: $0.vip, port: $0.port, transport: $0.transport) }
+        keys = services.map(\.key)
         self.routes = routes
     }
 
@@ -113,9 +108,7 @@ final class ServiceTable: Sendable {
             // Templates survive a change that keeps the service and its persistence settings.
             var templates: PersistenceTemplates?
             if service.persistence > 0 {
-                if let old = previous?.services.first(where: {
-                    Key(vip: $0.vip, port: $0.port, transport: $0.transport) == key
-                }), let kept = old.templates, kept.timeout == service.persistence * 1000,
+                if let old = previous?.services.first(where: { $0.key == key }), let kept = old.templates, kept.timeout == service.persistence * 1000,
                    kept.prefixLength == service.persistencePrefix {
                     templates = kept
                 } else {
@@ -123,9 +116,9 @@ final class ServiceTable: Sendable {
                 }
             }
             services.append(Service(
-                vip: key.vip, port: key.port, transport: key.transport, mode: service.mode,
+                key: key, mode: service.mode,
                 reals: service.reals.map(\.endpoint), numbers: numbers[index], loads: loads,
-                marks: marks, tunnels: tunnels, locals: service.localAddresses, allocators: allocatorsByService[index],
+                locals: service.localAddresses, allocators: allocatorsByService[index],
                 scheduler: service.scheduler.makeScheduler(loads: loads, options: service.schedulerOptions,
                                                            names: service.reals.map(\.endpoint)),
                 templates: templates, onePacket: service.onePacket))

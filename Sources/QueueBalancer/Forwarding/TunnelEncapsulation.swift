@@ -10,6 +10,11 @@ public enum TunnelEncapsulation {
     /// Bytes the outer header adds: 20 for IPv4, 40 for IPv6.
     public static func overhead(_ family: IPFamily) -> Int { family == .v4 ? 20 : 40 }
 
+    /// The family of the packet in `bytes` (already parsed by the handler) and its length from its own header.
+    static func familyAndLength(_ bytes: UnsafeRawBufferPointer) -> (IPFamily, Int) {
+        bytes[0] >> 4 == 6 ? (.v6, 40 + Int(bytes.loadBigEndianUInt16(at: 4))) : (.v4, Int(bytes.loadBigEndianUInt16(at: 2)))
+    }
+
     /// The smallest MTU every IPv6 link has (RFC 8200): an ICMPv6 error is cut to fit it.
     static let minimumIPv6MTU = 1280
 
