@@ -13,10 +13,12 @@ gcc -O2 -shared -fPIC -o "$work/malloc-count.so" "$root/scripts/malloc-count.c"
 (cd "$root" && swift build -c "$configuration" --product nfqlb-bench >/dev/null)
 bench=$(cd "$root" && swift build -c "$configuration" --show-bin-path)/nfqlb-bench
 
-count() { LD_PRELOAD="$work/malloc-count.so" "$bench" "$1" 2>&1 >/dev/null | awk '$1=="allocations"{print $2}'; }
+# count N: the allocations during nfqlb-bench's packet loop of N packets (it marks the loop for the counter),
+# then the whole run's, start-up and result formatting included.
+count() { LD_PRELOAD="$work/malloc-count.so" "$bench" "$1" 2>&1 >/dev/null | awk '$1=="allocations_marked"{m=$2} $1=="allocations"{t=$2} END{print m, t}'; }
 small=20000; large=220000
-a=$(count $small); b=$(count $large)
+read -r a total_a <<<"$(count $small)"; read -r b total_b <<<"$(count $large)"
+[[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ ]] || { echo "FAIL: the malloc counter reported no marked loop (a='$a' b='$b')" >&2; exit 1; }
 per=$(awk -v a="$a" -v b="$b" -v n=$((large - small)) 'BEGIN{printf "%.4f", (b-a)/n}')
-echo "allocations: $a for $small packets, $b for $large packets: $per per packet ($configuration)"
-[[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ ]] || { echo "FAIL: the malloc counter reported nothing (a='$a' b='$b')" >&2; exit 1; }
+echo "allocations in the packet loop: $a for $small packets, $b for $large packets: $per per packet ($configuration; whole runs $total_a and $total_b)"
 [ "$a" = "$b" ] || { echo "FAIL: the packet path allocates" >&2; exit 1; }
