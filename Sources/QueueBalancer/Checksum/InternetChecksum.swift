@@ -34,25 +34,25 @@ public enum InternetChecksum {
     /// The pseudo-header sum of either family (RFC 768/793 for IPv4, RFC 8200 section 8.1 for IPv6) for a
     /// transport segment of `length` bytes.
     public static func pseudoHeaderSum(source: IPAddress, destination: IPAddress, family: IPFamily,
-                                       protocol proto: UInt8, length: Int) -> UInt32 {
+                                       protocol proto: IPProtocolNumber, length: Int) -> UInt32 {
         guard family == .v6 else {
             return pseudoHeaderSum(source: UInt32(truncatingIfNeeded: source.low),
                                    destination: UInt32(truncatingIfNeeded: destination.low), protocol: proto, length: length)
         }
         func words(_ w: UInt64) -> UInt64 { (w >> 48) &+ (w >> 32 & 0xFFFF) &+ (w >> 16 & 0xFFFF) &+ (w & 0xFFFF) }
-        let acc = UInt64(proto) &+ UInt64(length >> 16) &+ UInt64(length & 0xFFFF)
+        let acc = UInt64(proto.rawValue) &+ UInt64(length >> 16) &+ UInt64(length & 0xFFFF)
             &+ words(source.high) &+ words(source.low) &+ words(destination.high) &+ words(destination.low)
         return UInt32(fold(acc))
     }
 
     /// The IPv4 pseudo-header sum (RFC 793/768) for an L4 segment of `length` bytes.
-    public static func pseudoHeaderSum(source: UInt32, destination: UInt32, protocol proto: UInt8, length: Int) -> UInt32 {
+    public static func pseudoHeaderSum(source: UInt32, destination: UInt32, protocol proto: IPProtocolNumber, length: Int) -> UInt32 {
         var acc: UInt32 = 0
         acc &+= source >> 16
         acc &+= source & 0xFFFF
         acc &+= destination >> 16
         acc &+= destination & 0xFFFF
-        acc &+= UInt32(proto)
+        acc &+= UInt32(proto.rawValue)
         acc &+= UInt32(length)
         return acc
     }

@@ -32,89 +32,95 @@ public struct Decapsulator: PacketProcessor {
     }
 
     private func ipv4(_ raw: UnsafeRawBufferPointer, _ counters: inout CounterBatch) -> Verdict {
-        guard raw.count >= 20 else { counters.count(.droppedMalformed); return .drop }
-        if raw[9] == 41 {
-            let outerHeader = Int(raw[0] & 0x0F) * 4
-            let outerLength = Int(raw.loadBigEndianUInt16(at: 2))
-            guard outerHeader >= 20, outerLength <= raw.count, outerLength >= outerHeader else {
+        guard let outer = IPv4Header(raw) else { counters.count(.droppedMalformed); return .drop }
+        let outerLength = outer.totalLength
+        switch outer.protocolNumber {
+        case .ipv6:
+            let outerHeader = outer.headerLength
+            guard outerHeader >= IPv4Header.minimumLength, outerLength <= raw.count, outerLength >= outerHeader else {
                 counters.count(.droppedMalformed); return .drop
             }
-            return inner(raw, at: outerHeader, end: outerLength, &counters)
+            return acrossFamilies(raw, at: outerHeader, end: outerLength, &counters)
+        case .ipv4:
+            let minimum = IPv4Header.minimumLength
+            guard outerLength <= raw.count, outerLength >= 2 * minimum else { counters.count(.droppedMalformed); return .drop }
+            let inner = IPv4Header(UnsafeRawBufferPointer(rebasing: raw[minimum..<outerLength]))!
+            // In place, the inner header must have the outer's length: both without options.
+            guard outer.isMinimal, inner.isMinimal else { counters.count(.droppedTunnelHeader); return .drop }
+            let innerLength = inner.totalLength
+            guard innerLength >= minimum, innerLength <= outerLength - minimum else {
+                counters.count(.droppedMalformed); return .drop
+            }
+            return deliver(inner.source, inner.destination, .v4, .acceptReplaced(offset: minimum, length: innerLength),
+                           &counters)
+        default:
+            counters.count(.passedOtherProtocol)
+            return .accept
         }
-        guard raw[9] == 4 else { counters.count(.passedOtherProtocol); return .accept }
-        let outerLength = Int(raw.loadBigEndianUInt16(at: 2))
-        guard outerLength <= raw.count, outerLength >= 40 else { counters.count(.droppedMalformed); return .drop }
-        guard raw[0] == 0x45, raw[20] == 0x45 else { counters.count(.droppedTunnelHeader); return .drop }
-        let innerLength = Int(raw.loadBigEndianUInt16(at: 22))
-        guard innerLength >= 20, innerLength <= outerLength - 20 else { counters.count(.droppedMalformed); return .drop }
-        let source = raw.loadBigEndianUInt32(at: 32)
-        let firstOctet = source >> 24
-        // 0/8, loopback 127/8, multicast and reserved 224/3: never a client.
-        guard vips.contains(IPAddress(ipv4: raw.loadBigEndianUInt32(at: 36))), firstOctet != 0, firstOctet != 127,
-              firstOctet < 224 else {
-            counters.count(.droppedTunnelSpoofed)
-            return .drop
-        }
-        counters.count(.decapsulated)
-        return .acceptReplaced(offset: 20, length: innerLength)
     }
 
     private func ipv6(_ raw: UnsafeRawBufferPointer, _ counters: inout CounterBatch) -> Verdict {
-        guard raw.count >= 40 else { counters.count(.droppedMalformed); return .drop }
-        let outerLength = 40 + Int(raw.loadBigEndianUInt16(at: 4))
+        guard let outer = IPv6Header(raw) else { counters.count(.droppedMalformed); return .drop }
+        let outerLength = outer.totalLength
         guard outerLength <= raw.count else { counters.count(.droppedMalformed); return .drop }
-        if raw[6] == 4 { return inner(raw, at: 40, end: outerLength, &counters) }
-        // Next header 41 right after the fixed header; an outer extension header would move the offset.
-        guard raw[6] == 41 else { counters.count(.passedOtherProtocol); return .accept }
-        guard outerLength >= 80, raw[40] >> 4 == 6 else { counters.count(.droppedMalformed); return .drop }
-        let innerLength = 40 + Int(raw.loadBigEndianUInt16(at: 44))
-        guard innerLength <= outerLength - 40 else { counters.count(.droppedMalformed); return .drop }
-        // TCP, UDP, or ICMPv6 (an error about a connection, sent on by the balancer): no extension header.
-        guard raw[46] == TransportProtocol.tcp.rawValue || raw[46] == TransportProtocol.udp.rawValue || raw[46] == 58 else {
-            counters.count(.droppedTunnelHeader)
-            return .drop
+        // The tunnelled packet right after the fixed header; an outer extension header would move the offset.
+        switch outer.nextHeader {
+        case .ipv4:
+            return acrossFamilies(raw, at: IPv6Header.length, end: outerLength, &counters)
+        case .ipv6:
+            let length = IPv6Header.length
+            guard outerLength >= 2 * length,
+                  let inner = IPv6Header(UnsafeRawBufferPointer(rebasing: raw[length..<outerLength])), inner.version == 6 else {
+                counters.count(.droppedMalformed); return .drop
+            }
+            let innerLength = inner.totalLength
+            guard innerLength <= outerLength - length else { counters.count(.droppedMalformed); return .drop }
+            // TCP, UDP, or ICMPv6 (an error about a connection, sent on by the balancer): no extension header.
+            guard inner.nextHeader == .tcp || inner.nextHeader == .udp || inner.nextHeader == .icmpv6 else {
+                counters.count(.droppedTunnelHeader)
+                return .drop
+            }
+            return deliver(inner.source, inner.destination, .v6, .acceptReplaced(offset: length, length: innerLength),
+                           &counters)
+        default:
+            counters.count(.passedOtherProtocol)
+            return .accept
         }
-        let source = IPAddress(high: raw.loadBigEndianUInt64(at: 48), low: raw.loadBigEndianUInt64(at: 56))
-        let destination = IPAddress(high: raw.loadBigEndianUInt64(at: 64), low: raw.loadBigEndianUInt64(at: 72))
-        // Unspecified ::, loopback ::1, multicast ff00::/8, IPv4-mapped: never a client.
-        let ordinary = !(source.high == 0 && source.low <= 1) && source.high >> 56 != 0xFF && !source.isIPv4
-        guard vips.contains(destination), ordinary else {
-            counters.count(.droppedTunnelSpoofed)
-            return .drop
-        }
-        counters.count(.decapsulated)
-        return .acceptReplaced(offset: 40, length: innerLength)
     }
 
     /// Across families: the inner packet at `offset` (IPv6 in an IPv4 outer packet, or IPv4 in IPv6), checked
     /// like the others, leaves through a raw socket.
-    private func inner(_ raw: UnsafeRawBufferPointer, at offset: Int, end: Int, _ counters: inout CounterBatch) -> Verdict {
-        guard end >= offset + 20 else { counters.count(.droppedMalformed); return .drop }
-        let version = raw[offset] >> 4
-        let length: Int
-        let source: IPAddress, destination: IPAddress
-        let ordinary: Bool
-        if version == 4 {
-            length = Int(raw.loadBigEndianUInt16(at: offset + 2))
-            guard raw[offset] & 0x0F >= 5, length >= 20, offset + length <= end else {
+    private func acrossFamilies(_ raw: UnsafeRawBufferPointer, at offset: Int, end: Int,
+                                _ counters: inout CounterBatch) -> Verdict {
+        let inner = UnsafeRawBufferPointer(rebasing: raw[offset..<end])
+        guard inner.count >= IPv4Header.minimumLength else { counters.count(.droppedMalformed); return .drop }
+        switch inner[0] >> 4 {
+        case 4:
+            let ip = IPv4Header(inner)!
+            let length = ip.totalLength
+            guard ip.headerLength >= IPv4Header.minimumLength, length >= IPv4Header.minimumLength,
+                  length <= inner.count else { counters.count(.droppedMalformed); return .drop }
+            return deliver(ip.source, ip.destination, .v4, .sendReplaced(offset: offset, length: length), &counters)
+        case 6:
+            guard let ip = IPv6Header(inner), ip.totalLength <= inner.count else {
                 counters.count(.droppedMalformed); return .drop
             }
-            source = IPAddress(ipv4: raw.loadBigEndianUInt32(at: offset + 12))
-            destination = IPAddress(ipv4: raw.loadBigEndianUInt32(at: offset + 16))
-            let firstOctet = raw[offset + 12]
-            ordinary = firstOctet != 0 && firstOctet != 127 && firstOctet < 224
-        } else if version == 6 {
-            guard end >= offset + 40 else { counters.count(.droppedMalformed); return .drop }
-            length = 40 + Int(raw.loadBigEndianUInt16(at: offset + 4))
-            guard offset + length <= end else { counters.count(.droppedMalformed); return .drop }
-            source = NATRewrite.address(raw, .v6, at: offset + 8)
-            destination = NATRewrite.address(raw, .v6, at: offset + 24)
-            ordinary = !(source.high == 0 && source.low <= 1) && source.high >> 56 != 0xFF && !source.isIPv4
-        } else {
-            counters.count(.droppedMalformed); return .drop
+            return deliver(ip.source, ip.destination, .v6, .sendReplaced(offset: offset, length: ip.totalLength),
+                           &counters)
+        default:
+            counters.count(.droppedMalformed)
+            return .drop
         }
-        guard vips.contains(destination), ordinary else { counters.count(.droppedTunnelSpoofed); return .drop }
+    }
+
+    /// The one delivery rule: only to a configured VIP, only from an ordinary source.
+    private func deliver(_ source: IPAddress, _ destination: IPAddress, _ family: IPFamily, _ verdict: Verdict,
+                         _ counters: inout CounterBatch) -> Verdict {
+        guard vips.contains(destination), source.isOrdinarySource(in: family) else {
+            counters.count(.droppedTunnelSpoofed)
+            return .drop
+        }
         counters.count(.decapsulated)
-        return .sendReplaced(offset: offset, length: length)
+        return verdict
     }
 }

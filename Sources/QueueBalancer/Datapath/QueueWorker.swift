@@ -133,7 +133,7 @@ final class QueueWorker: @unchecked Sendable {
             guard verdicts.append(queue: queue, packetID: id, verdict: .drop) else { return false }
             let packet = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(message.payload)[offset..<(offset + length)])
             let isIPv4 = packet[0] >> 4 == 4
-            let destination = NATRewrite.address(packet, isIPv4 ? .v4 : .v6, at: isIPv4 ? 16 : 24)
+            let destination = packet.loadAddress(isIPv4 ? .v4 : .v6, at: isIPv4 ? IPv4Header.destinationOffset : IPv6Header.destinationOffset)
             let batch = isIPv4 ? raw4 : raw6
             var failed = 0
             guard let base = batch.space(length, failed: &failed) else {

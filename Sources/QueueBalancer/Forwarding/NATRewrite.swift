@@ -8,14 +8,14 @@ public enum NATRewrite {
     public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
                                           address: IPAddress, port: UInt16) {
         rewrite(bytes, packet, addressOffset: packet.family.destinationOffset, oldAddress: packet.destination,
-                newAddress: address, portOffset: packet.transportOffset + 2, oldPort: packet.destinationPort, newPort: port)
+                newAddress: address, portOffset: packet.transportOffset + TCPHeader.destinationPortOffset, oldPort: packet.destinationPort, newPort: port)
     }
 
     /// Rewrites the source address and port of `packet` (real server reply -> client).
     public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
                                      address: IPAddress, port: UInt16) {
         rewrite(bytes, packet, addressOffset: packet.family.sourceOffset, oldAddress: packet.source,
-                newAddress: address, portOffset: packet.transportOffset, oldPort: packet.sourcePort, newPort: port)
+                newAddress: address, portOffset: packet.transportOffset + TCPHeader.sourcePortOffset, oldPort: packet.sourcePort, newPort: port)
     }
 
     static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
@@ -26,8 +26,8 @@ public enum NATRewrite {
         addressDelta.replace(oldAddress, with: newAddress, family: family)
         if family == .v4 {
             // The IPv4 header checksum covers the address only.
-            let ipChecksum = bytes.loadBigEndianUInt16(at: 10)
-            bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: 10)
+            let ipChecksum = bytes.loadBigEndianUInt16(at: IPv4Header.checksumOffset)
+            bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: IPv4Header.checksumOffset)
         }
         bytes.store(newAddress, family: family, at: addressOffset)
         let checksumOffset = packet.checksumOffset
@@ -49,22 +49,15 @@ public enum NATRewrite {
     /// the packet.
     static func transportChecksum(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UInt16 {
         let raw = UnsafeRawBufferPointer(bytes)
-        let source = address(raw, packet.family, at: packet.family.sourceOffset)
-        let destination = address(raw, packet.family, at: packet.family.destinationOffset)
+        let source = raw.loadAddress(packet.family, at: packet.family.sourceOffset)
+        let destination = raw.loadAddress(packet.family, at: packet.family.destinationOffset)
         bytes.storeBigEndian(UInt16(0), at: packet.checksumOffset)
-        let length = packet.transport == .udp ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + 4))
+        let length = packet.transport == .udp ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + UDPHeader.lengthOffset))
                                               : packet.transportLength
         let pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, family: packet.family,
-                                                      protocol: packet.transport.rawValue, length: length)
+                                                      protocol: packet.transport.protocolNumber, length: length)
         let checksum = InternetChecksum.compute(
             UnsafeRawBufferPointer(rebasing: raw[packet.transportOffset..<(packet.transportOffset + length)]), initial: pseudo)
         return packet.transport == .udp && checksum == 0 ? 0xFFFF : checksum
-    }
-
-    /// The address of `family` at `offset` of `bytes`.
-    static func address(_ bytes: UnsafeRawBufferPointer, _ family: IPFamily, at offset: Int) -> IPAddress {
-        family == .v4
-            ? IPAddress(ipv4: bytes.loadBigEndianUInt32(at: offset))
-            : IPAddress(high: bytes.loadBigEndianUInt64(at: offset), low: bytes.loadBigEndianUInt64(at: offset + 8))
     }
 }

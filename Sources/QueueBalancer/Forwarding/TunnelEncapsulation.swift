@@ -8,11 +8,12 @@
 /// (``RawIPSocket``) and drops the original.
 public enum TunnelEncapsulation {
     /// Bytes the outer header adds: 20 for IPv4, 40 for IPv6.
-    public static func overhead(_ family: IPFamily) -> Int { family == .v4 ? 20 : 40 }
+    public static func overhead(_ family: IPFamily) -> Int { family.minimumHeaderLength }
 
     /// The family of the packet in `bytes` (already parsed by the handler) and its length from its own header.
     static func familyAndLength(_ bytes: UnsafeRawBufferPointer) -> (IPFamily, Int) {
-        bytes[0] >> 4 == 6 ? (.v6, 40 + Int(bytes.loadBigEndianUInt16(at: 4))) : (.v4, Int(bytes.loadBigEndianUInt16(at: 2)))
+        if let ip = IPv6Header(bytes), ip.version == 6 { return (.v6, ip.totalLength) }
+        return (.v4, IPv4Header(bytes)?.totalLength ?? 0)
     }
 
     /// The smallest MTU every IPv6 link has (RFC 8200): an ICMPv6 error is cut to fit it.
@@ -27,37 +28,22 @@ public enum TunnelEncapsulation {
                                         outer: IPFamily? = nil, innerLength: Int, source: IPAddress, destination: IPAddress) {
         let outerFamily = outer ?? family
         let out = UnsafeMutableRawBufferPointer(start: header, count: overhead(outerFamily))
-        let trafficClass = family == .v4 ? inner[1] : inner[0] << 4 | inner[1] >> 4
-        let payloadProtocol: UInt8 = family == .v4 ? 4 : 41
+        let payload = IPProtocolNumber.encapsulating(family)
         if outerFamily == .v6 {
-            if family == .v6 {
-                out.storeBytes(of: inner.loadUnaligned(fromByteOffset: 0, as: UInt32.self), toByteOffset: 0, as: UInt32.self)
-            } else {
-                out.storeBigEndian(UInt32(0x6000_0000) | UInt32(trafficClass) << 20, at: 0)
-            }
-            out.storeBigEndian(UInt16(innerLength), at: 4)
-            out[6] = payloadProtocol
-            out[7] = 64
-            out.store(source, family: .v6, at: 8)
-            out.store(destination, family: .v6, at: 24)
+            // The inner header's first bytes hold its traffic class (and, for IPv6, its flow label).
+            let innerIPv6 = family == .v6 ? IPv6Header(inner) : nil
+            let trafficClass = innerIPv6?.trafficClass ?? inner[IPv4Header.typeOfServiceOffset]
+            IPv6Header.write(into: out, trafficClass: trafficClass, flowLabel: innerIPv6?.flowLabel ?? 0,
+                             payloadLength: innerLength, nextHeader: payload, source: source, destination: destination)
             return
         }
-        out[0] = 0x45
-        out[1] = trafficClass
-        out.storeBigEndian(UInt16(innerLength + 20), at: 2)
-        if family == .v4 {
-            out.storeBytes(of: inner.loadUnaligned(fromByteOffset: 4, as: UInt16.self), toByteOffset: 4, as: UInt16.self)
-            out.storeBigEndian(inner.loadBigEndianUInt16(at: 6) & 0x4000, at: 6)
-        } else {
-            out.storeBigEndian(UInt16(0), at: 4)
-            out.storeBigEndian(UInt16(0x4000), at: 6)
-        }
-        out[8] = 64
-        out[9] = payloadProtocol
-        out.storeBigEndian(UInt16(0), at: 10)
-        out.store(source, family: .v4, at: 12)
-        out.store(destination, family: .v4, at: 16)
-        out.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(out)), at: 10)
+        // IPv4 outer: identification and DF copied from an IPv4 inner packet; an IPv6 one gets DF.
+        let innerIPv4 = family == .v4 ? IPv4Header(inner) : nil
+        IPv4Header.write(into: out, typeOfService: innerIPv4?.typeOfService ?? IPv6Header(inner)?.trafficClass ?? 0,
+                         totalLength: innerLength + IPv4Header.minimumLength,
+                         identification: innerIPv4?.identification ?? 0,
+                         fragmentField: innerIPv4.map { $0.fragmentField & IPv4Header.dontFragment } ?? IPv4Header.dontFragment,
+                         protocolNumber: payload, source: source, destination: destination)
     }
 
     /// Replaces `bytes` in place by the ICMP error that tells the packet's source to send smaller packets to
@@ -69,45 +55,33 @@ public enum TunnelEncapsulation {
     public static func replaceWithTooBig(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, mtu: Int,
                                          vip: IPAddress) -> Int {
         let family = packet.family
-        let headers = family == .v4 ? 28 : 48
-        let quoted = family == .v4 ? min(packet.headerLength + 8, packet.totalLength)
+        let headers = family.minimumHeaderLength + ICMPHeader.length
+        let quoted = family == .v4 ? min(packet.headerLength + 8, packet.totalLength)   // RFC 792: header + 64 bits
                                    : min(packet.totalLength, minimumIPv6MTU - headers)
         let length = headers + quoted
         guard let base = bytes.baseAddress, bytes.count >= length else { return 0 }
         let client = packet.source
         // Move the quoted bytes behind the new headers first (the regions overlap).
         (base + headers).copyMemory(from: base, byteCount: quoted)
-        let ip = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<headers - 8])
-        let icmp = UnsafeMutableRawBufferPointer(rebasing: bytes[(headers - 8)..<length])
+        let ip = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<(headers - ICMPHeader.length)])
+        let icmp = UnsafeMutableRawBufferPointer(rebasing: bytes[(headers - ICMPHeader.length)..<length])
         if family == .v4 {
-            ip[0] = 0x45
-            ip[1] = 0xC0                                   // internetwork control
-            ip.storeBigEndian(UInt16(length), at: 2)
-            ip.storeBigEndian(UInt32(0), at: 4)            // id 0, no flags
-            ip[8] = 64
-            ip[9] = 1
-            ip.storeBigEndian(UInt16(0), at: 10)
-            ip.store(vip, family: .v4, at: 12)
-            ip.store(client, family: .v4, at: 16)
-            ip.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(ip)), at: 10)
-            icmp[0] = 3
-            icmp[1] = 4
-            icmp.storeBigEndian(UInt32(UInt16(clamping: mtu)), at: 4)
+            IPv4Header.write(into: ip, typeOfService: 0xC0 /* internetwork control */, totalLength: length,
+                             identification: 0, fragmentField: 0, protocolNumber: .icmp, source: vip, destination: client)
+            icmp[ICMPHeader.typeOffset] = ICMPHeader.destinationUnreachable
+            icmp[ICMPHeader.codeOffset] = ICMPHeader.fragmentationNeeded
+            icmp.storeBigEndian(UInt32(UInt16(clamping: mtu)), at: ICMPHeader.mtuOffset)
         } else {
-            ip.storeBigEndian(UInt32(0x6000_0000), at: 0)
-            ip.storeBigEndian(UInt16(length - 40), at: 4)
-            ip[6] = 58
-            ip[7] = 64
-            ip.store(vip, family: .v6, at: 8)
-            ip.store(client, family: .v6, at: 24)
-            icmp[0] = 2
-            icmp[1] = 0
-            icmp.storeBigEndian(UInt32(clamping: mtu), at: 4)
+            IPv6Header.write(into: ip, trafficClass: 0, payloadLength: length - IPv6Header.length, nextHeader: .icmpv6,
+                             source: vip, destination: client)
+            icmp[ICMPHeader.typeOffset] = ICMPHeader.v6PacketTooBig
+            icmp[ICMPHeader.codeOffset] = 0
+            icmp.storeBigEndian(UInt32(clamping: mtu), at: ICMPHeader.mtuOffset)
         }
-        icmp.storeBigEndian(UInt16(0), at: 2)
+        icmp.storeBigEndian(UInt16(0), at: ICMPHeader.checksumOffset)
         let pseudo = family == .v4 ? 0 : InternetChecksum.pseudoHeaderSum(
-            source: vip, destination: client, family: .v6, protocol: 58, length: icmp.count)
-        icmp.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(icmp), initial: pseudo), at: 2)
+            source: vip, destination: client, family: .v6, protocol: .icmpv6, length: icmp.count)
+        icmp.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(icmp), initial: pseudo), at: ICMPHeader.checksumOffset)
         return length
     }
 }

@@ -23,46 +23,40 @@ public struct ICMPError {
     /// Offset of the quoted transport header.
     public var innerTransportOffset: Int { innerOffset + innerHeaderLength }
 
-    /// The error types nfqlb passes along connections: IPv4 3 (destination unreachable), 11 (time exceeded),
-    /// 12 (parameter problem); IPv6 1 (destination unreachable), 2 (packet too big), 3 (time exceeded),
-    /// 4 (parameter problem).
-    public static func isError(_ type: UInt8, _ family: IPFamily) -> Bool {
-        family == .v4 ? type == 3 || type == 11 || type == 12 : (1...4).contains(type)
-    }
-
     /// The error in `bytes`, whose outer header of `family` ends at `headerLength`; nil when the message is
-    /// not an error, or quotes something other than a TCP or UDP packet of the same family with its ports.
+    /// not an error (``ICMPHeader/isError(_:_:)``), or quotes something other than a TCP or UDP packet of the
+    /// same family with its ports.
     static func parse(_ bytes: UnsafeRawBufferPointer, family: IPFamily, headerLength: Int, totalLength: Int,
                       available: Int) -> ICMPError? {
-        let inner = headerLength + 8
-        guard inner + (family == .v4 ? 20 : 40) <= available, isError(bytes[headerLength], family) else { return nil }
+        let inner = headerLength + ICMPHeader.length
+        guard inner + family.minimumHeaderLength <= available,
+              ICMPHeader.isError(bytes[headerLength + ICMPHeader.typeOffset], family) else { return nil }
+        let quoted = UnsafeRawBufferPointer(rebasing: bytes[inner..<available])
         let innerHeaderLength: Int
-        let proto: UInt8
+        let proto: IPProtocolNumber
         let innerSource: IPAddress, innerDestination: IPAddress
         if family == .v4 {
-            guard bytes[inner] >> 4 == 4 else { return nil }
-            innerHeaderLength = Int(bytes[inner] & 0x0F) &* 4
-            guard innerHeaderLength >= 20, bytes.loadBigEndianUInt16(at: inner + 6) & 0x1FFF == 0 else { return nil }
-            proto = bytes[inner + 9]
-            innerSource = IPAddress(ipv4: bytes.loadBigEndianUInt32(at: inner + 12))
-            innerDestination = IPAddress(ipv4: bytes.loadBigEndianUInt32(at: inner + 16))
+            guard let ip = IPv4Header(quoted), ip.version == 4, ip.headerLength >= IPv4Header.minimumLength,
+                  !ip.isLaterFragment else { return nil }
+            innerHeaderLength = ip.headerLength
+            (proto, innerSource, innerDestination) = (ip.protocolNumber, ip.source, ip.destination)
         } else {
-            guard bytes[inner] >> 4 == 6 else { return nil }
-            innerHeaderLength = 40
-            proto = bytes[inner + 6]
-            innerSource = IPAddress(high: bytes.loadBigEndianUInt64(at: inner + 8), low: bytes.loadBigEndianUInt64(at: inner + 16))
-            innerDestination = IPAddress(high: bytes.loadBigEndianUInt64(at: inner + 24), low: bytes.loadBigEndianUInt64(at: inner + 32))
+            guard let ip = IPv6Header(quoted), ip.version == 6 else { return nil }
+            innerHeaderLength = IPv6Header.length
+            (proto, innerSource, innerDestination) = (ip.nextHeader, ip.source, ip.destination)
         }
-        guard let transport = TransportProtocol(rawValue: proto) else { return nil }
+        guard let transport = TransportProtocol(proto) else { return nil }
         let ports = inner + innerHeaderLength
         guard ports + 4 <= available else { return nil }
         return ICMPError(
             family: family, headerLength: headerLength, totalLength: totalLength,
-            source: NATRewrite.address(bytes, family, at: family.sourceOffset),
-            destination: NATRewrite.address(bytes, family, at: family.destinationOffset),
-            type: bytes[headerLength], innerOffset: inner, innerHeaderLength: innerHeaderLength, transport: transport,
-            innerSource: Endpoint(address: innerSource, port: bytes.loadBigEndianUInt16(at: ports)),
-            innerDestination: Endpoint(address: innerDestination, port: bytes.loadBigEndianUInt16(at: ports + 2)))
+            source: bytes.loadAddress(family, at: family.sourceOffset),
+            destination: bytes.loadAddress(family, at: family.destinationOffset),
+            type: bytes[headerLength + ICMPHeader.typeOffset], innerOffset: inner, innerHeaderLength: innerHeaderLength,
+            transport: transport,
+            innerSource: Endpoint(address: innerSource, port: bytes.loadBigEndianUInt16(at: ports + TCPHeader.sourcePortOffset)),
+            innerDestination: Endpoint(address: innerDestination,
+                                       port: bytes.loadBigEndianUInt16(at: ports + TCPHeader.destinationPortOffset)))
     }
 
     /// The key of the connection the quoted packet belongs to, seen from the other end: for a quoted packet
@@ -89,32 +83,35 @@ public struct ICMPError {
             outer.replace(destination, with: address, family: family)
             bytes.store(address, family: family, at: family.destinationOffset)
         }
-        if family == .v4 { bytes.storeBigEndian(outer.applied(to: bytes.loadBigEndianUInt16(at: 10)), at: 10) }
+        if family == .v4 {
+            let at = IPv4Header.checksumOffset
+            bytes.storeBigEndian(outer.applied(to: bytes.loadBigEndianUInt16(at: at)), at: at)
+        }
 
         var addresses = ChecksumDelta(), ports = ChecksumDelta()
         if let endpoint = innerSource {
             addresses.replace(self.innerSource.address, with: endpoint.address, family: family)
             ports.replace(self.innerSource.port, with: endpoint.port)
             bytes.store(endpoint.address, family: family, at: innerOffset + family.sourceOffset)
-            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset)
+            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + TCPHeader.sourcePortOffset)
         }
         if let endpoint = innerDestination {
             addresses.replace(self.innerDestination.address, with: endpoint.address, family: family)
             ports.replace(self.innerDestination.port, with: endpoint.port)
             bytes.store(endpoint.address, family: family, at: innerOffset + family.destinationOffset)
-            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + 2)
+            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + TCPHeader.destinationPortOffset)
         }
         // Every 16-bit word of the ICMP message that changes (all at even offsets from its start).
         var icmp = family == .v6 ? outer : ChecksumDelta()
         icmp.acc &+= addresses.acc &+ ports.acc
         if family == .v4 && innerOffset + innerHeaderLength <= totalLength {
-            let at = innerOffset + 10
+            let at = innerOffset + IPv4Header.checksumOffset
             let old = bytes.loadBigEndianUInt16(at: at)
             let updated = addresses.applied(to: old)
             bytes.storeBigEndian(updated, at: at)
             icmp.replace(old, with: updated)
         }
-        let checksumAt = innerTransportOffset + (transport == .tcp ? 16 : 6)
+        let checksumAt = innerTransportOffset + transport.checksumOffset
         if checksumAt + 2 <= totalLength {
             var l4 = addresses
             l4.acc &+= ports.acc
@@ -123,6 +120,7 @@ public struct ICMPError {
             bytes.storeBigEndian(updated, at: checksumAt)
             icmp.replace(old, with: updated)
         }
-        bytes.storeBigEndian(icmp.applied(to: bytes.loadBigEndianUInt16(at: headerLength + 2)), at: headerLength + 2)
+        let icmpChecksumAt = headerLength + ICMPHeader.checksumOffset
+        bytes.storeBigEndian(icmp.applied(to: bytes.loadBigEndianUInt16(at: icmpChecksumAt)), at: icmpChecksumAt)
     }
 }

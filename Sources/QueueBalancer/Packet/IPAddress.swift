@@ -133,5 +133,42 @@ public enum TransportProtocol: UInt8, Sendable, CaseIterable, CustomStringConver
     case tcp = 6
     case udp = 17
 
+    /// The transport protocol of `number`, nil for any other.
+    init?(_ number: IPProtocolNumber) { self.init(rawValue: number.rawValue) }
+
+    public var protocolNumber: IPProtocolNumber { IPProtocolNumber(rawValue: rawValue) }
+
+    /// Offset of the checksum field in this protocol's header.
+    var checksumOffset: Int { self == .tcp ? TCPHeader.checksumOffset : UDPHeader.checksumOffset }
+
     public var description: String { self == .tcp ? "tcp" : "udp" }
+}
+
+/// The IP version of a packet.
+public enum IPFamily: UInt8, Sendable, CustomStringConvertible {
+    case v4 = 4, v6 = 6
+
+    public var description: String { self == .v4 ? "IPv4" : "IPv6" }
+
+    /// Byte offsets of the source and destination addresses in the fixed header.
+    var sourceOffset: Int { self == .v4 ? IPv4Header.sourceOffset : IPv6Header.sourceOffset }
+    var destinationOffset: Int { self == .v4 ? IPv4Header.destinationOffset : IPv6Header.destinationOffset }
+    /// The header nfqlb writes for this family: IPv4 without options (20 bytes), the IPv6 fixed header (40).
+    var minimumHeaderLength: Int { self == .v4 ? IPv4Header.minimumLength : IPv6Header.length }
+    /// The family of an address (IPv4-mapped addresses are IPv4).
+    init(of address: IPAddress) { self = address.isIPv4 ? .v4 : .v6 }
+}
+
+extension IPAddress {
+    /// Whether this address, read from a header of `family`, can be the source of a client's packet: not
+    /// unspecified, loopback, multicast or reserved (IPv4 0/8, 127/8, 224/3; IPv6 ::, ::1, ff00::/8, and an
+    /// IPv4-mapped address, which no IPv6 host sends from). The real server's decapsulator delivers inner
+    /// packets without the kernel's martian checks, so it applies this rule itself.
+    func isOrdinarySource(in family: IPFamily) -> Bool {
+        if family == .v4 {
+            let firstOctet = UInt8(truncatingIfNeeded: low >> 24)
+            return isIPv4 && firstOctet != 0 && firstOctet != 127 && firstOctet < 224
+        }
+        return !(high == 0 && low <= 1) && high >> 56 != 0xFF && !isIPv4
+    }
 }

@@ -1,15 +1,3 @@
-/// The IP version of a packet.
-public enum IPFamily: UInt8, Sendable, CustomStringConvertible {
-    case v4 = 4, v6 = 6
-
-    public var description: String { self == .v4 ? "IPv4" : "IPv6" }
-
-    /// Byte offsets of the source and destination addresses in the fixed header, and the address size.
-    var sourceOffset: Int { self == .v4 ? 12 : 8 }
-    var destinationOffset: Int { self == .v4 ? 16 : 24 }
-    var addressSize: Int { self == .v4 ? 4 : 16 }
-}
-
 /// What the datapath needs from an IPv4 or IPv6 packet carrying TCP or UDP, read in place from the kernel's
 /// buffer. One type for both families, so every mode, the tracker and the schedulers have one code path.
 ///
@@ -30,15 +18,22 @@ public struct IPPacket {
     public var destinationPort: UInt16
     /// TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN), 0 for UDP.
     public var tcpFlags: TCPFlags
+    /// IPv4: the DF flag; IPv6 packets are never fragmented on the way, so always true.
+    public var dontFragment: Bool
 
     /// Offset of the transport header.
     public var transportOffset: Int { headerLength }
     /// Offset of the transport checksum field.
-    public var checksumOffset: Int { headerLength + (transport == .tcp ? 16 : 6) }
+    public var checksumOffset: Int { headerLength + transport.checksumOffset }
     /// Whether the packet carries IPv4 options or IPv6 extension headers.
-    public var hasOptions: Bool { headerLength > (family == .v4 ? 20 : 40) }
+    public var hasOptions: Bool { headerLength > family.minimumHeaderLength }
     /// The transport segment's length (header and payload), as the pseudo-header counts it.
     public var transportLength: Int { totalLength - headerLength }
+    /// The connection key of the packet as it travels (source to destination).
+    public var flowKey: FlowKey {
+        FlowKey(source: Endpoint(address: source, port: sourcePort),
+                destination: Endpoint(address: destination, port: destinationPort), transport: transport)
+    }
 
     /// The outcome of parsing one queued packet.
     public enum Parsed {
@@ -59,6 +54,9 @@ public struct IPPacket {
         case malformed
     }
 
+    /// The most IPv6 extension headers walked before giving up (``Parsed/unsupportedHeaders``).
+    static let extensionHeaderLimit = 8
+
     /// Parses `bytes` in place; reads nothing outside it and allocates nothing.
     ///
     /// - Parameter headersOnly: `bytes` may be a prefix of the packet (the queue's copy range is short, as for
@@ -74,99 +72,87 @@ public struct IPPacket {
     }
 
     private static func parseIPv4(_ bytes: UnsafeRawBufferPointer, headersOnly: Bool) -> Parsed {
-        let count = bytes.count
-        guard count >= 20 else { return .malformed }
-        let headerLength = Int(bytes[0] & 0x0F) &* 4
-        guard headerLength >= 20 else { return .malformed }
-        let totalLength = Int(bytes.loadBigEndianUInt16(at: 2))
-        guard totalLength >= headerLength, totalLength <= count || headersOnly else { return .malformed }
-        // More-fragments flag or a fragment offset: only the first fragment has ports, and none has all bytes.
-        guard bytes.loadBigEndianUInt16(at: 6) & 0x3FFF == 0 else { return .fragment }
-        switch bytes[9] {
-        case 1:
-            let available = min(count, totalLength)
-            return .icmp(ICMPError.parse(bytes, family: .v4, headerLength: headerLength, totalLength: totalLength,
+        guard let ip = IPv4Header(bytes), ip.headerLength >= IPv4Header.minimumLength else { return .malformed }
+        let totalLength = ip.totalLength
+        guard totalLength >= ip.headerLength, totalLength <= bytes.count || headersOnly else { return .malformed }
+        // Only the first fragment has ports, and none has all the bytes.
+        guard !ip.isFragment else { return .fragment }
+        let available = min(bytes.count, totalLength)
+        if ip.protocolNumber == .icmp {
+            return .icmp(ICMPError.parse(bytes, family: .v4, headerLength: ip.headerLength, totalLength: totalLength,
                                          available: available))
-        case let proto:
-            return transport(bytes, family: .v4, proto: proto, headerLength: headerLength, totalLength: totalLength,
-                             available: min(count, totalLength),
-                             source: IPAddress(ipv4: bytes.loadBigEndianUInt32(at: 12)),
-                             destination: IPAddress(ipv4: bytes.loadBigEndianUInt32(at: 16)))
         }
+        return transport(bytes, family: .v4, proto: ip.protocolNumber, headerLength: ip.headerLength,
+                         totalLength: totalLength, available: available, source: ip.source,
+                         destination: ip.destination, dontFragment: ip.dontFragment)
     }
 
     /// Walks the IPv6 extension-header chain (RFC 8200 section 4) to the transport header.
     private static func parseIPv6(_ bytes: UnsafeRawBufferPointer, headersOnly: Bool) -> Parsed {
-        let count = bytes.count
-        guard count >= 40 else { return .malformed }
-        let payloadLength = Int(bytes.loadBigEndianUInt16(at: 4))
+        guard let ip = IPv6Header(bytes) else { return .malformed }
         // Payload length 0 with a hop-by-hop header is a jumbogram (RFC 2675); without one it is just empty.
-        guard payloadLength > 0 else { return bytes[6] == 0 ? .unsupportedHeaders : .malformed }
-        let totalLength = 40 + payloadLength
-        guard totalLength <= count || headersOnly else { return .malformed }
-        let available = min(count, totalLength)
-        var next = bytes[6]
-        var offset = 40
-        for _ in 0..<8 {
+        guard ip.payloadLength > 0 else { return ip.nextHeader == .hopByHop ? .unsupportedHeaders : .malformed }
+        let totalLength = ip.totalLength
+        guard totalLength <= bytes.count || headersOnly else { return .malformed }
+        let available = min(bytes.count, totalLength)
+        var next = ip.nextHeader
+        var offset = IPv6Header.length
+        for _ in 0..<extensionHeaderLimit {
+            let header = IPv6ExtensionHeader(bytes: bytes, offset: offset)
             switch next {
-            case 0, 43, 60:
-                // Hop-by-hop (first only), routing, destination options: next header, length in 8-byte units.
-                guard next != 0 || offset == 40 else { return .malformed }
+            case .hopByHop, .routing, .destinationOptions:
+                guard next != .hopByHop || offset == IPv6Header.length else { return .malformed }
                 guard offset + 8 <= available else { return .malformed }
-                let length = (Int(bytes[offset + 1]) + 1) &* 8
+                let length = header.length
                 guard offset + length <= totalLength, offset + length <= available || headersOnly else { return .malformed }
-                if next == 43 && bytes[offset + 3] != 0 { return .unsupportedHeaders }   // segments left
-                next = bytes[offset]
+                if next == .routing && header.segmentsLeft != 0 { return .unsupportedHeaders }
+                next = header.nextHeader
                 offset += length
-            case 44:
-                guard offset + 8 <= available else { return .malformed }
-                // An atomic fragment (offset 0, no more fragments, RFC 6946) is a whole packet.
-                guard bytes.loadBigEndianUInt16(at: offset + 2) & 0xFFF9 == 0 else { return .fragment }
-                next = bytes[offset]
-                offset += 8
-            case 58:
+            case .fragment:
+                guard offset + IPv6ExtensionHeader.fragmentHeaderLength <= available else { return .malformed }
+                guard header.isAtomicFragment else { return .fragment }
+                next = header.nextHeader
+                offset += IPv6ExtensionHeader.fragmentHeaderLength
+            case .icmpv6:
                 return .icmp(ICMPError.parse(bytes, family: .v6, headerLength: offset, totalLength: totalLength,
                                              available: available))
-            case 59:
+            case .noNextHeader:
                 return .otherProtocol
-            case 50, 51:
+            case .esp, .authentication:
                 return .unsupportedHeaders
             default:
                 return transport(bytes, family: .v6, proto: next, headerLength: offset, totalLength: totalLength,
-                                 available: available,
-                                 source: IPAddress(high: bytes.loadBigEndianUInt64(at: 8), low: bytes.loadBigEndianUInt64(at: 16)),
-                                 destination: IPAddress(high: bytes.loadBigEndianUInt64(at: 24),
-                                                        low: bytes.loadBigEndianUInt64(at: 32)))
+                                 available: available, source: ip.source, destination: ip.destination,
+                                 dontFragment: true)
             }
         }
         return .unsupportedHeaders
     }
 
     /// The TCP or UDP header at `headerLength`, checked against the packet's and the buffer's lengths.
-    private static func transport(_ bytes: UnsafeRawBufferPointer, family: IPFamily, proto: UInt8, headerLength l4: Int,
-                                  totalLength: Int, available: Int, source: IPAddress, destination: IPAddress) -> Parsed {
-        let transport: TransportProtocol
-        var flags: UInt8 = 0
-        switch proto {
-        case TransportProtocol.tcp.rawValue:
-            guard totalLength - l4 >= 20, l4 + 20 <= available else { return .malformed }
-            let dataOffset = Int(bytes[l4 + 12] >> 4) &* 4
-            guard dataOffset >= 20, l4 + dataOffset <= totalLength else { return .malformed }
-            flags = bytes[l4 + 13]
-            transport = .tcp
-        case TransportProtocol.udp.rawValue:
-            guard totalLength - l4 >= 8, l4 + 8 <= available else { return .malformed }
-            let udpLength = Int(bytes.loadBigEndianUInt16(at: l4 + 4))
-            guard udpLength >= 8, l4 + udpLength <= totalLength else { return .malformed }
-            transport = .udp
-        default:
-            return .otherProtocol
+    private static func transport(_ bytes: UnsafeRawBufferPointer, family: IPFamily, proto: IPProtocolNumber,
+                                  headerLength l4: Int, totalLength: Int, available: Int, source: IPAddress,
+                                  destination: IPAddress, dontFragment: Bool) -> Parsed {
+        guard let transport = TransportProtocol(proto) else { return .otherProtocol }
+        let minimum = transport == .tcp ? TCPHeader.minimumLength : UDPHeader.length
+        guard totalLength - l4 >= minimum, l4 + minimum <= available else { return .malformed }
+        let segment = UnsafeRawBufferPointer(rebasing: bytes[l4..<available])
+        var flags = TCPFlags()
+        if transport == .tcp {
+            guard let tcp = TCPHeader(segment), tcp.headerLength >= TCPHeader.minimumLength,
+                  l4 + tcp.headerLength <= totalLength else { return .malformed }
+            flags = tcp.flags
+        } else {
+            guard let udp = UDPHeader(segment), udp.datagramLength >= UDPHeader.length,
+                  l4 + udp.datagramLength <= totalLength else { return .malformed }
         }
+        // TCP and UDP put the ports at the same offsets.
         return .transport(IPPacket(
             family: family, headerLength: l4, totalLength: totalLength, transport: transport,
             source: source, destination: destination,
-            sourcePort: bytes.loadBigEndianUInt16(at: l4), destinationPort: bytes.loadBigEndianUInt16(at: l4 + 2),
-            tcpFlags: TCPFlags(rawValue: flags)))
+            sourcePort: segment.loadBigEndianUInt16(at: TCPHeader.sourcePortOffset),
+            destinationPort: segment.loadBigEndianUInt16(at: TCPHeader.destinationPortOffset),
+            tcpFlags: flags, dontFragment: dontFragment))
     }
 }
 
@@ -178,50 +164,7 @@ public struct TCPFlags: OptionSet, Sendable {
     public static let syn = TCPFlags(rawValue: 0x02)
     public static let rst = TCPFlags(rawValue: 0x04)
     public static let ack = TCPFlags(rawValue: 0x10)
-}
 
-extension UnsafeRawBufferPointer {
-    func loadBigEndianUInt16(at offset: Int) -> UInt16 {
-        UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-    }
-
-    func loadBigEndianUInt32(at offset: Int) -> UInt32 {
-        UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-    }
-
-    func loadBigEndianUInt64(at offset: Int) -> UInt64 {
-        UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-    }
-}
-
-extension UnsafeMutableRawBufferPointer {
-    func loadBigEndianUInt16(at offset: Int) -> UInt16 {
-        UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-    }
-
-    func storeBigEndian(_ value: UInt16, at offset: Int) {
-        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
-    }
-
-    func storeBigEndian(_ value: UInt32, at offset: Int) {
-        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
-    }
-
-    func storeBigEndian(_ value: UInt64, at offset: Int) {
-        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt64.self)
-    }
-
-    func loadBigEndianUInt64(at offset: Int) -> UInt64 {
-        UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-    }
-
-    /// Stores `address` at `offset` as the header of `family` holds it (4 or 16 bytes).
-    func store(_ address: IPAddress, family: IPFamily, at offset: Int) {
-        if family == .v4 {
-            storeBigEndian(UInt32(truncatingIfNeeded: address.low), at: offset)
-        } else {
-            storeBigEndian(address.high, at: offset)
-            storeBigEndian(address.low, at: offset + 8)
-        }
-    }
+    /// A SYN that opens a connection: SYN without ACK or RST.
+    var isInitialSYN: Bool { contains(.syn) && !contains(.ack) && !contains(.rst) }
 }
