@@ -1,5 +1,6 @@
 // The C surface nfqlb uses: libmnl for the netlink socket, libnetfilter_queue's
 // libmnl-based helpers for queue configuration, and the syscalls Swift cannot see.
+// Netlink message layouts live in Swift (NetlinkLayout, checked against these headers by a unit test).
 #ifndef NFQLB_CNFQUEUE_SHIM_H
 #define NFQLB_CNFQUEUE_SHIM_H
 
@@ -38,12 +39,11 @@ static inline int nfqlb_sendmmsg(int fd, struct nfqlb_mmsghdr *vec, unsigned int
 /// errno as a function: Swift cannot read the thread-local macro reliably from every module.
 static inline int nfqlb_errno(void) { return errno; }
 
-/// Function-like netlink macros, as constants Swift can read.
+/// Function-like netlink macros, as constants Swift can read (the unit tests compare NetlinkLayout with them).
 static const int NFQLB_NLMSG_HDRLEN = NLMSG_HDRLEN;
 static const int NFQLB_NFGENMSG_LEN = NLMSG_ALIGN(sizeof(struct nfgenmsg));
 static const int NFQLB_MSG_VERDICT_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT;
 static const int NFQLB_MSG_PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
-static const int NFQLB_MSG_CONFIG_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG;
 static const uint32_t NFQLB_CFG_F_FAIL_OPEN = NFQA_CFG_F_FAIL_OPEN;
 static const uint32_t NFQLB_CFG_F_GSO = NFQA_CFG_F_GSO;
 

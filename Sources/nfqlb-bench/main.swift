@@ -43,9 +43,8 @@ let config = BalancerConfig(queues: [0], services: [
     VirtualService(vip: IPAddress("203.0.113.10")!, port: 53, transport: .udp, mode: .nat, scheduler: .rr,
                    reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 5353, weight: 1)]),
 ])
-var trackerConfiguration = ConnectionTracker.Configuration(capacity: 1 << 20)
-trackerConfiguration.loads = RealServerRegistry.makeLoads()   // wlc reads the connection counts the tracker keeps
-let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: trackerConfiguration))
+// wlc reads the connection counts the tracker keeps in its registry.
+let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: .init(capacity: 1 << 20)))
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
 var counters = CounterBatch()
 var verdicts = 0

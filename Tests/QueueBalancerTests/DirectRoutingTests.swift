@@ -17,7 +17,7 @@ import Testing
     @Test func verdictCarriesTheRealServersMarkAndNoPayloadChange() {
         let handler = PacketHandler(config: drConfig(), tracker: ConnectionTracker())
         var counters = CounterBatch()
-        var marks: [UInt32] = []
+        var marks: [Fwmark] = []
         for port: UInt16 in 40000..<40004 {
             var syn = PacketBuilder()
             syn.sourcePort = port

@@ -133,19 +133,18 @@ import Testing
 
     @Test func tunnelEncapsulatesInIPv6() {
         let handler = PacketHandler(config: Self.config(.tun), tracker: ConnectionTracker(),
-                                    tunnelPaths: [ip(Self.reals[0]): TunnelPath(source: ip("2001:db8:5::1"), mtu: 1500)])
+                                    tunnelPaths: Dictionary(uniqueKeysWithValues: Self.reals.map { (ip($0), TunnelPath(source: ip("2001:db8:5::1"), mtu: 1500)) }))
         var counters = CounterBatch()
         var syn = PacketBuilder.v6()
         syn.payload = Array(repeating: 7, count: 100)
         let packet = syn.build()
         let (verdict, out) = handler.run(packet, counters: &counters)
-        #expect(verdict == .acceptEncapsulated(source: ip("2001:db8:5::1"), destination: ip(Self.reals[0])))
+        #expect(verdict.tunnelled == .verdict(source: ip("2001:db8:5::1"), destination: ip(Self.reals[0])))
         #expect(out == packet)
         let writer = VerdictWriter(limit: 4096)
-        #expect(packet.withUnsafeBytes {
-            writer.appendEncapsulated(queue: QueueNumber(rawValue: 0), packetID: 1, inner: $0, family: .v6,
-                                      innerLength: packet.count, source: ip("2001:db8:5::1"), destination: ip(Self.reals[0]))
-        })
+        #expect(verdict.tunnelHeader.map {
+            writer.appendEncapsulated(queue: QueueNumber(rawValue: 0), packetID: 1, packet: packet, header: $0)
+        } == true)
         let message = Array(UnsafeRawBufferPointer(start: writer.bytes, count: writer.used))
         let outer = Array(message[36..<76])
         #expect(outer[0] >> 4 == 6 && outer[6] == 41 && outer[7] == 64)
@@ -158,7 +157,7 @@ import Testing
     /// (MTU - 40) from the VIP, quoting as much of it as fits in 1280 bytes.
     @Test func tunnelTooBigIsAnsweredWithPacketTooBig() {
         let handler = PacketHandler(config: Self.config(.tun), tracker: ConnectionTracker(),
-                                    tunnelPaths: [ip(Self.reals[0]): TunnelPath(source: ip("2001:db8:5::1"), mtu: 1500)])
+                                    tunnelPaths: Dictionary(uniqueKeysWithValues: Self.reals.map { (ip($0), TunnelPath(source: ip("2001:db8:5::1"), mtu: 1500)) }))
         var counters = CounterBatch()
         var big = PacketBuilder.v6()
         _ = handler.run(big.build(), counters: &counters)
@@ -252,17 +251,12 @@ import Testing
         var counters = CounterBatch()
         var syn = PacketBuilder()
         let packet = syn.build()
-        #expect(h.run(packet, counters: &counters).0 == .sendEncapsulated(source: ip("2001:db8:5::1"), destination: ip("2001:db8:5::11")))
-        // The outer header the worker writes: IPv6, next header 4, traffic class from the TOS byte.
+        #expect(h.run(packet, counters: &counters).0.tunnelled == .rawSend(source: ip("2001:db8:5::1"), destination: ip("2001:db8:5::11")))
+        // The outer header the verdict carries: IPv6, next header 4, traffic class from the TOS byte.
         var tos = packet
         tos[1] = 0xB8
-        var header = [UInt8](repeating: 0, count: 40)
-        tos.withUnsafeBytes { inner in
-            header.withUnsafeMutableBytes {
-                TunnelEncapsulation.writeOuterHeader($0.baseAddress!, inner: inner, family: .v4, outer: .v6,
-                                                     innerLength: packet.count, source: ip("2001:db8:5::1"), destination: ip("2001:db8:5::11"))
-            }
-        }
+        let header = h.run(tos, counters: &counters).0.tunnelHeader?.withUnsafeBytes { Array($0) } ?? []
+        #expect(header.count == 40)
         #expect(Array(header[0..<4]) == [0x6B, 0x80, 0, 0], "version 6, traffic class 0xB8")
         #expect(Int(header[4]) << 8 | Int(header[5]) == packet.count && header[6] == 4 && header[7] == 64)
         #expect(Array(header[24..<40]) == ip("2001:db8:5::11").bytes)
@@ -278,14 +272,10 @@ import Testing
         let h = handler(vip: "2001:db8:f::10", real: "198.51.100.11", source: "198.51.100.1")
         var counters = CounterBatch()
         let packet = PacketBuilder.v6().build()
-        #expect(h.run(packet, counters: &counters).0 == .sendEncapsulated(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
-        var header = [UInt8](repeating: 0, count: 20)
-        packet.withUnsafeBytes { inner in
-            header.withUnsafeMutableBytes {
-                TunnelEncapsulation.writeOuterHeader($0.baseAddress!, inner: inner, family: .v6, outer: .v4,
-                                                     innerLength: packet.count, source: ip("198.51.100.1"), destination: ip("198.51.100.11"))
-            }
-        }
+        let verdict = h.run(packet, counters: &counters).0
+        #expect(verdict.tunnelled == .rawSend(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
+        let header = verdict.tunnelHeader?.withUnsafeBytes { Array($0) } ?? []
+        #expect(header.count == 20)
         #expect(header[0] == 0x45 && header[9] == 41 && header[6] & 0x40 != 0, "protocol 41, DF")
         #expect(Int(header[2]) << 8 | Int(header[3]) == packet.count + 20)
         #expect(PacketBuilder.referenceChecksum(header) == 0)
@@ -299,11 +289,11 @@ import Testing
         var outer = [0x60, 0, 0, 0] + be16(UInt16(inner4.count)) + [4, 64] + ip("2001:db8:5::1").bytes
             + ip("2001:db8:5::11").bytes + inner4
         #expect(outer.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) }
-            == .sendReplaced(offset: 40, length: inner4.count))
+            == .sendReplaced(offset: 40, length: inner4.count, destination: ip("203.0.113.10")))
         let inner6 = PacketBuilder.v6().build()
         outer = [0x45, 0] + be16(UInt16(inner6.count + 20)) + [0, 0, 0x40, 0, 64, 41, 0, 0, 198, 51, 100, 1, 198, 51, 100, 11] + inner6
         #expect(outer.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) }
-            == .sendReplaced(offset: 20, length: inner6.count))
+            == .sendReplaced(offset: 20, length: inner6.count, destination: ip("2001:db8:f::10")))
         #expect(counters[.decapsulated] == 2)
         var other = PacketBuilder()
         other.destination = [203, 0, 113, 99]

@@ -12,10 +12,9 @@ import Testing
 
         init(_ config: BalancerConfig, registryCapacity: Int = 64) {
             registry = RealServerRegistry(capacity: registryCapacity)
-            var configuration = ConnectionTracker.Configuration(hashSeed: 7, portAllocators: config.portAllocators)
-            configuration.loads = registry.loads
-            handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: configuration),
-                                    registry: registry, now: 0)
+            let configuration = ConnectionTracker.Configuration(hashSeed: 7, portAllocators: config.portAllocators)
+            handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: configuration, registry: registry),
+                                    now: 0)
         }
 
         /// Sends a client packet from 192.0.2.2:`port`; returns the verdict and the real server's last address
@@ -44,7 +43,7 @@ import Testing
 
         func load(_ lastByte: UInt8, port: UInt16 = 8080) -> RealServerLoad? {
             registry.servers().first { $0.key.real == endpoint("198.51.100.\(lastByte)", port) }
-                .map { registry.loads[Int($0.number)] }
+                .map { registry[$0.number] }
         }
     }
 
@@ -268,10 +267,8 @@ import Testing
     /// A replaced table is released only once no worker can be reading it.
     @Test func aReplacedTableOutlivesTheBatchesThatMayReadIt() throws {
         let registry = RealServerRegistry(capacity: 16)
-        var configuration = ConnectionTracker.Configuration()
-        configuration.loads = registry.loads
-        let handler = PacketHandler(config: Self.config(), tracker: ConnectionTracker(configuration: configuration),
-                                    registry: registry, workers: 2, now: 0)
+        let handler = PacketHandler(config: Self.config(), tracker: ConnectionTracker(registry: registry),
+                                    workers: 2, now: 0)
         handler.enterBatch(worker: 1)
         try handler.update(to: Self.config(weights: [2, 1, 1]), now: 1)
         #expect(handler.retiredTables == 1)

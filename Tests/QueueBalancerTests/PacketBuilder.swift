@@ -128,6 +128,43 @@ func natConfig(scheduler: SchedulerKind = .rr, weights: [UInt32] = [1, 1]) -> Ba
     ])
 }
 
+/// How a TUN verdict sends the packet (in the verdict, or through a raw socket: another family) and its outer
+/// header's endpoints.
+enum Tunnelled: Equatable {
+    case verdict(source: IPAddress, destination: IPAddress)
+    case rawSend(source: IPAddress, destination: IPAddress)
+}
+
+extension Verdict {
+    /// A TUN verdict's way out and endpoints; nil for any other verdict.
+    var tunnelled: Tunnelled? {
+        switch self {
+        case .acceptEncapsulated(let header): .verdict(source: header.source, destination: header.destination)
+        case .sendEncapsulated(let header): .rawSend(source: header.source, destination: header.destination)
+        default: nil
+        }
+    }
+
+    /// The outer header of a TUN verdict.
+    var tunnelHeader: TunnelHeader? {
+        switch self {
+        case .acceptEncapsulated(let header), .sendEncapsulated(let header): header
+        default: nil
+        }
+    }
+}
+
+extension VerdictWriter {
+    /// Appends the message the queue worker sends for a TUN verdict that carries `header`: the header, then
+    /// the packet.
+    func appendEncapsulated(queue: QueueNumber, packetID: UInt32, packet: [UInt8], header: TunnelHeader) -> Bool {
+        header.withUnsafeBytes { prefix in
+            packet.withUnsafeBytes { append(queue: queue, packetID: packetID, verdict: .accept, prefix: prefix,
+                                            payload: UnsafeRawBufferPointer(rebasing: $0[0..<header.innerLength])) }
+        }
+    }
+}
+
 extension PacketHandler {
     /// Runs the handler over a copy of `packet`; returns the verdict and the bytes after the call.
     func run(_ packet: [UInt8], now: UInt64 = 1_000, counters: inout CounterBatch) -> (Verdict, [UInt8]) {

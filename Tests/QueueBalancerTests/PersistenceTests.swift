@@ -56,10 +56,10 @@ import Testing
         #expect(v6.network(IPAddress("2001:db8:1:2::5")!) == IPAddress("2001:db8:1::")!)
         // 20,000 live networks in 16,384 slots: some are displaced, counted, and nothing crashes.
         for i in 0..<20_000 {
-            t.bind(IPAddress(ipv4: 0x0A00_0000 | UInt32(i) << 8), to: UInt32(i % 3), now: 0)
+            t.bind(IPAddress(ipv4: 0x0A00_0000 | UInt32(i) << 8), to: RealServerID(rawValue: UInt32(i % 3)), now: 0)
         }
         #expect(t.evictions >= 20_000 - 16_384)
-        let kept = (0..<20_000).filter { t.lookup(IPAddress(ipv4: 0x0A00_0000 | UInt32($0) << 8), now: 1) == UInt32($0 % 3) }.count
+        let kept = (0..<20_000).filter { t.lookup(IPAddress(ipv4: 0x0A00_0000 | UInt32($0) << 8), now: 1) == RealServerID(rawValue: UInt32($0 % 3)) }.count
         #expect(kept > 14_000 && kept <= 16_384)
     }
 

@@ -45,25 +45,24 @@ import Testing
             VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .lc,
                            reals: (11...13).map { RealServer(address: IPAddress("198.51.100.\($0)")!, port: 8080) }),
         ])
-        var configuration = ConnectionTracker.Configuration()
-        configuration.loads = RealServerRegistry.makeLoads(capacity: 16)
-        let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: configuration))
+        let registry = RealServerRegistry(capacity: 16)
+        let handler = PacketHandler(config: config, tracker: ConnectionTracker(registry: registry))
         var counters = CounterBatch()
         for port: UInt16 in 1000..<1030 {
             var syn = PacketBuilder()
             syn.sourcePort = port
             _ = handler.run(syn.build(), now: 0, counters: &counters)
         }
-        #expect(configuration.loads[0..<3].map(\.inactive) == [10, 10, 10])
+        #expect(registry.loads[0..<3].map(\.inactive) == [10, 10, 10])
         // Established connections move to the active count; expiry takes them away again.
         var ack = PacketBuilder()
         ack.sourcePort = 1000
         ack.tcpFlags = 0x10
         _ = handler.run(ack.build(), now: 1, counters: &counters)
-        #expect(configuration.loads[0..<3].map(\.active).reduce(0, +) == 1)
-        #expect(configuration.loads[0..<3].map(\.inactive).reduce(0, +) == 29)
+        #expect(registry.loads[0..<3].map(\.active).reduce(0, +) == 1)
+        #expect(registry.loads[0..<3].map(\.inactive).reduce(0, +) == 29)
         handler.tracker.expire(now: 10_000_000)
-        #expect(configuration.loads[0..<3].map(\.overhead) == [0, 0, 0])
+        #expect(registry.loads[0..<3].map(\.overhead) == [0, 0, 0])
     }
 
     @Test func hashingSchedulersAreStableAndSpread() {

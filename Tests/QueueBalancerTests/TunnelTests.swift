@@ -22,16 +22,15 @@ import Testing
         syn.payload = Array(repeating: 7, count: 100)
         let packet = syn.build()
         let (verdict, out) = handler().run(packet, counters: &counters)
-        #expect(verdict == .acceptEncapsulated(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
+        #expect(verdict.tunnelled == .verdict(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
         #expect(out == packet, "the inner packet is not touched")
 
         // The bytes the worker sends: outer header + inner packet.
         let writer = VerdictWriter(limit: 4096)
-        let ok = packet.withUnsafeBytes {
-            writer.appendEncapsulated(queue: QueueNumber(rawValue: 0), packetID: 1, inner: $0, family: .v4, innerLength: packet.count,
-                                      source: ip("198.51.100.1"), destination: ip("198.51.100.11"))
+        let ok = verdict.tunnelHeader.map {
+            writer.appendEncapsulated(queue: QueueNumber(rawValue: 0), packetID: 1, packet: packet, header: $0)
         }
-        #expect(ok)
+        #expect(ok == true)
         let message = Array(UnsafeRawBufferPointer(start: writer.bytes, count: writer.used))
         #expect(Int(message[0]) | Int(message[1]) << 8 == writer.used)
         let payloadAttribute = 32
@@ -68,7 +67,7 @@ import Testing
 
         // Without DF the kernel may fragment the outer packet: encapsulate.
         big.fragmentField = 0
-        #expect(h.run(big.build(), counters: &counters).0 == .acceptEncapsulated(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
+        #expect(h.run(big.build(), counters: &counters).0.tunnelled == .verdict(source: ip("198.51.100.1"), destination: ip("198.51.100.11")))
     }
 
     @Test func decapsulatorReturnsTheInnerPacketOrDropsWhatItCannotHandle() {

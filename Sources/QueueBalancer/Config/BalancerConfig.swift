@@ -12,7 +12,7 @@ public struct BalancerConfig: Sendable, Equatable {
     public var socketBufferMiB: Int = 16
     public var timeouts: ConnectionTimeouts = .ipvsDefaults
     /// First fwmark (and routing table) of the DR real servers (`fwmark-base`).
-    public var fwmarkBase: UInt32 = 0x1000
+    public var fwmarkBase: Fwmark = 0x1000
     /// FULLNAT local ports (`fullnat-ports`); must not overlap the kernel's `ip_local_port_range`.
     public var fullnatPorts: ClosedRange<UInt16> = 61000...65535
 
@@ -22,52 +22,9 @@ public struct BalancerConfig: Sendable, Equatable {
     }
 }
 
-/// The policy route that steers a DR packet to one real server: `ip rule add fwmark MARK table TABLE` and
-/// `ip route replace default via REAL table TABLE`. One per distinct DR real-server address.
-public struct DirectRoute: Sendable, Equatable {
-    public var realServer: IPAddress
-    public var mark: UInt32
-    public var table: UInt32
-}
-
-extension BalancerConfig {
-    /// Why the FULLNAT ports clash with the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`), or nil.
-    /// A clash would let the balancer's own sockets on a local address collide with translated connections.
-    public func fullnatPortConflict(kernelRange: ClosedRange<UInt16>) -> String? {
-        guard services.contains(where: { $0.mode == .fullnat }), fullnatPorts.overlaps(kernelRange) else { return nil }
-        return "fullnat-ports \(fullnatPorts.lowerBound)-\(fullnatPorts.upperBound) overlap the kernel's ip_local_port_range "
-            + "\(kernelRange.lowerBound)-\(kernelRange.upperBound): choose a range outside it "
-            + "(or narrow net.ipv4.ip_local_port_range)"
-    }
-
-    /// The FULLNAT port allocators: one per (local address, real server, protocol), in config order.
-    public var portAllocators: [ConnectionTracker.PortAllocatorKey] {
-        var keys: [ConnectionTracker.PortAllocatorKey] = []
-        for service in services where service.mode == .fullnat {
-            for local in service.localAddresses {
-                for real in service.reals {
-                    let key = ConnectionTracker.PortAllocatorKey(local: local, real: real.endpoint, transport: service.transport)
-                    if !keys.contains(key) { keys.append(key) }
-                }
-            }
-        }
-        return keys
-    }
-
-    /// The policy routes of the DR real servers, numbered from ``fwmarkBase`` in order of first appearance.
-    public var directRoutes: [DirectRoute] {
-        var routes: [DirectRoute] = []
-        for service in services where service.mode == .dr {
-            for real in service.reals where !routes.contains(where: { $0.realServer == real.address }) {
-                let number = fwmarkBase + UInt32(routes.count)
-                routes.append(DirectRoute(realServer: real.address, mark: number, table: number))
-            }
-        }
-        return routes
-    }
-}
-
-/// How packets reach the real server, as LVS names its forwarding methods.
+/// How packets reach the real server, as LVS names its forwarding methods. Each has its forwarder, the
+/// method's one home (``ForwardingMode/method``): ``NATForwarder``, ``FullNATForwarder``,
+/// ``DirectRoutingForwarder``, ``TunnelForwarder``.
 public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConvertible {
     /// Destination rewritten to the real server; replies come back through the balancer and are rewritten.
     case nat
@@ -79,7 +36,6 @@ public enum ForwardingMode: String, Sendable, CaseIterable, CustomStringConverti
     case tun
 
     public var description: String { rawValue }
-
 }
 
 /// A virtual service: `VIP:port/protocol`, like one `ipvsadm -A` line with its `-a` lines.

@@ -184,7 +184,7 @@ private struct Reader {
         if let node = top["queue-length"] { config.queueLength = UInt32(try integer(node, "queue-length", 1...(1 << 20))) }
         if let node = top["socket-buffer-mb"] { config.socketBufferMiB = try integer(node, "socket-buffer-mb", 1...1024) }
         if let node = top["fwmark-base"] {
-            config.fwmarkBase = UInt32(try integer(node, "fwmark-base", 1...0x00FF_0000))   // below IptablesRules.translatedMark
+            config.fwmarkBase = Fwmark(rawValue: UInt32(try integer(node, "fwmark-base", 1...0x00FF_0000)))   // below Fwmark.translated
         }
         if let node = top["fullnat-ports"] {
             let text = try scalar(node, "fullnat-ports")

@@ -31,14 +31,10 @@ public final class ConnectionTracker: Sendable {
         public var timeouts: ConnectionTimeouts
         /// Seed of the flow hash; random by default.
         public var hashSeed: UInt64
-        /// FULLNAT: one port allocator per key; an ``Assignment/allocator`` indexes this list.
+        /// FULLNAT: the port allocators to create at once (``portAllocator(for:)`` adds more later).
         public var portAllocators: [PortAllocatorKey]
         /// FULLNAT: the local ports handed out (outside the kernel's `ip_local_port_range`).
         public var localPorts: ClosedRange<UInt16>
-        /// The real servers' live state by number (an ``Assignment``'s `real`, normally
-        /// ``RealServerRegistry/loads``): the tracker keeps their connection counts and follows their lifecycle.
-        /// Empty to count nothing (every server then counts as active).
-        public var loads: [RealServerLoad] = []
         /// FULLNAT: how many port allocators may exist, those added by later config changes included.
         public var portAllocatorCapacity = 1024
 
@@ -67,31 +63,47 @@ public final class ConnectionTracker: Sendable {
         }
     }
 
+    /// FULLNAT: the local address (LIP) a connection leaves from, and the allocator its port comes from.
+    public struct LocalAddress: Sendable, Equatable {
+        public var address: IPAddress
+        public var allocator: PortAllocatorID
+
+        public init(address: IPAddress, allocator: PortAllocatorID) {
+            self.address = address
+            self.allocator = allocator
+        }
+    }
+
     /// The real server the scheduler chose for a new connection.
     public struct Assignment: Sendable, Equatable {
         public var realServer: Endpoint
-        /// Its number (``RealServerRegistry``): the index of its ``Configuration/loads``.
-        public var real: UInt32
-        /// FULLNAT: the local address the connection leaves from, and its port allocator (index into
-        /// ``Configuration/portAllocators``); -1 for modes that keep the client's address.
-        public var localAddress: IPAddress
-        public var allocator: Int32
+        /// Its number in the tracker's ``registry``.
+        public var real: RealServerID
+        /// FULLNAT: where the connection leaves from; nil for the modes that keep the client's address.
+        public var local: LocalAddress?
 
-        public init(realServer: Endpoint, real: UInt32,
-                    localAddress: IPAddress = IPAddress(high: 0, low: 0), allocator: Int32 = -1) {
+        public init(realServer: Endpoint, real: RealServerID, local: LocalAddress? = nil) {
             self.realServer = realServer
             self.real = real
-            self.localAddress = localAddress
-            self.allocator = allocator
+            self.local = local
         }
+    }
+
+    /// A live connection as a lookup returns it: both keys and the real server's number.
+    public struct Connection: Sendable, Equatable {
+        /// Client -> VIP, as the client sends it.
+        public var inbound: FlowKey
+        /// Real server -> client (FULLNAT: -> local address), as the real server answers.
+        public var reply: FlowKey
+        public var real: RealServerID
     }
 
     /// What to do with a packet travelling client -> virtual service.
     public enum InboundOutcome: Sendable, Equatable {
         /// Forward to this real server (number `real`); `created` when the packet opened a new connection.
-        case forward(Endpoint, real: UInt32, created: Bool)
+        case forward(Endpoint, real: RealServerID, created: Bool)
         /// FULLNAT: forward to the real server from the local endpoint `local` (LIP:lport).
-        case forwardTranslated(Endpoint, local: Endpoint, real: UInt32, created: Bool)
+        case forwardTranslated(Endpoint, local: Endpoint, real: RealServerID, created: Bool)
         /// A TCP packet of a connection whose real server was removed (and drained): the connection is
         /// forgotten and the packet dropped; the client's next SYN is scheduled afresh.
         case realServerRemoved
@@ -114,10 +126,13 @@ public final class ConnectionTracker: Sendable {
         public var reply: FlowKey
         public var state: ConnectionState
         public var expires: UInt64
-        public var real: UInt32
+        public var real: RealServerID
     }
 
     public let configuration: Configuration
+    /// The real servers connections are assigned to: the tracker keeps their connection counts (under the
+    /// stripe lock it holds anyway) and follows their lifecycle.
+    public let registry: RealServerRegistry
     private let stripes: [Stripe]
     private let stripeMask: Int
     private let hasher: FlowHasher
@@ -125,8 +140,9 @@ public final class ConnectionTracker: Sendable {
     /// FULLNAT: the key of every port allocator, by index (control path only).
     private let allocatorKeys = Mutex<[PortAllocatorKey]>([])
 
-    public init(configuration: Configuration = Configuration()) {
+    public init(configuration: Configuration = Configuration(), registry: RealServerRegistry = RealServerRegistry()) {
         self.configuration = configuration
+        self.registry = registry
         var stripeCount = 1
         while stripeCount < max(1, configuration.stripes) { stripeCount <<= 1 }
         let perStripe = max(1, (configuration.capacity + stripeCount - 1) / stripeCount)
@@ -134,18 +150,18 @@ public final class ConnectionTracker: Sendable {
         hasher = FlowHasher(seed: configuration.hashSeed)
         let poolCapacity = max(configuration.portAllocatorCapacity, configuration.portAllocators.count)
         stripes = (0..<stripeCount).map { _ in
-            Stripe(capacity: perStripe, poolCapacity: poolCapacity, loads: configuration.loads)
+            Stripe(capacity: perStripe, poolCapacity: poolCapacity, loads: registry.loads)
         }
         timeouts = configuration.timeouts
         for key in configuration.portAllocators { _ = portAllocator(for: key) }
     }
 
-    /// FULLNAT: the index of the port allocator of `key` (an ``Assignment/allocator``), created with every port
+    /// FULLNAT: the port allocator of `key` (a ``LocalAddress/allocator``), created with every port
     /// of ``Configuration/localPorts`` free when it is new. Nil when ``Configuration/portAllocatorCapacity``
     /// allocators exist already. Control path: allocates, and takes every stripe lock once for a new one.
-    public func portAllocator(for key: PortAllocatorKey) -> Int32? {
-        allocatorKeys.withLock { keys -> Int32? in
-            if let index = keys.firstIndex(of: key) { return Int32(index) }
+    public func portAllocator(for key: PortAllocatorKey) -> PortAllocatorID? {
+        allocatorKeys.withLock { keys -> PortAllocatorID? in
+            if let index = keys.firstIndex(of: key) { return PortAllocatorID(index) }
             let index = keys.count
             guard index < stripes[0].poolCapacity else { return nil }
             // Each stripe's share of the ports: those whose (LIP, port) hash selects the stripe.
@@ -159,7 +175,7 @@ public final class ConnectionTracker: Sendable {
                 stripe.table.withLock { $0.addPool(ports: ports) }
             }
             keys.append(key)
-            return Int32(index)
+            return PortAllocatorID(index)
         }
     }
 
@@ -175,7 +191,7 @@ public final class ConnectionTracker: Sendable {
             if let found = table.find(key, hash: keyHash, direction: .inbound) {
                 let entry = table.entries[found]
                 let lifecycle = table.lifecycle(of: entry.real)
-                let freshSYN = isTCP && flags.contains(.syn) && !flags.contains(.ack) && !flags.contains(.rst)
+                let freshSYN = isTCP && flags.isInitialSYN
                 // A fresh SYN on the tuple of a finished connection, or of one whose server takes no new
                 // connections: a new connection, scheduled afresh *with this SYN* (IPVS drops it and waits for the
                 // client's retransmission, a one-second stall: kubernetes issues 81775 and 93297).
@@ -187,7 +203,7 @@ public final class ConnectionTracker: Sendable {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
                     table.changeState(found, to: state)
                     table.setExpiry(found, now &+ timeouts.timeout(state))
-                    if entry.allocator >= 0 {
+                    if entry.allocator != nil {
                         return .forwardTranslated(entry.reply.source, local: entry.reply.destination,
                                                   real: entry.real, created: false)
                     }
@@ -197,38 +213,36 @@ public final class ConnectionTracker: Sendable {
                 table.remove(found, hasher: hasher)
                 if lifecycle == .removed && isTCP && !freshSYN && entry.expires > now { return .realServerRemoved }
             }
-            if isTCP && !(flags.contains(.syn) && !flags.contains(.ack) && !flags.contains(.rst)) {
-                return .noConnection
-            }
+            if isTCP && !flags.isInitialSYN { return .noConnection }
             guard let assignment = schedule(key) else { return .noRealServer }
             if table.isFull { _ = table.expire(now: now, hasher: hasher) }
             var local = key.source
-            if assignment.allocator >= 0 {
-                guard let port = table.takePort(assignment.allocator) else { return .portsExhausted }
-                local = Endpoint(address: assignment.localAddress, port: port)
+            if let translation = assignment.local {
+                guard let port = table.takePort(translation.allocator) else { return .portsExhausted }
+                local = Endpoint(address: translation.address, port: port)
             }
             let reply = FlowKey(source: assignment.realServer, destination: local, transport: key.transport)
             let replyHash = hasher.hash(reply)
             if let other = table.find(reply, hash: replyHash, direction: .reply) {
                 guard table.entries[other].expires <= now else {
-                    if assignment.allocator >= 0 { table.givePort(assignment.allocator, local.port) }
+                    if let translation = assignment.local { table.givePort(translation.allocator, local.port) }
                     return .conflict
                 }
                 table.remove(other, hasher: hasher)
             }
             guard let slot = table.allocate() else {
-                if assignment.allocator >= 0 { table.givePort(assignment.allocator, local.port) }
+                if let translation = assignment.local { table.givePort(translation.allocator, local.port) }
                 return .full
             }
             let state: ConnectionState = isTCP ? ConnectionState.none.next(after: flags, direction: .inbound) : .udp
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: reply, expires: now &+ timeouts.timeout(state),
-                real: assignment.real, state: state, live: true, nextFree: -1, allocator: assignment.allocator)
+                real: assignment.real, state: state, live: true, nextFree: -1, allocator: assignment.local?.allocator)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
             table.setExpiry(slot, table.entries[slot].expires)
             table.count(slot, 1)
-            if assignment.allocator >= 0 {
+            if assignment.local != nil {
                 return .forwardTranslated(assignment.realServer, local: local, real: assignment.real, created: true)
             }
             return .forward(assignment.realServer, real: assignment.real, created: true)
@@ -253,7 +267,7 @@ public final class ConnectionTracker: Sendable {
             guard let slot = table.allocate() else { return false }
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: reply, expires: expires, real: assignment.real, state: .udp, live: true,
-                nextFree: -1, allocator: -1)
+                nextFree: -1, allocator: nil)
             // Indexed by the reply key only; the inbound index keeps a (never looked up) reference so that
             // removal stays uniform.
             table.insert(slot, hash: hasher.hash(key), direction: .inbound)
@@ -264,14 +278,14 @@ public final class ConnectionTracker: Sendable {
         }
     }
 
-    /// Looks up the connection of a real server -> client packet, updates its state and expiry, and returns the
-    /// connection's inbound key (client -> VIP): the reply must appear to come from its destination and, under
-    /// FULLNAT, go to its source. Nil when no live connection matches.
-    public func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> FlowKey? {
+    /// Looks up the connection of a real server -> client packet and updates its state and expiry. Its inbound
+    /// key (client -> VIP) says what the reply must become: from its destination and, under FULLNAT, to its
+    /// source. Nil when no live connection matches.
+    public func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> Connection? {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.destination, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
         let isTCP = key.transport == .tcp
-        return stripe.table.withLock { table -> FlowKey? in
+        return stripe.table.withLock { table -> Connection? in
             guard let found = table.find(key, hash: keyHash, direction: .reply) else { return nil }
             let entry = table.entries[found]
             guard entry.expires > now, table.lifecycle(of: entry.real) != .removed else {
@@ -281,33 +295,31 @@ public final class ConnectionTracker: Sendable {
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
             table.changeState(found, to: state)
             table.setExpiry(found, now &+ timeouts.timeout(state))
-            return entry.inbound
+            return entry.connection
         }
     }
 
-    /// The live connection whose inbound key (client -> VIP) is `key`: its reply key (real server -> client or
-    /// local endpoint) and real server number. Changes nothing (ICMP errors about a connection neither open
-    /// nor refresh it).
-    public func connection(inbound key: FlowKey, now: UInt64) -> (reply: FlowKey, real: UInt32)? {
-        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
-        let keyHash = hasher.hash(key)
-        return stripe.table.withLock { table -> (reply: FlowKey, real: UInt32)? in
-            guard let found = table.find(key, hash: keyHash, direction: .inbound) else { return nil }
-            let entry = table.entries[found]
-            guard entry.expires > now, table.lifecycle(of: entry.real) != .removed else { return nil }
-            return (entry.reply, entry.real)
-        }
+    /// The live connection whose inbound key (client -> VIP) is `key`. Changes nothing (ICMP errors about a
+    /// connection neither open nor refresh it).
+    public func connection(inbound key: FlowKey, now: UInt64) -> Connection? {
+        lookUp(key, direction: .inbound, now: now)
     }
 
-    /// The inbound key of the live connection whose reply key is `key`; changes nothing.
-    public func connection(reply key: FlowKey, now: UInt64) -> FlowKey? {
-        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.destination, key.transport)) & stripeMask]
+    /// The live connection whose reply key is `key`; changes nothing.
+    public func connection(reply key: FlowKey, now: UInt64) -> Connection? {
+        lookUp(key, direction: .reply, now: now)
+    }
+
+    private func lookUp(_ key: FlowKey, direction: ConnectionState.Direction, now: UInt64) -> Connection? {
+        // The client endpoint chooses the stripe: the source of an inbound key, the destination of a reply key.
+        let client = direction == .inbound ? key.source : key.destination
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(client, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
-        return stripe.table.withLock { table -> FlowKey? in
-            guard let found = table.find(key, hash: keyHash, direction: .reply) else { return nil }
+        return stripe.table.withLock { table -> Connection? in
+            guard let found = table.find(key, hash: keyHash, direction: direction) else { return nil }
             let entry = table.entries[found]
             guard entry.expires > now, table.lifecycle(of: entry.real) != .removed else { return nil }
-            return entry.inbound
+            return entry.connection
         }
     }
 
@@ -361,247 +373,3 @@ public final class ConnectionTracker: Sendable {
     }
 }
 
-/// One tracked connection.
-struct ConnectionEntry {
-    var inbound: FlowKey
-    var reply: FlowKey
-    var expires: UInt64
-    /// The real server's number (``RealServerRegistry``).
-    var real: UInt32
-    var state: ConnectionState
-    var live: Bool
-    var nextFree: Int32
-    /// FULLNAT port allocator of the local port (`reply.destination.port`), or -1.
-    var allocator: Int32
-
-    func key(_ direction: ConnectionState.Direction) -> FlowKey {
-        direction == .inbound ? inbound : reply
-    }
-}
-
-/// One slot of a stripe's open-addressing index: the low 32 bits of the key's hash and the reference
-/// `entry << 1 | direction`, or -1 when empty.
-struct IndexSlot {
-    var hash: UInt32
-    var reference: Int32
-}
-
-/// One lock stripe: a mutex around a fixed-size table.
-final class Stripe: Sendable {
-    let table: Mutex<StripeTable>
-    let poolCapacity: Int
-
-    init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
-        self.poolCapacity = poolCapacity
-        table = Mutex(StripeTable(capacity: capacity, poolCapacity: poolCapacity, loads: loads))
-    }
-
-    deinit {
-        table.withLock { $0.deallocate() }
-    }
-}
-
-/// The entries of one stripe and their index (linear probing, backward-shift deletion, at most half full:
-/// the index has at least four slots per entry and each entry uses two, so every probe ends at an empty slot).
-struct StripeTable {
-    let entries: UnsafeMutablePointer<ConnectionEntry>
-    let slots: UnsafeMutablePointer<IndexSlot>
-    let capacity: Int
-    let slotMask: Int
-    /// Entries below this index have been used at least once; above it memory is untouched.
-    private(set) var highWater = 0
-    /// No entry expires before this time: ``expire(now:hasher:)`` does not scan earlier, so a full stripe under
-    /// a SYN flood costs one comparison per refused connection, not a scan (lowered on every insert and
-    /// update, raised by each scan).
-    private(set) var earliestExpiry: UInt64 = .max
-    private var freeHead: Int32 = -1
-    private(set) var used = 0
-    /// FULLNAT: this stripe's free local ports, one ring per port allocator (room for `poolCapacity`).
-    let pools: UnsafeMutablePointer<PortRing>
-    private(set) var poolCount = 0
-
-    /// The real servers' state by number (may be empty: nothing counted, every server active).
-    let loads: [RealServerLoad]
-
-    init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
-        self.loads = loads
-        pools = .allocate(capacity: max(1, poolCapacity))
-        self.capacity = capacity
-        var slotCount = 4
-        while slotCount < capacity * 4 { slotCount <<= 1 }
-        slotMask = slotCount - 1
-        entries = .allocate(capacity: capacity)
-        slots = .allocate(capacity: slotCount)
-        slots.initialize(repeating: IndexSlot(hash: 0, reference: -1), count: slotCount)
-    }
-
-    func deallocate() {
-        entries.deallocate()
-        slots.deallocate()
-        for i in 0..<poolCount { pools[i].deallocate() }
-        pools.deallocate()
-    }
-
-    /// Installs the next port allocator's ring (the caller checked the capacity).
-    mutating func addPool(ports: [UInt16]) {
-        (pools + poolCount).initialize(to: PortRing(ports: ports))
-        poolCount += 1
-    }
-
-    func takePort(_ allocator: Int32) -> UInt16? { pools[Int(allocator)].take() }
-
-    func givePort(_ allocator: Int32, _ port: UInt16) { pools[Int(allocator)].give(port) }
-
-    var isFull: Bool { used >= capacity }
-
-    func find(_ key: FlowKey, hash: UInt64, direction: ConnectionState.Direction) -> Int? {
-        let tag = UInt32(truncatingIfNeeded: hash)
-        var i = Int(tag) & slotMask
-        while true {
-            let slot = slots[i]
-            if slot.reference < 0 { return nil }
-            if slot.hash == tag && Int(slot.reference & 1) == direction.rawValue {
-                let entry = Int(slot.reference >> 1)
-                if entries[entry].key(direction) == key { return entry }
-            }
-            i = (i &+ 1) & slotMask
-        }
-    }
-
-    mutating func allocate() -> Int? {
-        if freeHead >= 0 {
-            let slot = Int(freeHead)
-            freeHead = entries[slot].nextFree
-            used += 1
-            return slot
-        }
-        guard highWater < capacity else { return nil }
-        highWater += 1
-        used += 1
-        (entries + highWater - 1).initialize(to: ConnectionEntry(
-            inbound: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
-                             destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
-            reply: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
-                           destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
-            expires: 0, real: 0, state: .none, live: false, nextFree: -1, allocator: -1))
-        return highWater - 1
-    }
-
-    func insert(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
-        let tag = UInt32(truncatingIfNeeded: hash)
-        var i = Int(tag) & slotMask
-        while slots[i].reference >= 0 { i = (i &+ 1) & slotMask }
-        slots[i] = IndexSlot(hash: tag, reference: Int32(entry) << 1 | Int32(direction.rawValue))
-    }
-
-    /// Adds `delta` to the load of `entry`'s real server, in the active or inactive count by its state.
-    func count(_ entry: Int, _ delta: Int) {
-        let real = Int(entries[entry].real)
-        guard real < loads.count else { return }
-        loads[real].add(delta, active: entries[entry].state == .established)
-    }
-
-    /// Where real server number `real` is in its lifecycle (active when its state is not kept).
-    func lifecycle(of real: UInt32) -> RealServerLifecycle {
-        Int(real) < loads.count ? loads[Int(real)].lifecycle : .active
-    }
-
-    /// Moves `entry` to `state`, keeping its real server's active/inactive counts right.
-    func changeState(_ entry: Int, to state: ConnectionState) {
-        let wasActive = entries[entry].state == .established
-        if wasActive != (state == .established) {
-            count(entry, -1)
-            entries[entry].state = state
-            count(entry, 1)
-        } else {
-            entries[entry].state = state
-        }
-    }
-
-    mutating func remove(_ entry: Int, hasher: FlowHasher) {
-        count(entry, -1)
-        unindex(entry, hash: hasher.hash(entries[entry].inbound), direction: .inbound)
-        unindex(entry, hash: hasher.hash(entries[entry].reply), direction: .reply)
-        if entries[entry].allocator >= 0 { givePort(entries[entry].allocator, entries[entry].reply.destination.port) }
-        entries[entry].live = false
-        entries[entry].nextFree = freeHead
-        freeHead = Int32(entry)
-        used -= 1
-    }
-
-    private func unindex(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
-        let reference = Int32(entry) << 1 | Int32(direction.rawValue)
-        var hole = Int(UInt32(truncatingIfNeeded: hash)) & slotMask
-        while slots[hole].reference != reference {
-            guard slots[hole].reference >= 0 else { return }
-            hole = (hole &+ 1) & slotMask
-        }
-        // Backward-shift deletion: pull later members of the probe run into the hole when their home allows.
-        var next = (hole &+ 1) & slotMask
-        while slots[next].reference >= 0 {
-            let home = Int(slots[next].hash) & slotMask
-            if (next &- home) & slotMask >= (next &- hole) & slotMask {
-                slots[hole] = slots[next]
-                hole = next
-            }
-            next = (next &+ 1) & slotMask
-        }
-        slots[hole].reference = -1
-    }
-
-    /// Records that `entry` now expires at `expires`.
-    mutating func setExpiry(_ entry: Int, _ expires: UInt64) {
-        entries[entry].expires = expires
-        if expires < earliestExpiry { earliestExpiry = expires }
-    }
-
-    mutating func expire(now: UInt64, hasher: FlowHasher) -> Int {
-        guard now >= earliestExpiry else { return 0 }
-        var removed = 0
-        var earliest = UInt64.max
-        for i in 0..<highWater where entries[i].live {
-            if entries[i].expires <= now {
-                remove(i, hasher: hasher)
-                removed += 1
-            } else if entries[i].expires < earliest {
-                earliest = entries[i].expires
-            }
-        }
-        earliestExpiry = earliest
-        return removed
-    }
-}
-
-/// A FIFO of free ports with fixed capacity (all the ports it starts with): `take` from the head, `give` to
-/// the tail, so a returned port waits behind every other free one before it is used again.
-struct PortRing {
-    let storage: UnsafeMutablePointer<UInt16>
-    let capacity: Int
-    var head = 0
-    var count: Int
-
-    init(ports: [UInt16]) {
-        capacity = max(1, ports.count)
-        storage = .allocate(capacity: capacity)
-        for (i, port) in ports.enumerated() { storage[i] = port }
-        count = ports.count
-    }
-
-    func deallocate() { storage.deallocate() }
-
-    mutating func take() -> UInt16? {
-        guard count > 0 else { return nil }
-        let port = storage[head]
-        head = head + 1 == capacity ? 0 : head + 1
-        count -= 1
-        return port
-    }
-
-    mutating func give(_ port: UInt16) {
-        guard count < capacity else { return }
-        var tail = head + count
-        if tail >= capacity { tail -= capacity }
-        storage[tail] = port
-        count += 1
-    }
-}

@@ -2,12 +2,12 @@
 /// INPUT, after the kernel reassembled any fragments) is accepted as its inner packet, which the stack then
 /// delivers to the socket bound to the VIP on `lo`. IPv4-in-IPv4 (protocol 4) on an IPv4 queue rule,
 /// IPv6-in-IPv6 (next header 41) on an IPv6 one. Across families (IPv6 in IPv4, IPv4 in IPv6), which a verdict
-/// cannot express, the inner packet goes through a raw socket to the local VIP instead (``Verdict/sendReplaced(offset:length:)``):
+/// cannot express, the inner packet goes through a raw socket to the local VIP instead (``Verdict/sendReplaced(offset:length:destination:)``):
 /// no transport-offset constraint then.
 ///
 /// The kernel keeps the transport header offset of the outer packet when a verdict replaces it, so the inner
 /// network header must have the outer's length: IPv4 IHL 5 both (20 bytes), IPv6 without extension headers
-/// both (40 bytes). Other packets are dropped and counted (DESIGN.md); packets that are not tunnelled pass.
+/// both (40 bytes). Other packets are dropped and counted; packets that are not tunnelled pass.
 ///
 /// The inner packet is delivered locally without another routing or martian check (the verdict is given at
 /// INPUT), so only inner packets addressed to one of the configured VIPs, from an ordinary unicast source, are
@@ -15,6 +15,9 @@
 /// (`dropped_tunnel_spoofed`).
 public struct Decapsulator: PacketProcessor {
     let vips: [IPAddress]
+
+    /// Whole packets: the inner packet is the verdict.
+    public var copyRange: UInt32 { PacketHandler.wholePacketCopyRange }
 
     /// - Parameter vips: the VIPs this real server serves.
     public init(vips: [IPAddress]) {
@@ -100,12 +103,13 @@ public struct Decapsulator: PacketProcessor {
             let length = ip.totalLength
             guard ip.headerLength >= IPv4Header.minimumLength, length >= IPv4Header.minimumLength,
                   length <= inner.count else { counters.count(.droppedMalformed); return .drop }
-            return deliver(ip.source, ip.destination, .v4, .sendReplaced(offset: offset, length: length), &counters)
+            return deliver(ip.source, ip.destination, .v4, .sendReplaced(offset: offset, length: length, destination: ip.destination),
+                           &counters)
         case 6:
             guard let ip = IPv6Header(inner), ip.totalLength <= inner.count else {
                 counters.count(.droppedMalformed); return .drop
             }
-            return deliver(ip.source, ip.destination, .v6, .sendReplaced(offset: offset, length: ip.totalLength),
+            return deliver(ip.source, ip.destination, .v6, .sendReplaced(offset: offset, length: ip.totalLength, destination: ip.destination),
                            &counters)
         default:
             counters.count(.droppedMalformed)

@@ -1,21 +1,20 @@
-/// The LVS NAT header rewrite, for both families: destination VIP:vport -> RIP:rport on the way in, source
-/// RIP:rport -> VIP:vport on the way back. Checksums are updated incrementally (RFC 1624): the IPv4 header
+/// The address-and-port rewrite of NAT and FULLNAT, for both families: one endpoint of a packet replaced
+/// (destination VIP:vport -> RIP:rport on the way in, source RIP:rport -> VIP:vport on the way back, and
+/// FULLNAT's client and local endpoints). Checksums are updated incrementally (RFC 1624): the IPv4 header
 /// checksum, and the transport checksum, which covers the addresses through the pseudo-header. So a packet that
 /// arrived corrupt leaves corrupt and the receiver still drops it. IPv6 has no header checksum; a UDP checksum
 /// of 0 (none) is valid only over IPv4 and stays 0 there, while over IPv6 it is computed in full (RFC 8200 8.1).
 public enum NATRewrite {
-    /// Rewrites the destination address and port of `packet` (client -> real server).
-    public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
-                                          address: IPAddress, port: UInt16) {
+    /// Rewrites the destination address and port of `packet` to `endpoint`.
+    public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, to endpoint: Endpoint) {
         rewrite(bytes, packet, addressOffset: packet.family.destinationOffset, oldAddress: packet.destination,
-                newAddress: address, portOffset: packet.transportOffset + TCPHeader.destinationPortOffset, oldPort: packet.destinationPort, newPort: port)
+                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.destinationPortOffset, oldPort: packet.destinationPort, newPort: endpoint.port)
     }
 
-    /// Rewrites the source address and port of `packet` (real server reply -> client).
-    public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
-                                     address: IPAddress, port: UInt16) {
+    /// Rewrites the source address and port of `packet` to `endpoint`.
+    public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, to endpoint: Endpoint) {
         rewrite(bytes, packet, addressOffset: packet.family.sourceOffset, oldAddress: packet.source,
-                newAddress: address, portOffset: packet.transportOffset + TCPHeader.sourcePortOffset, oldPort: packet.sourcePort, newPort: port)
+                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.sourcePortOffset, oldPort: packet.sourcePort, newPort: endpoint.port)
     }
 
     static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,

@@ -31,3 +31,26 @@ public struct TunnelPath: Sendable, Equatable {
         return TunnelPath(source: source, mtu: mtu ?? 1500)
     }
 }
+
+extension TunnelPath {
+    /// No route to a TUN real server: the tunnel cannot be built.
+    public struct Unresolved: Error, CustomStringConvertible {
+        public var realServer: IPAddress
+        public var description: String {
+            "no route to the TUN real server \(realServer): the tunnel needs one (ip route get \(realServer))"
+        }
+    }
+
+    /// The paths to every TUN real server of `config`: those in `known`, and the others resolved now.
+    public static func paths(for config: BalancerConfig, known: [IPAddress: TunnelPath] = [:])
+        throws(Unresolved) -> [IPAddress: TunnelPath] {
+        var paths = known
+        for service in config.services where service.mode == .tun {
+            for real in service.reals where paths[real.address] == nil {
+                guard let path = resolve(to: real.address) else { throw Unresolved(realServer: real.address) }
+                paths[real.address] = path
+            }
+        }
+        return paths
+    }
+}

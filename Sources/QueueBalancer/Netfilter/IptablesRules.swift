@@ -3,94 +3,69 @@ import Glibc
 /// The iptables rules a configuration needs, as `iptables-restore --noflush` input.
 ///
 /// Everything lives in dedicated chains (``chain``) reached by one jump from the built-in chain, so the
-/// setup script can install, replace and remove nfqlb's rules without touching anyone else's.
-/// Per DESIGN.md, both directions are queued in the raw table's PREROUTING (priority -300): before routing
-/// (the rewritten destination is then routed) and before conntrack, with `CT --notrack` so conntrack does not
-/// fill with half-seen tuples that the handler rewrites.
+/// setup script can install, replace and remove nfqlb's rules without touching anyone else's. Both directions
+/// are queued in the raw table's PREROUTING (priority -300): before routing (the rewritten destination is
+/// then routed) and before conntrack, with `CT --notrack` so conntrack does not fill with half-seen tuples
+/// that the handler rewrites (docs/ARCHITECTURE.md, "Kernel facts"). What each mode needs besides the
+/// client -> VIP rule comes from its forwarder (``ForwardingMethod``).
 public enum IptablesRules {
     /// The chain in the raw table holding nfqlb's rules.
     public static let chain = "NFQLB-PREROUTING"
 
-    /// The fwmark bit on packets nfqlb rewrote or replaced (NAT, FULLNAT, TUN's ICMP answers, decapsulation). With bridge netfilter (a bridge on the
-    /// balancer and `net.bridge.bridge-nf-call-iptables=1`, the kernel default), a queued packet passes
-    /// PREROUTING twice: once at the bridge port, where it is queued and rewritten, and again at the bridge
-    /// device with its new headers. The anti-spoof rules skip marked packets so that they do not drop the
-    /// second pass of a translated packet (measured: FULLNAT downloads fell to 4 Mbit/s without this).
-    public static let translatedMark: UInt32 = 0x0100_0000
+    /// `ADDRESS/32` or `ADDRESS/128`: one host, as iptables matches it.
+    static func host(_ address: IPAddress) -> String {
+        address.isIPv4 ? "\(address)/32" : "\(address)/128"
+    }
 
     /// The `iptables-restore --noflush` input for the IPv4 services of `config`, or with `family` `.v6` the
     /// `ip6tables-restore --noflush` input for its IPv6 services (empty when it has none: IPv4 always gets its
     /// chain, so that `run` can check the jump).
     public static func restoreInput(for config: BalancerConfig, family: IPFamily = .v4, source: String? = nil) -> String {
-        let services = config.services.filter { $0.vip.isIPv4 == (family == .v4) }
+        let services = config.services.filter { IPFamily(of: $0.vip) == family }
         if family == .v6 && services.isEmpty { return "" }
         let tool = family == .v4 ? "iptables-restore" : "ip6tables-restore"
-        let host = family == .v4 ? "/32" : "/128"
         var lines: [String] = []
         lines.append("# nfqlb \(family) rules" + (source.map { " for \($0)" } ?? "") + ": apply with \(tool) --noflush")
         lines.append("*raw")
         lines.append(":\(chain) - [0:0]")
         let target = queueTarget(config.queues)
         var seen = Set<String>()
-        func add(_ match: String, _ comment: String) {
-            guard seen.insert(match).inserted else { return }
-            lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j CT --notrack")
-            lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j \(target)")
+        func add(_ rule: QueueRule) {
+            guard seen.insert(rule.match).inserted else { return }
+            lines.append("-A \(chain) \(rule.match) -m comment --comment \"\(rule.comment)\" -j CT --notrack")
+            lines.append("-A \(chain) \(rule.match) -m comment --comment \"\(rule.comment)\" -j \(target)")
         }
-        // FULLNAT rewrites sources to the VIP and the local addresses, which accept_local=1 lets the kernel
-        // accept: so packets arriving from outside with those sources are spoofed, and dropped before queueing.
-        var spoofable: [IPAddress] = []
-        for service in services where service.mode == .fullnat {
-            for address in [service.vip] + service.localAddresses where !spoofable.contains(address) {
-                spoofable.append(address)
+        // Sources nfqlb writes into packets (which accept_local=1 lets the kernel accept) are spoofed when they
+        // arrive from outside: dropped before queueing, unless nfqlb itself marked the packet.
+        var spoofable: [(address: IPAddress, mode: ForwardingMode)] = []
+        for service in services {
+            for address in service.mode.method.spoofableSources(for: service) where !spoofable.contains(where: { $0.address == address }) {
+                spoofable.append((address, service.mode))
             }
         }
-        for address in spoofable {
-            let mark = "0x\(String(translatedMark, radix: 16))"
-            lines.append("-A \(chain) ! -i lo -s \(address)\(host) -m mark ! --mark \(mark)/\(mark) -m comment --comment \"nfqlb fullnat anti-spoof\" -j DROP")
+        let mark = Fwmark.translated
+        for (address, mode) in spoofable {
+            lines.append("-A \(chain) ! -i lo -s \(host(address)) -m mark ! --mark \(mark)/\(mark) -m comment --comment \"nfqlb \(mode) anti-spoof\" -j DROP")
         }
-        let ports = "\(config.fullnatPorts.lowerBound):\(config.fullnatPorts.upperBound)"
         for service in services {
             let proto = service.transport.description
-            add("-d \(service.vip)\(host) -p \(proto) -m \(proto) --dport \(service.port)",
-                "nfqlb \(service.mode) \(service): client to VIP")
-            switch service.mode {
-            case .nat:
-                for real in service.reals {
-                    add("-s \(real.address)\(host) -p \(proto) -m \(proto) --sport \(real.port)",
-                        "nfqlb \(service.mode) \(service): reply from \(real.endpoint)")
-                }
-            case .fullnat:
-                for local in service.localAddresses {
-                    for real in service.reals {
-                        add("-s \(real.address)\(host) -d \(local)\(host) -p \(proto) -m \(proto) --sport \(real.port) --dport \(ports)",
-                            "nfqlb \(service.mode) \(service): reply from \(real.endpoint) to \(local)")
-                    }
-                }
-            case .dr, .tun:
-                break   // replies go straight to the client
-            }
+            add(QueueRule(match: "-d \(host(service.vip)) -p \(proto) -m \(proto) --dport \(service.port)",
+                          comment: "nfqlb \(service.mode) \(service): client to VIP"))
+            service.mode.method.replyRules(for: service, config: config).forEach(add)
         }
         // ICMP errors about the connections (IPVS forwards them in both directions): from the client side to a
-        // VIP, and from the real servers (NAT) or to the local addresses (FULLNAT).
+        // VIP, and from where each mode's real servers report from.
         let icmp = family == .v4 ? "-p icmp -m icmp --icmp-type" : "-p ipv6-icmp -m icmp6 --icmpv6-type"
-        let errorTypes = family == .v4 ? [3, 11, 12] : [1, 2, 3, 4]
+        let errorTypes = ICMPHeader.errorTypes(family)
         for service in services {
             for type in errorTypes {
-                add("-d \(service.vip)\(host) \(icmp) \(type)", "nfqlb: ICMP errors about \(service.vip)'s connections")
+                add(QueueRule(match: "-d \(host(service.vip)) \(icmp) \(type)",
+                              comment: "nfqlb: ICMP errors about \(service.vip)'s connections"))
             }
+            let sources = service.mode.method.errorSources(for: service)
             for type in errorTypes {
-                switch service.mode {
-                case .nat:
-                    for real in service.reals {
-                        add("-s \(real.address)\(host) \(icmp) \(type)", "nfqlb: ICMP errors from real server \(real.address)")
-                    }
-                case .fullnat:
-                    for local in service.localAddresses {
-                        add("-d \(local)\(host) \(icmp) \(type)", "nfqlb: ICMP errors to local address \(local)")
-                    }
-                case .dr, .tun:
-                    break
+                for source in sources {
+                    add(QueueRule(match: "\(source.match) \(icmp) \(type)", comment: source.comment))
                 }
             }
         }
@@ -99,18 +74,20 @@ public enum IptablesRules {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    /// The policy routing of the DR real servers of one family, as `ip -4 -batch` (or `ip -6 -batch`) input:
-    /// one fwmark rule and one table with a default route via the real server each. Empty when the config has
-    /// no DR real server of that family.
+    /// The policy routing the DR real servers of one family need, as `ip -4 -batch` (or `ip -6 -batch`) input
+    /// (``DirectRoutingForwarder/routeCommands(for:family:)``).
     public static func routeCommands(for config: BalancerConfig, family: IPFamily = .v4) -> String {
-        config.directRoutes.filter { $0.realServer.isIPv4 == (family == .v4) }.map { route in
-            "rule add fwmark 0x\(String(route.mark, radix: 16)) table \(route.table) pref \(routeRulePreference)\n"
-                + "route replace default via \(route.realServer) table \(route.table)\n"
-        }.joined()
+        DirectRoutingForwarder.routeCommands(for: config, family: family)
     }
 
-    /// Preference of the fwmark rules: after `local` (0), before `main` (32766).
-    public static let routeRulePreference = 100
+    /// Every rule and route `config` needs, both families, one line each (comments left out): what a reload
+    /// compares to tell whether rules must be installed.
+    static func lines(for config: BalancerConfig) -> Set<String> {
+        Set([IPFamily.v4, .v6].flatMap { family in
+            (restoreInput(for: config, family: family) + routeCommands(for: config, family: family))
+                .split(separator: "\n").filter { !$0.hasPrefix("#") }.map { "\(family) \($0)" }
+        })
+    }
 
     /// `--queue-num N` for one queue, `--queue-balance A:B` for several (consecutive, checked by the config).
     static func queueTarget(_ queues: [UInt16]) -> String {
@@ -127,4 +104,10 @@ public enum IptablesRules {
               status == 0 else { return nil }
         return text.split(separator: "\n").contains { $0 == "-A PREROUTING -j \(chain)" }
     }
+}
+
+/// One queueing rule: an iptables match and the comment that says why nfqlb queues it.
+struct QueueRule: Sendable {
+    var match: String
+    var comment: String
 }

@@ -90,16 +90,18 @@ public final class VerdictWriter {
         case accept = 1  // NF_ACCEPT
     }
 
-    /// Appends one NFQNL_MSG_VERDICT message; with a payload the kernel replaces the packet by it.
-    /// Returns false (and appends nothing) when it would not fit.
+    /// Appends one NFQNL_MSG_VERDICT message; with a payload (`prefix` then `payload`) the kernel replaces the
+    /// packet by it. Returns false (and appends nothing) when it would not fit.
     @discardableResult
-    public func append(queue: QueueNumber, packetID: UInt32, verdict: Code,
-                       payload: UnsafeRawBufferPointer? = nil, mark: UInt32? = nil) -> Bool {
-        let payloadLength = payload?.count ?? 0
+    public func append(queue: QueueNumber, packetID: UInt32, verdict: Code, prefix: UnsafeRawBufferPointer? = nil,
+                       payload: UnsafeRawBufferPointer? = nil, mark: Fwmark? = nil) -> Bool {
+        let prefixLength = prefix?.count ?? 0
+        let payloadLength = prefixLength + (payload?.count ?? 0)
+        let hasPayload = prefix != nil || payload != nil
         guard payloadLength <= 0xFFFF - 4 else { return false }   // nla_len is 16 bits
         var length = NetlinkLayout.attributesOffset + 12
         if mark != nil { length += 8 }
-        if payload != nil { length += NetlinkLayout.align(4 + payloadLength) }
+        if hasPayload { length += NetlinkLayout.align(4 + payloadLength) }
         guard used + length <= limit else { return false }
         let p = buffer + used
         p.storeBytes(of: UInt32(length), toByteOffset: 0, as: UInt32.self)
@@ -119,13 +121,18 @@ public final class VerdictWriter {
         if let mark {
             p.storeBytes(of: UInt16(8), toByteOffset: offset, as: UInt16.self)
             p.storeBytes(of: NetlinkLayout.attributeMark, toByteOffset: offset + 2, as: UInt16.self)
-            p.storeBytes(of: mark.bigEndian, toByteOffset: offset + 4, as: UInt32.self)
+            p.storeBytes(of: mark.rawValue.bigEndian, toByteOffset: offset + 4, as: UInt32.self)
             offset += 8
         }
-        if let payload, let base = payload.baseAddress {
+        if hasPayload {
             p.storeBytes(of: UInt16(4 + payloadLength), toByteOffset: offset, as: UInt16.self)
             p.storeBytes(of: NetlinkLayout.attributePayload, toByteOffset: offset + 2, as: UInt16.self)
-            (p + offset + 4).copyMemory(from: base, byteCount: payloadLength)
+            if let prefix, let base = prefix.baseAddress {
+                (p + offset + 4).copyMemory(from: base, byteCount: prefixLength)
+            }
+            if let payload, let base = payload.baseAddress {
+                (p + offset + 4 + prefixLength).copyMemory(from: base, byteCount: payload.count)
+            }
             let padded = NetlinkLayout.align(4 + payloadLength)
             if padded > 4 + payloadLength {
                 (p + offset + 4 + payloadLength).initializeMemory(as: UInt8.self, repeating: 0,
@@ -134,33 +141,6 @@ public final class VerdictWriter {
         }
         used += length
         count += 1
-        return true
-    }
-
-    /// Appends an NF_ACCEPT verdict whose payload is `inner` behind a new outer header of its `family` (TUN).
-    /// Returns false (and appends nothing) when it would not fit.
-    public func appendEncapsulated(queue: QueueNumber, packetID: UInt32, inner: UnsafeRawBufferPointer, family: IPFamily,
-                                   innerLength: Int, source: IPAddress, destination: IPAddress) -> Bool {
-        let overhead = TunnelEncapsulation.overhead(family)
-        let payloadLength = overhead + innerLength
-        let length = NetlinkLayout.attributesOffset + 12 + NetlinkLayout.align(4 + payloadLength)
-        guard used + length <= limit, let innerBase = inner.baseAddress else { return false }
-        // Header and verdict attribute as for a payload-less accept, then the payload attribute by hand.
-        let start = used
-        guard append(queue: queue, packetID: packetID, verdict: .accept) else { return false }
-        let p = buffer + start
-        p.storeBytes(of: UInt32(length), toByteOffset: 0, as: UInt32.self)
-        let attribute = p + NetlinkLayout.attributesOffset + 12
-        attribute.storeBytes(of: UInt16(4 + payloadLength), toByteOffset: 0, as: UInt16.self)
-        attribute.storeBytes(of: NetlinkLayout.attributePayload, toByteOffset: 2, as: UInt16.self)
-        TunnelEncapsulation.writeOuterHeader(attribute + 4, inner: inner, family: family, innerLength: innerLength,
-                                             source: source, destination: destination)
-        (attribute + 4 + overhead).copyMemory(from: innerBase, byteCount: innerLength)
-        let padded = NetlinkLayout.align(4 + payloadLength)
-        if padded > 4 + payloadLength {
-            (attribute + 4 + payloadLength).initializeMemory(as: UInt8.self, repeating: 0, count: padded - 4 - payloadLength)
-        }
-        used = start + length
         return true
     }
 }

@@ -1,5 +1,6 @@
 import CNFQueue
 import Glibc
+import SystemPackage
 
 /// A raw IP socket that sends complete packets, headers included (`IPPROTO_RAW`, which implies
 /// `IP_HDRINCL`/`IPV6_HDRINCL`): the way out for a packet whose family differs from the queue it came from,
@@ -8,25 +9,25 @@ import Glibc
 /// real server to deliver the decapsulated inner packet of the other family to the local VIP.
 ///
 /// Packets are queued in a ``RawSendBatch`` while a queue batch is handled and leave with one `sendmmsg(2)` at
-/// its end, like the verdicts. The one place besides ``QueueSocket`` that calls socket syscalls.
+/// its end, like the verdicts.
 final class RawIPSocket {
     let family: IPFamily
-    private let fd: Int32
+    private let fd: FileDescriptor
 
-    /// Nil when the socket cannot be opened (no CAP_NET_RAW).
+    /// Nil when the socket cannot be opened (no CAP_NET_RAW): packets for it are then counted as lost.
     init?(family: IPFamily) {
         let fd = socket(family == .v4 ? AF_INET : AF_INET6, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_RAW))
         guard fd >= 0 else { return nil }
         self.family = family
-        self.fd = fd
+        self.fd = FileDescriptor(rawValue: fd)
     }
 
-    deinit { close(fd) }
+    deinit { try? fd.close() }
 
-    /// Sends `count` prepared messages; returns how many the kernel took before the first it refused (the
-    /// caller skips that one and goes on).
+    /// Sends `count` prepared messages with one `sendmmsg(2)`; returns how many the kernel took before the
+    /// first it refused (the caller skips that one and goes on).
     func send(_ messages: UnsafeMutablePointer<nfqlb_mmsghdr>, count: Int) -> Int {
-        let sent = nfqlb_sendmmsg(fd, messages, UInt32(count), 0)
+        let sent = nfqlb_sendmmsg(fd.rawValue, messages, UInt32(count), 0)
         return sent < 0 ? 0 : Int(sent)
     }
 
@@ -77,18 +78,19 @@ final class RawSendBatch {
         addresses.deallocate()
     }
 
-    /// Room for a packet of `length` bytes, flushing the batch first when it is full; nil without a socket.
-    /// `failed` counts the packets an intermediate flush could not send.
-    func space(_ length: Int, failed: inout Int) -> UnsafeMutableRawPointer? {
-        guard socket != nil, length <= RawSendBatch.arenaSize else { return nil }
+    /// Queues `prefix` (if any) followed by `packet` for `destination`, flushing the batch first when it is
+    /// full. Returns how many packets are lost: those an intermediate flush could not send, and this one when
+    /// there is no socket or it is larger than the arena.
+    func enqueue(prefix: UnsafeRawBufferPointer?, packet: UnsafeRawBufferPointer, to destination: IPAddress) -> Int {
+        let prefixLength = prefix?.count ?? 0
+        let length = prefixLength + packet.count
+        guard let socket, length <= RawSendBatch.arenaSize else { return 1 }
+        var failed = 0
         if count == RawSendBatch.capacity || used + length > RawSendBatch.arenaSize { failed += flush() }
-        return arena + used
-    }
-
-    /// Queues the packet just built at ``space(_:failed:)`` for `destination`.
-    func add(length: Int, destination: IPAddress) {
-        guard let socket else { return }
-        vectors[count] = iovec(iov_base: arena + used, iov_len: length)
+        let start = arena + used
+        if let prefix, let base = prefix.baseAddress { start.copyMemory(from: base, byteCount: prefixLength) }
+        if let base = packet.baseAddress { (start + prefixLength).copyMemory(from: base, byteCount: packet.count) }
+        vectors[count] = iovec(iov_base: start, iov_len: length)
         let addressLength = socket.address(destination, into: addresses + count)
         messages[count] = nfqlb_mmsghdr(
             msg_hdr: msghdr(msg_name: UnsafeMutableRawPointer(addresses + count), msg_namelen: addressLength,
@@ -96,6 +98,7 @@ final class RawSendBatch {
             msg_len: 0)
         used += (length + 7) & ~7
         count += 1
+        return failed
     }
 
     /// Sends every queued packet; returns how many the kernel refused.

@@ -20,6 +20,9 @@ public struct ICMPError {
     public var innerSource: Endpoint
     public var innerDestination: Endpoint
 
+    /// Whether the whole message is in `bytes`, as rewriting it needs (not so when the queue copies headers only).
+    func isWhole(in bytes: UnsafeMutableRawBufferPointer) -> Bool { totalLength <= bytes.count }
+
     /// Offset of the quoted transport header.
     public var innerTransportOffset: Int { innerOffset + innerHeaderLength }
 

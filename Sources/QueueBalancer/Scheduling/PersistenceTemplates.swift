@@ -39,7 +39,7 @@ public final class PersistenceTemplates: Sendable {
     }
 
     /// The real server number the client's network is bound to, if a template is live at `now` (ms).
-    public func lookup(_ client: IPAddress, now: UInt64) -> UInt32? {
+    public func lookup(_ client: IPAddress, now: UInt64) -> RealServerID? {
         let h = hash(client)
         let tag = h >> 48
         let base = Int(h & 4095) * 4
@@ -47,21 +47,21 @@ public final class PersistenceTemplates: Sendable {
         for i in base..<(base + 4) {
             let word = slots[i].load(ordering: .relaxed)
             if word >> 48 == tag, (word >> 32) & 0xFFFF != 0, word & 0xFFFF_FFFF > seconds {
-                return UInt32((word >> 32) & 0xFFFF) - 1
+                return RealServerID(rawValue: UInt32((word >> 32) & 0xFFFF) - 1)
             }
         }
         return nil
     }
 
     /// Binds (or refreshes) the client's network to real server number `real` until `now + timeout`.
-    public func bind(_ client: IPAddress, to real: UInt32, now: UInt64) {
-        guard real < 0xFFFF else { return }
+    public func bind(_ client: IPAddress, to real: RealServerID, now: UInt64) {
+        guard real.rawValue < 0xFFFF else { return }
         let h = hash(client)
         let tag = h >> 48
         let base = Int(h & 4095) * 4
         let seconds = now / 1000
         let expiry = min((now + timeout + 999) / 1000, UInt64(UInt32.max))
-        let word = tag << 48 | UInt64(real + 1) << 32 | expiry
+        let word = tag << 48 | UInt64(real.rawValue + 1) << 32 | expiry
         // The network's own slot, else an empty or expired one, else the one expiring first.
         var target = -1, victimExpiry = UInt64.max, victim = base
         for i in base..<(base + 4) {

@@ -22,7 +22,8 @@ public final class RealServerRegistry: Sendable {
     /// Real servers that can exist at once, removed ones still draining included.
     public static let defaultCapacity = 4096
 
-    /// The live state of every number, by number (shared with the tracker, which counts, and the schedulers).
+    /// The live state of every number, by ``RealServerID/index`` (shared with the tracker, which counts, and the
+    /// schedulers).
     public let loads: [RealServerLoad]
     private let state: Mutex<State>
 
@@ -45,7 +46,7 @@ public final class RealServerRegistry: Sendable {
 
     /// One real server as ``servers()`` reports it.
     public struct Entry: Sendable, Equatable {
-        public var number: UInt32
+        public var number: RealServerID
         public var key: Key
         public var lifecycle: RealServerLifecycle
         public var weight: UInt32
@@ -66,10 +67,10 @@ public final class RealServerRegistry: Sendable {
     }
 
     struct State {
-        var numbers: [Key: UInt32] = [:]
+        var numbers: [Key: RealServerID] = [:]
         var slots: [Slot]
         /// Free numbers, first to reuse at `freeHead`.
-        var free: [UInt32]
+        var free: [RealServerID]
         var freeHead = 0
     }
 
@@ -85,20 +86,16 @@ public final class RealServerRegistry: Sendable {
         }
     }
 
-    /// A registry of `capacity` numbers, or over `loads` (one number each) when given.
-    public init(capacity: Int = RealServerRegistry.defaultCapacity, loads: [RealServerLoad]? = nil) {
-        self.loads = loads ?? (0..<capacity).map { _ in RealServerLoad(weight: 0) }
-        let capacity = self.loads.count
-        state = Mutex(State(slots: Array(repeating: Slot(), count: capacity), free: (0..<UInt32(capacity)).map { $0 }))
+    /// A registry of `capacity` numbers.
+    public init(capacity: Int = RealServerRegistry.defaultCapacity) {
+        loads = (0..<capacity).map { _ in RealServerLoad(weight: 0) }
+        state = Mutex(State(slots: Array(repeating: Slot(), count: capacity), free: (0..<UInt32(capacity)).map(RealServerID.init(rawValue:))))
     }
 
     public var capacity: Int { loads.count }
 
-    /// Fresh state for a registry, to share with a ``ConnectionTracker`` (``ConnectionTracker/Configuration/loads``)
-    /// before both exist: `RealServerRegistry(loads: loads)`.
-    public static func makeLoads(capacity: Int = RealServerRegistry.defaultCapacity) -> [RealServerLoad] {
-        (0..<capacity).map { _ in RealServerLoad(weight: 0) }
-    }
+    /// The live state of real server `id`.
+    public subscript(_ id: RealServerID) -> RealServerLoad { loads[id.index] }
 
     /// Throws what ``apply(_:now:)`` would throw for `config`, changing nothing.
     public func check(_ config: BalancerConfig) throws(Failure) {
@@ -123,39 +120,39 @@ public final class RealServerRegistry: Sendable {
     ///
     /// - Returns: the numbers by service and real server, in config order.
     @discardableResult
-    public func apply(_ config: BalancerConfig, now: UInt64) throws(Failure) -> [[UInt32]] {
-        try state.withLock { state throws(Failure) -> [[UInt32]] in
+    public func apply(_ config: BalancerConfig, now: UInt64) throws(Failure) -> [[RealServerID]] {
+        try state.withLock { state throws(Failure) -> [[RealServerID]] in
             let wanted = try wantedKeys(config, fitting: state)
 
             for (key, number) in state.numbers where !wanted.contains(key) {
-                let load = loads[Int(number)]
+                let load = loads[number.index]
                 guard load.lifecycle == .active || load.lifecycle == .quiescent else { continue }
-                let slot = state.slots[Int(number)]
+                let slot = state.slots[number.index]
                 if slot.drain > 0 {
                     load.setLifecycle(.draining)
-                    state.slots[Int(number)].drainDeadline = now &+ slot.drain
+                    state.slots[number.index].drainDeadline = now &+ slot.drain
                 } else {
                     load.setLifecycle(.removed)
-                    state.slots[Int(number)].removedAt = now
+                    state.slots[number.index].removedAt = now
                 }
             }
-            var result: [[UInt32]] = []
+            var result: [[RealServerID]] = []
             for service in config.services {
-                var numbers: [UInt32] = []
+                var numbers: [RealServerID] = []
                 for real in service.reals {
                     let key = Key(service: service, real: real)
-                    let number: UInt32
+                    let number: RealServerID
                     if let known = state.numbers[key] {
                         number = known
                     } else {
                         number = state.free[state.freeHead]
                         state.freeHead += 1
                         state.numbers[key] = number
-                        loads[Int(number)].reset()
+                        loads[number.index].reset()
                     }
-                    state.slots[Int(number)] = Slot(key: key, drain: service.drain * 1000,
+                    state.slots[number.index] = Slot(key: key, drain: service.drain * 1000,
                                                     templateLifetime: service.persistence * 1000)
-                    loads[Int(number)].configure(weight: real.weight, upper: real.upper, lower: real.lower)
+                    loads[number.index].configure(weight: real.weight, upper: real.upper, lower: real.lower)
                     numbers.append(number)
                 }
                 result.append(numbers)
@@ -175,7 +172,7 @@ public final class RealServerRegistry: Sendable {
             var sweep = false
             var freed: [Key] = []
             for (key, number) in state.numbers {
-                let i = Int(number)
+                let i = number.index
                 let load = loads[i]
                 switch load.lifecycle {
                 case .draining where state.slots[i].drainDeadline <= now:
@@ -194,7 +191,7 @@ public final class RealServerRegistry: Sendable {
             }
             for key in freed {
                 let number = state.numbers.removeValue(forKey: key)!
-                state.slots[Int(number)] = Slot()
+                state.slots[number.index] = Slot()
                 state.free.append(number)
             }
             if state.freeHead > 1024 && state.freeHead * 2 > state.free.count {
@@ -209,16 +206,16 @@ public final class RealServerRegistry: Sendable {
     public func servers() -> [Entry] {
         state.withLock { state in
             state.numbers.map { key, number in
-                let load = loads[Int(number)]
+                let load = loads[number.index]
                 return Entry(number: number, key: key, lifecycle: load.lifecycle, weight: load.weight,
                              active: load.active, inactive: load.inactive,
-                             drainDeadline: state.slots[Int(number)].drainDeadline)
+                             drainDeadline: state.slots[number.index].drainDeadline)
             }.sorted { $0.number < $1.number }
         }
     }
 
     /// The number of a real server, if it is known (live or leaving).
-    public func number(of key: Key) -> UInt32? {
+    public func number(of key: Key) -> RealServerID? {
         state.withLock { $0.numbers[key] }
     }
 }

@@ -21,7 +21,6 @@ public enum SchedulerKind: String, Sendable, CaseIterable, CustomStringConvertib
     /// others come and go.
     public func makeScheduler(loads: [RealServerLoad], options: SchedulerOptions = SchedulerOptions(),
                               names: [Endpoint]? = nil) -> any Scheduler {
-        let weights = loads.map(\.weight)
         switch self {
         case .rr: return RoundRobinScheduler(loads: loads)
         case .wrr: return WeightedRoundRobinScheduler(loads: loads)

@@ -1,0 +1,260 @@
+import Synchronization
+
+/// A FULLNAT port allocator: the free local ports of one (local address, real server, protocol), one
+/// ``PortRing`` per lock stripe (``ConnectionTracker/portAllocator(for:)``).
+public struct PortAllocatorID: Hashable, Sendable, CustomStringConvertible {
+    let rawValue: UInt32
+
+    init(_ index: Int) { rawValue = UInt32(index) }
+
+    /// The position of the allocator's ring in each stripe's pools.
+    var index: Int { Int(rawValue) }
+
+    public var description: String { "allocator \(rawValue)" }
+}
+
+/// One tracked connection.
+struct ConnectionEntry {
+    var inbound: FlowKey
+    var reply: FlowKey
+    var expires: UInt64
+    var real: RealServerID
+    var state: ConnectionState
+    var live: Bool
+    var nextFree: Int32
+    /// FULLNAT: the allocator of the local port (`reply.destination.port`), given back on removal.
+    var allocator: PortAllocatorID?
+
+    func key(_ direction: ConnectionState.Direction) -> FlowKey {
+        direction == .inbound ? inbound : reply
+    }
+
+    var connection: ConnectionTracker.Connection {
+        ConnectionTracker.Connection(inbound: inbound, reply: reply, real: real)
+    }
+}
+
+/// One slot of a stripe's open-addressing index: the low 32 bits of the key's hash and the reference
+/// `entry << 1 | direction`, or -1 when empty.
+struct IndexSlot {
+    var hash: UInt32
+    var reference: Int32
+}
+
+/// One lock stripe: a mutex around a fixed-size table.
+final class Stripe: Sendable {
+    let table: Mutex<StripeTable>
+    let poolCapacity: Int
+
+    init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
+        self.poolCapacity = poolCapacity
+        table = Mutex(StripeTable(capacity: capacity, poolCapacity: poolCapacity, loads: loads))
+    }
+}
+
+/// The entries of one stripe and their index (linear probing, backward-shift deletion, at most half full:
+/// the index has at least four slots per entry and each entry uses two, so every probe ends at an empty slot).
+///
+/// Owns its memory (allocated once in `init`, freed in `deinit`): non-copyable, so that exactly one owner,
+/// the stripe's mutex, can free it.
+struct StripeTable: ~Copyable {
+    let entries: UnsafeMutablePointer<ConnectionEntry>
+    let slots: UnsafeMutablePointer<IndexSlot>
+    let capacity: Int
+    let slotMask: Int
+    /// Entries below this index have been used at least once; above it memory is untouched.
+    private(set) var highWater = 0
+    /// No entry expires before this time: ``expire(now:hasher:)`` does not scan earlier, so a full stripe under
+    /// a SYN flood costs one comparison per refused connection, not a scan (lowered on every insert and
+    /// update, raised by each scan).
+    private(set) var earliestExpiry: UInt64 = .max
+    private var freeHead: Int32 = -1
+    private(set) var used = 0
+    /// FULLNAT: this stripe's free local ports, one ring per port allocator (room for `poolCapacity`).
+    let pools: UnsafeMutablePointer<PortRing>
+    private(set) var poolCount = 0
+
+    /// The real servers' state, by ``RealServerID/index`` (the tracker's registry).
+    let loads: [RealServerLoad]
+
+    init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
+        self.loads = loads
+        pools = .allocate(capacity: max(1, poolCapacity))
+        self.capacity = capacity
+        var slotCount = 4
+        while slotCount < capacity * 4 { slotCount <<= 1 }
+        slotMask = slotCount - 1
+        entries = .allocate(capacity: capacity)
+        slots = .allocate(capacity: slotCount)
+        slots.initialize(repeating: IndexSlot(hash: 0, reference: -1), count: slotCount)
+    }
+
+    deinit {
+        entries.deinitialize(count: highWater)
+        entries.deallocate()
+        slots.deallocate()
+        pools.deinitialize(count: poolCount)
+        pools.deallocate()
+    }
+
+    /// Installs the next port allocator's ring (the caller checked the capacity).
+    mutating func addPool(ports: [UInt16]) {
+        (pools + poolCount).initialize(to: PortRing(ports: ports))
+        poolCount += 1
+    }
+
+    func takePort(_ allocator: PortAllocatorID) -> UInt16? { pools[allocator.index].take() }
+
+    func givePort(_ allocator: PortAllocatorID, _ port: UInt16) { pools[allocator.index].give(port) }
+
+    var isFull: Bool { used >= capacity }
+
+    func find(_ key: FlowKey, hash: UInt64, direction: ConnectionState.Direction) -> Int? {
+        let tag = UInt32(truncatingIfNeeded: hash)
+        var i = Int(tag) & slotMask
+        while true {
+            let slot = slots[i]
+            if slot.reference < 0 { return nil }
+            if slot.hash == tag && Int(slot.reference & 1) == direction.rawValue {
+                let entry = Int(slot.reference >> 1)
+                if entries[entry].key(direction) == key { return entry }
+            }
+            i = (i &+ 1) & slotMask
+        }
+    }
+
+    mutating func allocate() -> Int? {
+        if freeHead >= 0 {
+            let slot = Int(freeHead)
+            freeHead = entries[slot].nextFree
+            used += 1
+            return slot
+        }
+        guard highWater < capacity else { return nil }
+        highWater += 1
+        used += 1
+        (entries + highWater - 1).initialize(to: ConnectionEntry(
+            inbound: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
+                             destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
+            reply: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
+                           destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
+            expires: 0, real: 0, state: .none, live: false, nextFree: -1, allocator: nil))
+        return highWater - 1
+    }
+
+    func insert(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
+        let tag = UInt32(truncatingIfNeeded: hash)
+        var i = Int(tag) & slotMask
+        while slots[i].reference >= 0 { i = (i &+ 1) & slotMask }
+        slots[i] = IndexSlot(hash: tag, reference: Int32(entry) << 1 | Int32(direction.rawValue))
+    }
+
+    /// Adds `delta` to the load of `entry`'s real server, in the active or inactive count by its state.
+    func count(_ entry: Int, _ delta: Int) {
+        loads[entries[entry].real.index].add(delta, active: entries[entry].state == .established)
+    }
+
+    /// Where real server `real` is in its lifecycle.
+    func lifecycle(of real: RealServerID) -> RealServerLifecycle {
+        loads[real.index].lifecycle
+    }
+
+    /// Moves `entry` to `state`, keeping its real server's active/inactive counts right.
+    func changeState(_ entry: Int, to state: ConnectionState) {
+        let wasActive = entries[entry].state == .established
+        if wasActive != (state == .established) {
+            count(entry, -1)
+            entries[entry].state = state
+            count(entry, 1)
+        } else {
+            entries[entry].state = state
+        }
+    }
+
+    mutating func remove(_ entry: Int, hasher: FlowHasher) {
+        count(entry, -1)
+        unindex(entry, hash: hasher.hash(entries[entry].inbound), direction: .inbound)
+        unindex(entry, hash: hasher.hash(entries[entry].reply), direction: .reply)
+        if let allocator = entries[entry].allocator { givePort(allocator, entries[entry].reply.destination.port) }
+        entries[entry].live = false
+        entries[entry].nextFree = freeHead
+        freeHead = Int32(entry)
+        used -= 1
+    }
+
+    private func unindex(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
+        let reference = Int32(entry) << 1 | Int32(direction.rawValue)
+        var hole = Int(UInt32(truncatingIfNeeded: hash)) & slotMask
+        while slots[hole].reference != reference {
+            guard slots[hole].reference >= 0 else { return }
+            hole = (hole &+ 1) & slotMask
+        }
+        // Backward-shift deletion: pull later members of the probe run into the hole when their home allows.
+        var next = (hole &+ 1) & slotMask
+        while slots[next].reference >= 0 {
+            let home = Int(slots[next].hash) & slotMask
+            if (next &- home) & slotMask >= (next &- hole) & slotMask {
+                slots[hole] = slots[next]
+                hole = next
+            }
+            next = (next &+ 1) & slotMask
+        }
+        slots[hole].reference = -1
+    }
+
+    /// Records that `entry` now expires at `expires`.
+    mutating func setExpiry(_ entry: Int, _ expires: UInt64) {
+        entries[entry].expires = expires
+        if expires < earliestExpiry { earliestExpiry = expires }
+    }
+
+    mutating func expire(now: UInt64, hasher: FlowHasher) -> Int {
+        guard now >= earliestExpiry else { return 0 }
+        var removed = 0
+        var earliest = UInt64.max
+        for i in 0..<highWater where entries[i].live {
+            if entries[i].expires <= now {
+                remove(i, hasher: hasher)
+                removed += 1
+            } else if entries[i].expires < earliest {
+                earliest = entries[i].expires
+            }
+        }
+        earliestExpiry = earliest
+        return removed
+    }
+}
+
+/// A FIFO of free ports with fixed capacity (all the ports it starts with): `take` from the head, `give` to
+/// the tail, so a returned port waits behind every other free one before it is used again. Owns its storage.
+struct PortRing: ~Copyable {
+    let storage: UnsafeMutablePointer<UInt16>
+    let capacity: Int
+    var head = 0
+    var count: Int
+
+    init(ports: [UInt16]) {
+        capacity = max(1, ports.count)
+        storage = .allocate(capacity: capacity)
+        for (i, port) in ports.enumerated() { storage[i] = port }
+        count = ports.count
+    }
+
+    deinit { storage.deallocate() }
+
+    mutating func take() -> UInt16? {
+        guard count > 0 else { return nil }
+        let port = storage[head]
+        head = head + 1 == capacity ? 0 : head + 1
+        count -= 1
+        return port
+    }
+
+    mutating func give(_ port: UInt16) {
+        guard count < capacity else { return }
+        var tail = head + count
+        if tail >= capacity { tail -= capacity }
+        storage[tail] = port
+        count += 1
+    }
+}

@@ -1,0 +1,28 @@
+/// Decides verdicts for one kind of queue: the balancer's ``PacketHandler`` or the real server's
+/// ``Decapsulator``. A ``QueueRuntime`` binds its queues with what the processor declares and calls
+/// ``handle(_:now:counters:)`` from one worker thread per queue.
+public protocol PacketProcessor: Sendable {
+    /// Bytes of each packet the kernel copies to user space (the queue's copy range).
+    var copyRange: UInt32 { get }
+    /// Queue flags the processor needs (``QueueSocket/Flags``); fail-open is never among them.
+    var queueFlags: QueueSocket.Flags { get }
+    /// The verdict for one packet, which may be rewritten in place in `bytes` (the kernel's buffer, or a
+    /// prefix of the packet as long as ``copyRange``). Must not allocate, log or block; at most one lock.
+    func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict
+    /// Queue worker number `worker` starts handling a batch (see ``PacketHandler`` on config changes).
+    func enterBatch(worker: Int)
+    /// Queue worker number `worker` has finished its batch.
+    func leaveBatch(worker: Int)
+    /// The once-a-second work of the runtime's housekeeping thread (expiry, reclamation), at `now` (ms).
+    func housekeeping(now: UInt64, counters: DatapathCounters)
+    /// Gauges for the statistics, as `name value` pairs.
+    var gauges: [(name: String, value: UInt64)] { get }
+}
+
+extension PacketProcessor {
+    public var queueFlags: QueueSocket.Flags { [] }
+    public func enterBatch(worker: Int) {}
+    public func leaveBatch(worker: Int) {}
+    public func housekeeping(now: UInt64, counters: DatapathCounters) {}
+    public var gauges: [(name: String, value: UInt64)] { [] }
+}

@@ -1,0 +1,26 @@
+/// What the kernel is told to do with one queued packet: a complete instruction, decided by a
+/// ``PacketProcessor`` and only encoded by the queue worker (an NFQNL_MSG_VERDICT message, and for a packet
+/// that leaves in another family, a raw-socket send). See docs/ARCHITECTURE.md, "The packet's walk".
+public enum Verdict: Equatable, Sendable {
+    /// NF_ACCEPT, packet unchanged.
+    case accept
+    /// NF_DROP.
+    case drop
+    /// NF_ACCEPT, packet unchanged, with this fwmark (DR: policy routing steers it to the real server).
+    case acceptMarked(Fwmark)
+    /// NF_ACCEPT with the whole buffer as rewritten in place, marked ``Fwmark/translated``.
+    case acceptRewritten
+    /// NF_ACCEPT with the packet replaced by `length` bytes of the buffer from `offset` (an ICMP answer built
+    /// in place, or the inner packet of a tunnel), marked ``Fwmark/translated``.
+    case acceptReplaced(offset: Int, length: Int)
+    /// NF_ACCEPT with the packet replaced by `header` followed by the first `header.innerLength` bytes of the
+    /// buffer (TUN, outer header of the packet's own family).
+    case acceptEncapsulated(TunnelHeader)
+    /// NF_DROP; `header` followed by the first `header.innerLength` bytes of the buffer leave through the raw
+    /// socket of the header's family instead (TUN between families: a verdict cannot change the family, the
+    /// kernel re-injects its payload into the stack the packet was queued from).
+    case sendEncapsulated(TunnelHeader)
+    /// NF_DROP; `length` bytes of the buffer from `offset`, a packet of the other family (a decapsulated inner
+    /// packet), leave through a raw socket to `destination`.
+    case sendReplaced(offset: Int, length: Int, destination: IPAddress)
+}

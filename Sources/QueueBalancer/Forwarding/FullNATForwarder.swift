@@ -1,0 +1,119 @@
+/// FULLNAT (the out-of-tree IPVS mode of Alibaba's LVS): like NAT, and the client's CIP:cport also becomes one
+/// of the balancer's local addresses, LIP:lport, so the real servers answer the balancer without routing
+/// through it. Answers arrive addressed to LIP:lport (queued at raw PREROUTING) and leave as VIP:vport ->
+/// CIP:cport. Each (local address, real server, protocol) has a port allocator in the tracker.
+struct FullNATForwarder: ForwardingMethod {
+    static let mode = ForwardingMode.fullnat
+    static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
+
+    /// The service's local addresses and, for each, the port allocator towards this real server.
+    let localAddresses: [ConnectionTracker.LocalAddress]
+
+    init(service: VirtualService, real: RealServer, tracker: ConnectionTracker) throws(ConfigUpdateError) {
+        var locals: [ConnectionTracker.LocalAddress] = []
+        for address in service.localAddresses {
+            let key = ConnectionTracker.PortAllocatorKey(local: address, real: real.endpoint, transport: service.transport)
+            guard let allocator = tracker.portAllocator(for: key) else {
+                throw ConfigUpdateError(reason: "too many FULLNAT (local address, real server) pairs for this run: restart nfqlb")
+            }
+            locals.append(ConnectionTracker.LocalAddress(address: address, allocator: allocator))
+        }
+        localAddresses = locals
+    }
+
+    /// The local address a new connection leaves from: clients spread over them by source port (IPVS FULLNAT
+    /// rotates through its pool).
+    func localAddress(for flow: FlowKey) -> ConnectionTracker.LocalAddress {
+        localAddresses[Int(flow.source.port) % localAddresses.count]
+    }
+
+    /// The answers to each local address: `-s RIP -d LIP --sport rport --dport fullnat-ports`.
+    static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
+        let proto = service.transport.description
+        let ports = "\(config.fullnatPorts.lowerBound):\(config.fullnatPorts.upperBound)"
+        return service.localAddresses.flatMap { local in
+            service.reals.map { real in
+                QueueRule(match: "-s \(IptablesRules.host(real.address)) -d \(IptablesRules.host(local)) -p \(proto) -m \(proto) --sport \(real.port) --dport \(ports)",
+                          comment: "nfqlb \(mode) \(service): reply from \(real.endpoint) to \(local)")
+            }
+        }
+    }
+
+    /// The real servers' errors are addressed to the local addresses.
+    static func errorSources(for service: VirtualService) -> [QueueRule] {
+        service.localAddresses.map { local in
+            QueueRule(match: "-d \(IptablesRules.host(local))", comment: "nfqlb: ICMP errors to local address \(local)")
+        }
+    }
+
+    /// The VIP and the local addresses become sources, which `accept_local=1` lets the kernel accept: packets
+    /// arriving from outside with them are spoofed.
+    static func spoofableSources(for service: VirtualService) -> [IPAddress] {
+        [service.vip] + service.localAddresses
+    }
+
+    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport.
+    func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
+                 counters: inout CounterBatch) -> Verdict {
+        counters.count(.forwarded)
+        NATRewrite.rewriteDestination(bytes, packet, to: connection.reply.source)
+        NATRewrite.rewriteSource(bytes, packet, to: connection.reply.destination)
+        return .acceptRewritten
+    }
+
+    /// RIP:rport -> LIP:lport becomes VIP:vport -> CIP:cport.
+    func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
+               counters: inout CounterBatch) -> Verdict {
+        NATRewrite.rewriteSource(bytes, packet, to: connection.inbound.destination)
+        counters.count(.replied)
+        NATRewrite.rewriteDestination(bytes, packet, to: connection.inbound.source)
+        return .acceptRewritten
+    }
+
+    /// Quoting VIP -> CIP, to the VIP: becomes one from LIP to the real server quoting RIP -> LIP.
+    func forwardError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
+                      of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
+        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
+        let real = connection.reply.source, local = connection.reply.destination
+        error.rewrite(bytes, outerSource: local.address, outerDestination: real.address, innerSource: real,
+                      innerDestination: local)
+        counters.count(.icmpForwarded)
+        return .acceptRewritten
+    }
+
+    /// From the real server to LIP quoting LIP -> RIP: becomes one from the VIP to the client quoting CIP -> VIP.
+    func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
+                     of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
+        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
+        let client = connection.inbound.source, vip = connection.inbound.destination
+        error.rewrite(bytes, outerSource: vip.address, outerDestination: client.address, innerSource: client,
+                      innerDestination: vip)
+        counters.count(.icmpReplied)
+        return .acceptRewritten
+    }
+}
+
+extension BalancerConfig {
+    /// Why the FULLNAT ports clash with the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`), or nil.
+    /// A clash would let the balancer's own sockets on a local address collide with translated connections.
+    public func fullnatPortConflict(kernelRange: ClosedRange<UInt16>) -> String? {
+        guard services.contains(where: { $0.mode == .fullnat }), fullnatPorts.overlaps(kernelRange) else { return nil }
+        return "fullnat-ports \(fullnatPorts.lowerBound)-\(fullnatPorts.upperBound) overlap the kernel's ip_local_port_range "
+            + "\(kernelRange.lowerBound)-\(kernelRange.upperBound): choose a range outside it "
+            + "(or narrow net.ipv4.ip_local_port_range)"
+    }
+
+    /// The FULLNAT port allocators: one per (local address, real server, protocol), in config order.
+    public var portAllocators: [ConnectionTracker.PortAllocatorKey] {
+        var keys: [ConnectionTracker.PortAllocatorKey] = []
+        for service in services where service.mode == .fullnat {
+            for local in service.localAddresses {
+                for real in service.reals {
+                    let key = ConnectionTracker.PortAllocatorKey(local: local, real: real.endpoint, transport: service.transport)
+                    if !keys.contains(key) { keys.append(key) }
+                }
+            }
+        }
+        return keys
+    }
+}

@@ -1,0 +1,59 @@
+/// LVS NAT ("masquerading", `ipvsadm -m`): the destination VIP:vport becomes RIP:rport on the way in; the
+/// real server routes its answers back through the balancer, where the source RIP:rport becomes VIP:vport
+/// again. Both directions are queued at raw PREROUTING (docs/ARCHITECTURE.md, "Kernel facts").
+struct NATForwarder: ForwardingMethod {
+    static let mode = ForwardingMode.nat
+    static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
+
+    /// The real servers' answers: `-s RIP --sport rport`.
+    static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
+        let proto = service.transport.description
+        return service.reals.map { real in
+            QueueRule(match: "-s \(IptablesRules.host(real.address)) -p \(proto) -m \(proto) --sport \(real.port)",
+                      comment: "nfqlb \(mode) \(service): reply from \(real.endpoint)")
+        }
+    }
+
+    /// The real servers report on the packets forwarded to them.
+    static func errorSources(for service: VirtualService) -> [QueueRule] {
+        service.reals.map { real in
+            QueueRule(match: "-s \(IptablesRules.host(real.address))", comment: "nfqlb: ICMP errors from real server \(real.address)")
+        }
+    }
+
+    /// Client -> VIP:vport becomes client -> RIP:rport.
+    func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
+                 counters: inout CounterBatch) -> Verdict {
+        counters.count(.forwarded)
+        NATRewrite.rewriteDestination(bytes, packet, to: connection.reply.source)
+        return .acceptRewritten
+    }
+
+    /// RIP:rport -> client becomes VIP:vport -> client.
+    func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
+               counters: inout CounterBatch) -> Verdict {
+        NATRewrite.rewriteSource(bytes, packet, to: connection.inbound.destination)
+        counters.count(.replied)
+        return .acceptRewritten
+    }
+
+    /// Quoting VIP -> client, to the VIP: becomes one to the real server quoting RIP -> client.
+    func forwardError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
+                      of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
+        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
+        let real = connection.reply.source
+        error.rewrite(bytes, outerDestination: real.address, innerSource: real)
+        counters.count(.icmpForwarded)
+        return .acceptRewritten
+    }
+
+    /// From the real server quoting client -> RIP: becomes one from the VIP quoting client -> VIP.
+    func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
+                     of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
+        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
+        let vip = connection.inbound.destination
+        error.rewrite(bytes, outerSource: vip.address, innerDestination: vip)
+        counters.count(.icmpReplied)
+        return .acceptRewritten
+    }
+}

@@ -1,0 +1,91 @@
+import Logging
+import Synchronization
+
+/// A running balancer: the ``PacketHandler`` of a configuration (one connection tracker and real-server
+/// registry shared by every queue) on a ``QueueRuntime``, with live config changes and the balancer's own
+/// housekeeping words in the log.
+///
+/// Sendable: ``update(to:tunnelPaths:)`` may be called from any thread (the handler serialises changes);
+/// ``run(stop:statsFile:)`` belongs to the thread that runs it.
+public final class Balancer: Sendable {
+    /// The config the balancer started with (its queues and sizes hold for its whole run).
+    public let config: BalancerConfig
+    public let handler: PacketHandler
+    private let runtime: QueueRuntime<PacketHandler>
+    private let logger: Logger
+    /// FULLNAT port exhaustion already reported (the counter's value at the last warning).
+    private let exhaustionReported = Atomic<UInt64>(0)
+    /// The TUN paths resolved so far (reloads resolve those of new real servers).
+    private let tunnelPaths: Mutex<[IPAddress: TunnelPath]>
+
+    /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:workers:now:)``.
+    public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
+        self.config = config
+        self.logger = logger
+        self.tunnelPaths = Mutex(tunnelPaths)
+        let tracker = ConnectionTracker(configuration: ConnectionTracker.Configuration(
+            capacity: config.maxConnections, timeouts: config.timeouts,
+            portAllocators: config.portAllocators, localPorts: config.fullnatPorts))
+        handler = PacketHandler(config: config, tracker: tracker, tunnelPaths: tunnelPaths, workers: config.queues.count)
+        runtime = QueueRuntime(processor: handler, queues: config.queues, queueLength: config.queueLength,
+                               socketBufferMiB: config.socketBufferMiB, logger: logger)
+    }
+
+    /// The datapath's counters.
+    public var counters: DatapathCounters { runtime.counters }
+
+    /// Serves `config` from now on, keeping every connection to a real server that stays (see
+    /// ``PacketHandler/update(to:now:tunnelPaths:)``); the running config is kept when it throws.
+    public func update(to config: BalancerConfig, tunnelPaths: [IPAddress: TunnelPath] = [:]) throws(ConfigUpdateError) {
+        try handler.update(to: config, tunnelPaths: tunnelPaths)
+        logger.info("configuration changed", metadata: [
+            "services": "\(config.services.map(\.description).joined(separator: " "))",
+        ])
+    }
+
+    /// What SIGHUP does: loads the file at `path`, resolves the tunnel paths of new TUN real servers and applies
+    /// the result (``update(to:tunnelPaths:)``). A file that fails to load or a change the running balancer
+    /// cannot make is refused, logged with its reason, and the running config is kept.
+    public func reload(from path: String) {
+        let previous = handler.config
+        let config: BalancerConfig
+        let paths: [IPAddress: TunnelPath]
+        do {
+            config = try ConfigLoader.load(path: path)
+            paths = try TunnelPath.paths(for: config, known: tunnelPaths.withLock { $0 })
+            try update(to: config, tunnelPaths: paths)
+        } catch {
+            logger.error("configuration refused, still serving the previous one", metadata: ["reason": "\(error)"])
+            return
+        }
+        tunnelPaths.withLock { $0 = paths }
+        // Rules a draining server still needs must stay; rules the new config adds must be installed.
+        if !IptablesRules.lines(for: config).isSubset(of: IptablesRules.lines(for: previous)) {
+            logger.notice("the new configuration needs iptables rules or routes the previous one did not: make sure scripts/iptables-setup.sh up \(path) has installed them")
+        }
+    }
+
+    /// Binds the queues and balances until `stop` is raised (see ``QueueRuntime/run(stop:statistics:interval:housekeeping:)``).
+    public func run(stop: StopSignal, statsFile: String?) throws(QueueError) {
+        try runtime.run(stop: stop, statistics: statsFile.map(StatisticsWriter.init(path:)), metadata: [
+            "services": "\(config.services.map(\.description).joined(separator: " "))",
+        ]) {
+            reportPortExhaustion()
+        }
+    }
+
+    /// The statistics now, as the stats file holds them.
+    public func statsText() -> String { runtime.statistics().text }
+
+    /// FULLNAT: refused connections for want of local ports are worth one warning per second at most.
+    private func reportPortExhaustion() {
+        let exhausted = runtime.counters[.droppedPortsExhausted]
+        let reported = exhaustionReported.exchange(exhausted, ordering: .relaxed)
+        guard exhausted > reported else { return }
+        logger.warning("FULLNAT local ports exhausted: new connections refused, existing ones untouched", metadata: [
+            "refused": "\(exhausted - reported)",
+            "fullnat-ports": "\(config.fullnatPorts.lowerBound)-\(config.fullnatPorts.upperBound)",
+            "hint": "widen fullnat-ports or add local-addresses",
+        ])
+    }
+}

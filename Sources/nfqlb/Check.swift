@@ -1,0 +1,23 @@
+import ArgumentParser
+import QueueBalancer
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a configuration and print a summary.",
+        discussion: """
+        Exits 0 when the file is valid, 2 with `file:line: reason` when it is not:
+          nfqlb check --config lb.yaml
+        """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() throws {
+        let config = try options.load()
+        print("\(options.config): ok, \(config.services.count) service(s) on queue(s) \(config.queues.map(String.init).joined(separator: ","))")
+        for service in config.services {
+            let reals = service.reals.map { "\($0.endpoint) w\($0.weight)" }.joined(separator: ", ")
+            print("  \(service) \(service.mode) \(service.scheduler): \(reals)")
+        }
+    }
+}
