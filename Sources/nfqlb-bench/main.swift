@@ -38,13 +38,14 @@ let clientPortOffset = [20, 22, 20, 20, 20]
 var web = VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .wlc,
                          reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 8080, weight: 1)])
 web.persistence = 300   // templates on the path too: looked up per new connection, refreshed per packet
-let config = BalancerConfig(queues: [0], services: [
+var config = BalancerConfig(queues: [0], services: [
     web,
     VirtualService(vip: IPAddress("203.0.113.10")!, port: 53, transport: .udp, mode: .nat, scheduler: .rr,
                    reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 5353, weight: 1)]),
 ])
+config.maxConnections = 1 << 20
 // wlc reads the connection counts the tracker keeps in its registry.
-let handler = PacketHandler(config: config, tracker: ConnectionTracker(configuration: .init(capacity: 1 << 20)))
+let handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config))
 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
 var counters = CounterBatch()
 var verdicts = 0

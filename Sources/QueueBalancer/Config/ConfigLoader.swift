@@ -8,12 +8,6 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
     public var line: Int
     public var reason: String
 
-    public init(file: String, line: Int, reason: String) {
-        self.file = file
-        self.line = line
-        self.reason = reason
-    }
-
     public var description: String { line > 0 ? "\(file):\(line): \(reason)" : "\(file): \(reason)" }
 }
 

@@ -23,31 +23,21 @@ import Synchronization
 ///   (FIFO, so a port rests as long as possible) when the connection is removed. The price: a stripe can run
 ///   out of ports for a key before the others (``InboundOutcome/portsExhausted``).
 public final class ConnectionTracker: Sendable {
+    /// The table's sizes and rules; ``init(config:registry:)`` takes them from a ``BalancerConfig``.
     public struct Configuration: Sendable {
         /// Maximum number of tracked connections.
-        public var capacity: Int
+        public var capacity = 262_144
         /// Number of lock stripes (rounded up to a power of two).
-        public var stripes: Int
-        public var timeouts: ConnectionTimeouts
+        public var stripes = 64
+        public var timeouts = ConnectionTimeouts.ipvsDefaults
         /// Seed of the flow hash; random by default.
-        public var hashSeed: UInt64
+        public var hashSeed = UInt64.random(in: 0...UInt64.max)
         /// FULLNAT: the port allocators to create at once (``portAllocator(for:)`` adds more later).
-        public var portAllocators: [PortAllocatorKey]
+        public var portAllocators: [PortAllocatorKey] = []
         /// FULLNAT: the local ports handed out (outside the kernel's `ip_local_port_range`).
-        public var localPorts: ClosedRange<UInt16>
+        public var localPorts: ClosedRange<UInt16> = 61000...65535
         /// FULLNAT: how many port allocators may exist, those added by later config changes included.
         public var portAllocatorCapacity = 1024
-
-        public init(capacity: Int = 262_144, stripes: Int = 64, timeouts: ConnectionTimeouts = .ipvsDefaults,
-                    hashSeed: UInt64 = UInt64.random(in: 0...UInt64.max),
-                    portAllocators: [PortAllocatorKey] = [], localPorts: ClosedRange<UInt16> = 61000...65535) {
-            self.capacity = capacity
-            self.stripes = stripes
-            self.timeouts = timeouts
-            self.hashSeed = hashSeed
-            self.portAllocators = portAllocators
-            self.localPorts = localPorts
-        }
     }
 
     /// What a FULLNAT port allocator is for: connections from `local` to `real` over `transport`.
@@ -55,23 +45,12 @@ public final class ConnectionTracker: Sendable {
         public var local: IPAddress
         public var real: Endpoint
         public var transport: TransportProtocol
-
-        public init(local: IPAddress, real: Endpoint, transport: TransportProtocol) {
-            self.local = local
-            self.real = real
-            self.transport = transport
-        }
     }
 
     /// FULLNAT: the local address (LIP) a connection leaves from, and the allocator its port comes from.
     public struct LocalAddress: Sendable, Equatable {
         public var address: IPAddress
         public var allocator: PortAllocatorID
-
-        public init(address: IPAddress, allocator: PortAllocatorID) {
-            self.address = address
-            self.allocator = allocator
-        }
     }
 
     /// The real server the scheduler chose for a new connection.
@@ -80,13 +59,7 @@ public final class ConnectionTracker: Sendable {
         /// Its number in the tracker's ``registry``.
         public var real: RealServerID
         /// FULLNAT: where the connection leaves from; nil for the modes that keep the client's address.
-        public var local: LocalAddress?
-
-        public init(realServer: Endpoint, real: RealServerID, local: LocalAddress? = nil) {
-            self.realServer = realServer
-            self.real = real
-            self.local = local
-        }
+        public var local: LocalAddress? = nil
     }
 
     /// A live connection as a lookup returns it: both keys and the real server's number.
@@ -140,7 +113,20 @@ public final class ConnectionTracker: Sendable {
     /// FULLNAT: the key of every port allocator, by index (control path only).
     private let allocatorKeys = Mutex<[PortAllocatorKey]>([])
 
-    public init(configuration: Configuration = Configuration(), registry: RealServerRegistry = RealServerRegistry()) {
+    /// The tracker `config` asks for: `max-connections`, `timeouts`, the FULLNAT port allocators and
+    /// `fullnat-ports`.
+    public convenience init(config: BalancerConfig, registry: RealServerRegistry = RealServerRegistry()) {
+        self.init(configuration: Configuration(capacity: config.maxConnections, timeouts: config.timeouts,
+                                               portAllocators: config.portAllocators, localPorts: config.fullnatPorts),
+                  registry: registry)
+    }
+
+    /// A tracker with the default ``Configuration``.
+    public convenience init(registry: RealServerRegistry = RealServerRegistry()) {
+        self.init(configuration: Configuration(), registry: registry)
+    }
+
+    public init(configuration: Configuration, registry: RealServerRegistry = RealServerRegistry()) {
         self.configuration = configuration
         self.registry = registry
         var stripeCount = 1

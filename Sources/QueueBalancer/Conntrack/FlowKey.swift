@@ -4,12 +4,6 @@ public struct FlowKey: Hashable, Sendable, CustomStringConvertible {
     public var destination: Endpoint
     public var transport: TransportProtocol
 
-    public init(source: Endpoint, destination: Endpoint, transport: TransportProtocol) {
-        self.source = source
-        self.destination = destination
-        self.transport = transport
-    }
-
     public var description: String { "\(transport) \(source) -> \(destination)" }
 }
 

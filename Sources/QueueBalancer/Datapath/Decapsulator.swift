@@ -69,9 +69,9 @@ public struct Decapsulator: PacketProcessor {
         // The tunnelled packet right after the fixed header; an outer extension header would move the offset.
         switch outer.nextHeader {
         case .ipv4:
-            return acrossFamilies(raw, at: IPv6Header.length, end: outerLength, &counters)
+            return acrossFamilies(raw, at: IPv6Header.minimumLength, end: outerLength, &counters)
         case .ipv6:
-            let length = IPv6Header.length
+            let length = IPv6Header.minimumLength
             guard outerLength >= 2 * length,
                   let inner = IPv6Header(UnsafeRawBufferPointer(rebasing: raw[length..<outerLength])), inner.version == 6 else {
                 counters.count(.droppedMalformed); return .drop

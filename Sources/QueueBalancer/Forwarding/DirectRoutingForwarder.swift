@@ -2,7 +2,7 @@
 /// server's fwmark; a policy route per mark (`ip rule fwmark M table T`, `default via RIP` in table T) sends
 /// the frame to that real server on the shared L2 network, which holds the VIP on `lo` and answers the
 /// client directly. nfqlb reads only the headers, so the queue copies just them.
-struct DirectRoutingForwarder: ForwardingMethod {
+struct DirectRoutingForwarder: DirectReturnMethod {
     static let mode = ForwardingMode.dr
     static let queueNeeds = QueueNeeds(wholePackets: false, gsoSuperPackets: false)
 
@@ -22,26 +22,11 @@ struct DirectRoutingForwarder: ForwardingMethod {
         return .acceptMarked(mark)
     }
 
-    /// The real server answers the client directly: no rule queues its packets. One that arrives anyway
-    /// (queued by another service's rule) is not this connection's business.
-    func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
-               counters: inout CounterBatch) -> Verdict {
-        counters.count(.passedUnmatched)
-        return .accept
-    }
-
     /// The error goes to the real server the way the connection's packets do: unchanged, marked.
     func forwardError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
                       of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
         counters.count(.icmpForwarded)
         return .acceptMarked(mark)
-    }
-
-    /// The real server's errors go to the client directly, like its answers.
-    func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
-                     of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
-        counters.count(.passedICMP)
-        return .accept
     }
 
     /// The policy routing of the DR real servers of one family, as `ip -4 -batch` (or `ip -6 -batch`) input:

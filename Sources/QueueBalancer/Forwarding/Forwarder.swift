@@ -46,6 +46,27 @@ extension ForwardingMethod {
     static func spoofableSources(for service: VirtualService) -> [IPAddress] { [] }
 }
 
+/// The methods whose real servers answer the client directly (DR, TUN): nothing of their connections comes
+/// back through the balancer, so no rule queues it.
+protocol DirectReturnMethod: ForwardingMethod {}
+
+extension DirectReturnMethod {
+    /// A packet from the real server that matches a connection's reply key anyway (queued by another
+    /// service's rule) is not this connection's business.
+    func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
+               counters: inout CounterBatch) -> Verdict {
+        counters.count(.passedUnmatched)
+        return .accept
+    }
+
+    /// The real server's errors go to the client directly, like its answers.
+    func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
+                     of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
+        counters.count(.passedICMP)
+        return .accept
+    }
+}
+
 /// What a forwarding method needs from the kernel's queue (``PacketProcessor/copyRange`` and flags).
 struct QueueNeeds: Sendable {
     /// The method rewrites or replaces packets, so every byte must be copied to user space; DR only reads

@@ -29,13 +29,8 @@ struct FullNATForwarder: ForwardingMethod {
 
     /// The answers to each local address: `-s RIP -d LIP --sport rport --dport fullnat-ports`.
     static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
-        let proto = service.transport.description
-        let ports = "\(config.fullnatPorts.lowerBound):\(config.fullnatPorts.upperBound)"
-        return service.localAddresses.flatMap { local in
-            service.reals.map { real in
-                QueueRule(match: "-s \(IptablesRules.host(real.address)) -d \(IptablesRules.host(local)) -p \(proto) -m \(proto) --sport \(real.port) --dport \(ports)",
-                          comment: "nfqlb \(mode) \(service): reply from \(real.endpoint) to \(local)")
-            }
+        service.localAddresses.flatMap { local in
+            service.reals.map { QueueRule.reply(of: service, from: $0, to: (local, config.fullnatPorts)) }
         }
     }
 
@@ -52,44 +47,36 @@ struct FullNATForwarder: ForwardingMethod {
         [service.vip] + service.localAddresses
     }
 
-    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport.
+    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport: NAT's rewrite, then the source's.
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
-        counters.count(.forwarded)
-        NATRewrite.rewriteDestination(bytes, packet, to: connection.reply.source)
+        let verdict = NATForwarder().forward(bytes, packet, of: connection, counters: &counters)
         NATRewrite.rewriteSource(bytes, packet, to: connection.reply.destination)
-        return .acceptRewritten
+        return verdict
     }
 
-    /// RIP:rport -> LIP:lport becomes VIP:vport -> CIP:cport.
+    /// RIP:rport -> LIP:lport becomes VIP:vport -> CIP:cport: NAT's rewrite, then the destination's.
     func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                counters: inout CounterBatch) -> Verdict {
-        NATRewrite.rewriteSource(bytes, packet, to: connection.inbound.destination)
-        counters.count(.replied)
+        let verdict = NATForwarder().reply(bytes, packet, of: connection, counters: &counters)
         NATRewrite.rewriteDestination(bytes, packet, to: connection.inbound.source)
-        return .acceptRewritten
+        return verdict
     }
 
     /// Quoting VIP -> CIP, to the VIP: becomes one from LIP to the real server quoting RIP -> LIP.
     func forwardError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
                       of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
-        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
         let real = connection.reply.source, local = connection.reply.destination
-        error.rewrite(bytes, outerSource: local.address, outerDestination: real.address, innerSource: real,
-                      innerDestination: local)
-        counters.count(.icmpForwarded)
-        return .acceptRewritten
+        return error.translate(bytes, counting: .icmpForwarded, &counters, outerSource: local.address,
+                               outerDestination: real.address, innerSource: real, innerDestination: local)
     }
 
     /// From the real server to LIP quoting LIP -> RIP: becomes one from the VIP to the client quoting CIP -> VIP.
     func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
                      of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
-        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
         let client = connection.inbound.source, vip = connection.inbound.destination
-        error.rewrite(bytes, outerSource: vip.address, outerDestination: client.address, innerSource: client,
-                      innerDestination: vip)
-        counters.count(.icmpReplied)
-        return .acceptRewritten
+        return error.translate(bytes, counting: .icmpReplied, &counters, outerSource: vip.address,
+                               outerDestination: client.address, innerSource: client, innerDestination: vip)
     }
 }
 

@@ -7,11 +7,7 @@ struct NATForwarder: ForwardingMethod {
 
     /// The real servers' answers: `-s RIP --sport rport`.
     static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
-        let proto = service.transport.description
-        return service.reals.map { real in
-            QueueRule(match: "-s \(IptablesRules.host(real.address)) -p \(proto) -m \(proto) --sport \(real.port)",
-                      comment: "nfqlb \(mode) \(service): reply from \(real.endpoint)")
-        }
+        service.reals.map { QueueRule.reply(of: service, from: $0) }
     }
 
     /// The real servers report on the packets forwarded to them.
@@ -40,20 +36,14 @@ struct NATForwarder: ForwardingMethod {
     /// Quoting VIP -> client, to the VIP: becomes one to the real server quoting RIP -> client.
     func forwardError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
                       of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
-        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
         let real = connection.reply.source
-        error.rewrite(bytes, outerDestination: real.address, innerSource: real)
-        counters.count(.icmpForwarded)
-        return .acceptRewritten
+        return error.translate(bytes, counting: .icmpForwarded, &counters, outerDestination: real.address, innerSource: real)
     }
 
     /// From the real server quoting client -> RIP: becomes one from the VIP quoting client -> VIP.
     func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
                      of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
-        guard error.isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
         let vip = connection.inbound.destination
-        error.rewrite(bytes, outerSource: vip.address, innerDestination: vip)
-        counters.count(.icmpReplied)
-        return .acceptRewritten
+        return error.translate(bytes, counting: .icmpReplied, &counters, outerSource: vip.address, innerDestination: vip)
     }
 }

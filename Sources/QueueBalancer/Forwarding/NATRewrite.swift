@@ -8,13 +8,13 @@ public enum NATRewrite {
     /// Rewrites the destination address and port of `packet` to `endpoint`.
     public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, to endpoint: Endpoint) {
         rewrite(bytes, packet, addressOffset: packet.family.destinationOffset, oldAddress: packet.destination,
-                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.destinationPortOffset, oldPort: packet.destinationPort, newPort: endpoint.port)
+                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.Offset.destinationPort, oldPort: packet.destinationPort, newPort: endpoint.port)
     }
 
     /// Rewrites the source address and port of `packet` to `endpoint`.
     public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, to endpoint: Endpoint) {
         rewrite(bytes, packet, addressOffset: packet.family.sourceOffset, oldAddress: packet.source,
-                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.sourcePortOffset, oldPort: packet.sourcePort, newPort: endpoint.port)
+                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.Offset.sourcePort, oldPort: packet.sourcePort, newPort: endpoint.port)
     }
 
     static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
@@ -25,8 +25,8 @@ public enum NATRewrite {
         addressDelta.replace(oldAddress, with: newAddress, family: family)
         if family == .v4 {
             // The IPv4 header checksum covers the address only.
-            let ipChecksum = bytes.loadBigEndianUInt16(at: IPv4Header.checksumOffset)
-            bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: IPv4Header.checksumOffset)
+            let ipChecksum = bytes.loadBigEndianUInt16(at: IPv4Header.Offset.checksum)
+            bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: IPv4Header.Offset.checksum)
         }
         bytes.store(newAddress, family: family, at: addressOffset)
         let checksumOffset = packet.checksumOffset
@@ -51,7 +51,7 @@ public enum NATRewrite {
         let source = raw.loadAddress(packet.family, at: packet.family.sourceOffset)
         let destination = raw.loadAddress(packet.family, at: packet.family.destinationOffset)
         bytes.storeBigEndian(UInt16(0), at: packet.checksumOffset)
-        let length = packet.transport == .udp ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + UDPHeader.lengthOffset))
+        let length = packet.transport == .udp ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + UDPHeader.Offset.length))
                                               : packet.transportLength
         let pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, family: packet.family,
                                                       protocol: packet.transport.protocolNumber, length: length)

@@ -12,7 +12,7 @@
 /// RFC 1191, MTU - 20) or "packet too big" (ICMPv6 2, RFC 8201, MTU - 40) in place of the packet: routed back to
 /// the client, it lowers the client's path MTU. (The kernel's own ICMP would go to the outer source, the
 /// balancer, and the flow would black-hole.)
-struct TunnelForwarder: ForwardingMethod {
+struct TunnelForwarder: DirectReturnMethod {
     static let mode = ForwardingMode.tun
     static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
 
@@ -51,25 +51,11 @@ struct TunnelForwarder: ForwardingMethod {
         return encapsulate(bytes, packet.family, length: packet.totalLength, to: real, &counters)
     }
 
-    /// The real server answers the client directly: no rule queues its packets (see ``DirectRoutingForwarder``).
-    func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
-               counters: inout CounterBatch) -> Verdict {
-        counters.count(.passedUnmatched)
-        return .accept
-    }
-
     /// The error travels to the real server through the tunnel, like the connection's packets.
     func forwardError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
                       of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
         counters.count(.icmpForwarded)
         return encapsulate(bytes, error.family, length: error.totalLength, to: connection.reply.source.address, &counters)
-    }
-
-    /// The real server's errors go to the client directly, like its answers.
-    func returnError(_ bytes: UnsafeMutableRawBufferPointer, _ error: ICMPError,
-                     of connection: ConnectionTracker.Connection, counters: inout CounterBatch) -> Verdict {
-        counters.count(.passedICMP)
-        return .accept
     }
 
     /// The first `length` bytes of `bytes`, a packet of `family`, in a tunnel to `real`.
@@ -106,20 +92,20 @@ struct TunnelForwarder: ForwardingMethod {
         if family == .v4 {
             IPv4Header.write(into: ip, typeOfService: 0xC0 /* internetwork control */, totalLength: length,
                              identification: 0, fragmentField: 0, protocolNumber: .icmp, source: vip, destination: client)
-            icmp[ICMPHeader.typeOffset] = ICMPHeader.destinationUnreachable
-            icmp[ICMPHeader.codeOffset] = ICMPHeader.fragmentationNeeded
-            icmp.storeBigEndian(UInt32(UInt16(clamping: mtu)), at: ICMPHeader.mtuOffset)
+            icmp[ICMPHeader.Offset.type] = ICMPHeader.destinationUnreachable
+            icmp[ICMPHeader.Offset.code] = ICMPHeader.fragmentationNeeded
+            icmp.storeBigEndian(UInt32(UInt16(clamping: mtu)), at: ICMPHeader.Offset.mtu)
         } else {
-            IPv6Header.write(into: ip, trafficClass: 0, payloadLength: length - IPv6Header.length, nextHeader: .icmpv6,
+            IPv6Header.write(into: ip, trafficClass: 0, payloadLength: length - IPv6Header.minimumLength, nextHeader: .icmpv6,
                              source: vip, destination: client)
-            icmp[ICMPHeader.typeOffset] = ICMPHeader.v6PacketTooBig
-            icmp[ICMPHeader.codeOffset] = 0
-            icmp.storeBigEndian(UInt32(clamping: mtu), at: ICMPHeader.mtuOffset)
+            icmp[ICMPHeader.Offset.type] = ICMPHeader.v6PacketTooBig
+            icmp[ICMPHeader.Offset.code] = 0
+            icmp.storeBigEndian(UInt32(clamping: mtu), at: ICMPHeader.Offset.mtu)
         }
-        icmp.storeBigEndian(UInt16(0), at: ICMPHeader.checksumOffset)
+        icmp.storeBigEndian(UInt16(0), at: ICMPHeader.Offset.checksum)
         let pseudo = family == .v4 ? 0 : InternetChecksum.pseudoHeaderSum(
             source: vip, destination: client, family: .v6, protocol: .icmpv6, length: icmp.count)
-        icmp.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(icmp), initial: pseudo), at: ICMPHeader.checksumOffset)
+        icmp.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(icmp), initial: pseudo), at: ICMPHeader.Offset.checksum)
         return length
     }
 }

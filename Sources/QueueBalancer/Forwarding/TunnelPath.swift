@@ -6,11 +6,6 @@ public struct TunnelPath: Sendable, Equatable {
     public var source: IPAddress
     public var mtu: Int
 
-    public init(source: IPAddress, mtu: Int) {
-        self.source = source
-        self.mtu = mtu
-    }
-
     /// Asks the kernel (`ip route get REAL`): the `src` of the route, and its `mtu` attribute or else the
     /// output device's MTU. Nil when there is no route.
     public static func resolve(to real: IPAddress) -> TunnelPath? {

@@ -110,4 +110,15 @@ public enum IptablesRules {
 struct QueueRule: Sendable {
     var match: String
     var comment: String
+
+    /// The answers of `real` behind `service` (`-s RIP --sport rport`); under FULLNAT those addressed to the
+    /// local address `local` and its ports.
+    static func reply(of service: VirtualService, from real: RealServer,
+                      to local: (address: IPAddress, ports: ClosedRange<UInt16>)? = nil) -> QueueRule {
+        let proto = service.transport.description
+        let destination = local.map { " -d \(IptablesRules.host($0.address))" } ?? ""
+        let ports = local.map { " --dport \($0.ports.lowerBound):\($0.ports.upperBound)" } ?? ""
+        return QueueRule(match: "-s \(IptablesRules.host(real.address))\(destination) -p \(proto) -m \(proto) --sport \(real.port)\(ports)",
+                         comment: "nfqlb \(service.mode) \(service): reply from \(real.endpoint)" + (local.map { " to \($0.address)" } ?? ""))
+    }
 }

@@ -33,7 +33,7 @@ public struct ICMPError {
                       available: Int) -> ICMPError? {
         let inner = headerLength + ICMPHeader.length
         guard inner + family.minimumHeaderLength <= available,
-              ICMPHeader.isError(bytes[headerLength + ICMPHeader.typeOffset], family) else { return nil }
+              ICMPHeader.isError(bytes[headerLength + ICMPHeader.Offset.type], family) else { return nil }
         let quoted = UnsafeRawBufferPointer(rebasing: bytes[inner..<available])
         let innerHeaderLength: Int
         let proto: IPProtocolNumber
@@ -45,7 +45,7 @@ public struct ICMPError {
             (proto, innerSource, innerDestination) = (ip.protocolNumber, ip.source, ip.destination)
         } else {
             guard let ip = IPv6Header(quoted), ip.version == 6 else { return nil }
-            innerHeaderLength = IPv6Header.length
+            innerHeaderLength = IPv6Header.minimumLength
             (proto, innerSource, innerDestination) = (ip.nextHeader, ip.source, ip.destination)
         }
         guard let transport = TransportProtocol(proto) else { return nil }
@@ -55,11 +55,11 @@ public struct ICMPError {
             family: family, headerLength: headerLength, totalLength: totalLength,
             source: bytes.loadAddress(family, at: family.sourceOffset),
             destination: bytes.loadAddress(family, at: family.destinationOffset),
-            type: bytes[headerLength + ICMPHeader.typeOffset], innerOffset: inner, innerHeaderLength: innerHeaderLength,
+            type: bytes[headerLength + ICMPHeader.Offset.type], innerOffset: inner, innerHeaderLength: innerHeaderLength,
             transport: transport,
-            innerSource: Endpoint(address: innerSource, port: bytes.loadBigEndianUInt16(at: ports + TCPHeader.sourcePortOffset)),
+            innerSource: Endpoint(address: innerSource, port: bytes.loadBigEndianUInt16(at: ports + TCPHeader.Offset.sourcePort)),
             innerDestination: Endpoint(address: innerDestination,
-                                       port: bytes.loadBigEndianUInt16(at: ports + TCPHeader.destinationPortOffset)))
+                                       port: bytes.loadBigEndianUInt16(at: ports + TCPHeader.Offset.destinationPort)))
     }
 
     /// The key of the connection the quoted packet belongs to, seen from the other end: for a quoted packet
@@ -68,6 +68,19 @@ public struct ICMPError {
     /// reply key.
     public var connectionKey: FlowKey {
         FlowKey(source: innerDestination, destination: innerSource, transport: transport)
+    }
+
+    /// The error translated like the packets of its connection (``rewrite(_:outerSource:outerDestination:innerSource:innerDestination:)``)
+    /// and counted as `counter`; passed unchanged (`passed_icmp`) when the buffer does not hold the whole
+    /// message.
+    func translate(_ bytes: UnsafeMutableRawBufferPointer, counting counter: DatapathCounter, _ counters: inout CounterBatch,
+                   outerSource: IPAddress? = nil, outerDestination: IPAddress? = nil, innerSource: Endpoint? = nil,
+                   innerDestination: Endpoint? = nil) -> Verdict {
+        guard isWhole(in: bytes) else { counters.count(.passedICMP); return .accept }
+        rewrite(bytes, outerSource: outerSource, outerDestination: outerDestination, innerSource: innerSource,
+                innerDestination: innerDestination)
+        counters.count(counter)
+        return .acceptRewritten
     }
 
     /// Rewrites the outer addresses and the quoted packet's endpoints given (nil: unchanged), updating every
@@ -87,7 +100,7 @@ public struct ICMPError {
             bytes.store(address, family: family, at: family.destinationOffset)
         }
         if family == .v4 {
-            let at = IPv4Header.checksumOffset
+            let at = IPv4Header.Offset.checksum
             bytes.storeBigEndian(outer.applied(to: bytes.loadBigEndianUInt16(at: at)), at: at)
         }
 
@@ -96,19 +109,19 @@ public struct ICMPError {
             addresses.replace(self.innerSource.address, with: endpoint.address, family: family)
             ports.replace(self.innerSource.port, with: endpoint.port)
             bytes.store(endpoint.address, family: family, at: innerOffset + family.sourceOffset)
-            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + TCPHeader.sourcePortOffset)
+            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + TCPHeader.Offset.sourcePort)
         }
         if let endpoint = innerDestination {
             addresses.replace(self.innerDestination.address, with: endpoint.address, family: family)
             ports.replace(self.innerDestination.port, with: endpoint.port)
             bytes.store(endpoint.address, family: family, at: innerOffset + family.destinationOffset)
-            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + TCPHeader.destinationPortOffset)
+            bytes.storeBigEndian(endpoint.port, at: innerTransportOffset + TCPHeader.Offset.destinationPort)
         }
         // Every 16-bit word of the ICMP message that changes (all at even offsets from its start).
         var icmp = family == .v6 ? outer : ChecksumDelta()
         icmp.acc &+= addresses.acc &+ ports.acc
         if family == .v4 && innerOffset + innerHeaderLength <= totalLength {
-            let at = innerOffset + IPv4Header.checksumOffset
+            let at = innerOffset + IPv4Header.Offset.checksum
             let old = bytes.loadBigEndianUInt16(at: at)
             let updated = addresses.applied(to: old)
             bytes.storeBigEndian(updated, at: at)
@@ -123,7 +136,7 @@ public struct ICMPError {
             bytes.storeBigEndian(updated, at: checksumAt)
             icmp.replace(old, with: updated)
         }
-        let icmpChecksumAt = headerLength + ICMPHeader.checksumOffset
+        let icmpChecksumAt = headerLength + ICMPHeader.Offset.checksum
         bytes.storeBigEndian(icmp.applied(to: bytes.loadBigEndianUInt16(at: icmpChecksumAt)), at: icmpChecksumAt)
     }
 }

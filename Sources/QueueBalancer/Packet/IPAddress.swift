@@ -139,7 +139,7 @@ public enum TransportProtocol: UInt8, Sendable, CaseIterable, CustomStringConver
     public var protocolNumber: IPProtocolNumber { IPProtocolNumber(rawValue: rawValue) }
 
     /// Offset of the checksum field in this protocol's header.
-    var checksumOffset: Int { self == .tcp ? TCPHeader.checksumOffset : UDPHeader.checksumOffset }
+    var checksumOffset: Int { self == .tcp ? TCPHeader.Offset.checksum : UDPHeader.Offset.checksum }
 
     public var description: String { self == .tcp ? "tcp" : "udp" }
 }
@@ -151,10 +151,10 @@ public enum IPFamily: UInt8, Sendable, CustomStringConvertible {
     public var description: String { self == .v4 ? "IPv4" : "IPv6" }
 
     /// Byte offsets of the source and destination addresses in the fixed header.
-    var sourceOffset: Int { self == .v4 ? IPv4Header.sourceOffset : IPv6Header.sourceOffset }
-    var destinationOffset: Int { self == .v4 ? IPv4Header.destinationOffset : IPv6Header.destinationOffset }
+    var sourceOffset: Int { self == .v4 ? IPv4Header.Offset.source : IPv6Header.Offset.source }
+    var destinationOffset: Int { self == .v4 ? IPv4Header.Offset.destination : IPv6Header.Offset.destination }
     /// The header nfqlb writes for this family: IPv4 without options (20 bytes), the IPv6 fixed header (40).
-    var minimumHeaderLength: Int { self == .v4 ? IPv4Header.minimumLength : IPv6Header.length }
+    var minimumHeaderLength: Int { self == .v4 ? IPv4Header.minimumLength : IPv6Header.minimumLength }
     /// The family of an address (IPv4-mapped addresses are IPv4).
     init(of address: IPAddress) { self = address.isIPv4 ? .v4 : .v6 }
 }

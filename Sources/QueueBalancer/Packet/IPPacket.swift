@@ -96,12 +96,12 @@ public struct IPPacket {
         guard totalLength <= bytes.count || headersOnly else { return .malformed }
         let available = min(bytes.count, totalLength)
         var next = ip.nextHeader
-        var offset = IPv6Header.length
+        var offset = IPv6Header.minimumLength
         for _ in 0..<extensionHeaderLimit {
             let header = IPv6ExtensionHeader(bytes: bytes, offset: offset)
             switch next {
             case .hopByHop, .routing, .destinationOptions:
-                guard next != .hopByHop || offset == IPv6Header.length else { return .malformed }
+                guard next != .hopByHop || offset == IPv6Header.minimumLength else { return .malformed }
                 guard offset + 8 <= available else { return .malformed }
                 let length = header.length
                 guard offset + length <= totalLength, offset + length <= available || headersOnly else { return .malformed }
@@ -134,7 +134,7 @@ public struct IPPacket {
                                   headerLength l4: Int, totalLength: Int, available: Int, source: IPAddress,
                                   destination: IPAddress, dontFragment: Bool) -> Parsed {
         guard let transport = TransportProtocol(proto) else { return .otherProtocol }
-        let minimum = transport == .tcp ? TCPHeader.minimumLength : UDPHeader.length
+        let minimum = transport == .tcp ? TCPHeader.minimumLength : UDPHeader.minimumLength
         guard totalLength - l4 >= minimum, l4 + minimum <= available else { return .malformed }
         let segment = UnsafeRawBufferPointer(rebasing: bytes[l4..<available])
         var flags = TCPFlags()
@@ -143,15 +143,15 @@ public struct IPPacket {
                   l4 + tcp.headerLength <= totalLength else { return .malformed }
             flags = tcp.flags
         } else {
-            guard let udp = UDPHeader(segment), udp.datagramLength >= UDPHeader.length,
+            guard let udp = UDPHeader(segment), udp.datagramLength >= UDPHeader.minimumLength,
                   l4 + udp.datagramLength <= totalLength else { return .malformed }
         }
         // TCP and UDP put the ports at the same offsets.
         return .transport(IPPacket(
             family: family, headerLength: l4, totalLength: totalLength, transport: transport,
             source: source, destination: destination,
-            sourcePort: segment.loadBigEndianUInt16(at: TCPHeader.sourcePortOffset),
-            destinationPort: segment.loadBigEndianUInt16(at: TCPHeader.destinationPortOffset),
+            sourcePort: segment.loadBigEndianUInt16(at: TCPHeader.Offset.sourcePort),
+            destinationPort: segment.loadBigEndianUInt16(at: TCPHeader.Offset.destinationPort),
             tcpFlags: flags, dontFragment: dontFragment))
     }
 }

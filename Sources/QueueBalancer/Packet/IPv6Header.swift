@@ -1,34 +1,25 @@
-/// The IPv6 fixed header (RFC 8200 section 3) at the start of a buffer, read in place (non-owning).
-///
-/// Invariant: ``bytes`` holds at least ``length`` bytes (``init(_:)`` checks it).
-struct IPv6Header {
+/// The IPv6 fixed header (RFC 8200 section 3), read in place (``HeaderView``).
+struct IPv6Header: HeaderView {
     /// The fixed header; extension headers follow it (``IPv6ExtensionHeader``).
-    static let length = 40
+    static let minimumLength = 40
 
-    static let payloadLengthOffset = 4
-    static let nextHeaderOffset = 6
-    static let hopLimitOffset = 7
-    static let sourceOffset = 8
-    static let destinationOffset = 24
+    /// Field offsets after the version, traffic class and flow label word.
+    enum Offset {
+        static let payloadLength = 4, nextHeader = 6, hopLimit = 7, source = 8, destination = 24
+    }
 
     let bytes: UnsafeRawBufferPointer
-
-    /// The header at the start of `bytes`; nil when fewer than 40 bytes are there.
-    init?(_ bytes: UnsafeRawBufferPointer) {
-        guard bytes.count >= IPv6Header.length else { return nil }
-        self.bytes = bytes
-    }
 
     var version: UInt8 { bytes[0] >> 4 }
     var trafficClass: UInt8 { (bytes[0] & 0x0F) << 4 | bytes[1] >> 4 }
     var flowLabel: UInt32 { bytes.loadBigEndianUInt32(at: 0) & 0xF_FFFF }
     /// Bytes after the fixed header; 0 with a hop-by-hop header means a jumbogram (RFC 2675).
-    var payloadLength: Int { Int(bytes.loadBigEndianUInt16(at: IPv6Header.payloadLengthOffset)) }
+    var payloadLength: Int { Int(bytes.loadBigEndianUInt16(at: Offset.payloadLength)) }
     /// The packet's length: the fixed header and the payload.
-    var totalLength: Int { IPv6Header.length + payloadLength }
-    var nextHeader: IPProtocolNumber { IPProtocolNumber(rawValue: bytes[IPv6Header.nextHeaderOffset]) }
-    var source: IPAddress { bytes.loadAddress(.v6, at: IPv6Header.sourceOffset) }
-    var destination: IPAddress { bytes.loadAddress(.v6, at: IPv6Header.destinationOffset) }
+    var totalLength: Int { IPv6Header.minimumLength + payloadLength }
+    var nextHeader: IPProtocolNumber { IPProtocolNumber(rawValue: bytes[Offset.nextHeader]) }
+    var source: IPAddress { bytes.loadAddress(.v6, at: Offset.source) }
+    var destination: IPAddress { bytes.loadAddress(.v6, at: Offset.destination) }
 
     /// Writes a fixed header at the start of `out` (the headers nfqlb originates: TUN's outer header, the
     /// ICMPv6 "packet too big" answer).
@@ -36,11 +27,11 @@ struct IPv6Header {
                       payloadLength: Int, nextHeader: IPProtocolNumber, hopLimit: UInt8 = 64,
                       source: IPAddress, destination: IPAddress) {
         out.storeBigEndian(UInt32(0x6000_0000) | UInt32(trafficClass) << 20 | flowLabel & 0xF_FFFF, at: 0)
-        out.storeBigEndian(UInt16(truncatingIfNeeded: payloadLength), at: payloadLengthOffset)
-        out[nextHeaderOffset] = nextHeader.rawValue
-        out[hopLimitOffset] = hopLimit
-        out.store(source, family: .v6, at: sourceOffset)
-        out.store(destination, family: .v6, at: destinationOffset)
+        out.storeBigEndian(UInt16(truncatingIfNeeded: payloadLength), at: Offset.payloadLength)
+        out[Offset.nextHeader] = nextHeader.rawValue
+        out[Offset.hopLimit] = hopLimit
+        out.store(source, family: .v6, at: Offset.source)
+        out.store(destination, family: .v6, at: Offset.destination)
     }
 }
 

@@ -1,48 +1,34 @@
-/// The TCP header (RFC 9293 section 3.1) at the start of a buffer, read in place (non-owning).
-///
-/// Invariant: ``bytes`` holds at least ``minimumLength`` bytes (``init(_:)`` checks it).
-struct TCPHeader {
+/// The TCP header (RFC 9293 section 3.1), read in place (``HeaderView``).
+struct TCPHeader: HeaderView {
     static let minimumLength = 20
-    static let sourcePortOffset = 0
-    static let destinationPortOffset = 2
-    static let flagsOffset = 13
-    static let checksumOffset = 16
+
+    /// Field offsets. The ports are where UDP has them.
+    enum Offset {
+        static let sourcePort = 0, destinationPort = 2, dataOffset = 12, flags = 13, checksum = 16
+    }
 
     let bytes: UnsafeRawBufferPointer
 
-    init?(_ bytes: UnsafeRawBufferPointer) {
-        guard bytes.count >= TCPHeader.minimumLength else { return nil }
-        self.bytes = bytes
-    }
-
-    var sourcePort: UInt16 { bytes.loadBigEndianUInt16(at: TCPHeader.sourcePortOffset) }
-    var destinationPort: UInt16 { bytes.loadBigEndianUInt16(at: TCPHeader.destinationPortOffset) }
+    var sourcePort: UInt16 { bytes.loadBigEndianUInt16(at: Offset.sourcePort) }
+    var destinationPort: UInt16 { bytes.loadBigEndianUInt16(at: Offset.destinationPort) }
     /// The data offset in bytes (20...60 in a valid header).
-    var headerLength: Int { Int(bytes[12] >> 4) &* 4 }
-    var flags: TCPFlags { TCPFlags(rawValue: bytes[TCPHeader.flagsOffset]) }
+    var headerLength: Int { Int(bytes[Offset.dataOffset] >> 4) &* 4 }
+    var flags: TCPFlags { TCPFlags(rawValue: bytes[Offset.flags]) }
 }
 
-/// The UDP header (RFC 768) at the start of a buffer, read in place (non-owning).
-///
-/// Invariant: ``bytes`` holds at least ``length`` bytes (``init(_:)`` checks it).
-struct UDPHeader {
-    static let length = 8
-    static let sourcePortOffset = 0
-    static let destinationPortOffset = 2
-    static let lengthOffset = 4
-    static let checksumOffset = 6
+/// The UDP header (RFC 768), read in place (``HeaderView``).
+struct UDPHeader: HeaderView {
+    static let minimumLength = 8
+
+    /// Field offsets.
+    enum Offset {
+        static let sourcePort = 0, destinationPort = 2, length = 4, checksum = 6
+    }
 
     let bytes: UnsafeRawBufferPointer
 
-    init?(_ bytes: UnsafeRawBufferPointer) {
-        guard bytes.count >= UDPHeader.length else { return nil }
-        self.bytes = bytes
-    }
-
-    var sourcePort: UInt16 { bytes.loadBigEndianUInt16(at: UDPHeader.sourcePortOffset) }
-    var destinationPort: UInt16 { bytes.loadBigEndianUInt16(at: UDPHeader.destinationPortOffset) }
     /// The datagram's length field: header and payload.
-    var datagramLength: Int { Int(bytes.loadBigEndianUInt16(at: UDPHeader.lengthOffset)) }
+    var datagramLength: Int { Int(bytes.loadBigEndianUInt16(at: Offset.length)) }
 }
 
 /// The ICMP (RFC 792) and ICMPv6 (RFC 4443) header: type, code, checksum and four bytes whose meaning depends
@@ -50,29 +36,25 @@ struct UDPHeader {
 /// for the code that reads and writes error messages.
 enum ICMPHeader {
     static let length = 8
-    static let typeOffset = 0
-    static let codeOffset = 1
-    static let checksumOffset = 2
-    /// "Fragmentation needed": the next-hop MTU in the last 16 bits; "packet too big": all 32 bits.
-    static let mtuOffset = 4
 
-    /// ICMP for IPv4: the error types nfqlb carries along connections.
-    static let destinationUnreachable: UInt8 = 3
-    static let timeExceeded: UInt8 = 11
-    static let parameterProblem: UInt8 = 12
-    /// Destination unreachable, code 4: "fragmentation needed and DF set" (RFC 1191).
+    /// Field offsets. "Fragmentation needed" has the next-hop MTU in the last 16 bits of the word at `mtu`,
+    /// "packet too big" in all 32.
+    enum Offset {
+        static let type = 0, code = 1, checksum = 2, mtu = 4
+    }
+
+    /// ICMP for IPv4: the error types nfqlb carries along connections, and code 4 of "destination
+    /// unreachable", "fragmentation needed and DF set" (RFC 1191).
+    static let destinationUnreachable: UInt8 = 3, timeExceeded: UInt8 = 11, parameterProblem: UInt8 = 12
     static let fragmentationNeeded: UInt8 = 4
 
-    /// ICMPv6 error types (RFC 4443): destination unreachable, packet too big, time exceeded, parameter problem.
-    static let v6DestinationUnreachable: UInt8 = 1
-    static let v6PacketTooBig: UInt8 = 2
-    static let v6TimeExceeded: UInt8 = 3
-    static let v6ParameterProblem: UInt8 = 4
+    /// ICMPv6 (RFC 4443): destination unreachable, packet too big, time exceeded, parameter problem (1...4).
+    static let v6DestinationUnreachable: UInt8 = 1, v6PacketTooBig: UInt8 = 2, v6ParameterProblem: UInt8 = 4
 
     /// The error types of `family` nfqlb carries along connections (and queues: see ``IptablesRules``).
     static func errorTypes(_ family: IPFamily) -> [UInt8] {
         family == .v4 ? [destinationUnreachable, timeExceeded, parameterProblem]
-                      : [v6DestinationUnreachable, v6PacketTooBig, v6TimeExceeded, v6ParameterProblem]
+                      : Array(v6DestinationUnreachable...v6ParameterProblem)
     }
 
     /// Whether `type` is one of ``errorTypes(_:)``, without building the list (the packet path asks).

@@ -23,10 +23,8 @@ public final class Balancer: Sendable {
         self.config = config
         self.logger = logger
         self.tunnelPaths = Mutex(tunnelPaths)
-        let tracker = ConnectionTracker(configuration: ConnectionTracker.Configuration(
-            capacity: config.maxConnections, timeouts: config.timeouts,
-            portAllocators: config.portAllocators, localPorts: config.fullnatPorts))
-        handler = PacketHandler(config: config, tracker: tracker, tunnelPaths: tunnelPaths, workers: config.queues.count)
+        handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config), tunnelPaths: tunnelPaths,
+                                workers: config.queues.count)
         runtime = QueueRuntime(processor: handler, queues: config.queues, queueLength: config.queueLength,
                                socketBufferMiB: config.socketBufferMiB, logger: logger)
     }

@@ -54,13 +54,7 @@ public struct WeightedFailoverScheduler: Scheduler {
 
     public init(loads: [RealServerLoad]) { self.loads = loads }
 
-    public func pick(for flow: FlowKey) -> Int? {
-        var best: Int?
-        for i in loads.indices where loads[i].isAvailable && (best == nil || loads[i].weight > loads[best!].weight) {
-            best = i
-        }
-        return best
-    }
+    public func pick(for flow: FlowKey) -> Int? { heaviestAvailable(loads) }
 }
 
 /// `ovf`: overflow-connection: the highest-weight server whose active connections are below its weight;
@@ -70,13 +64,17 @@ public struct OverflowScheduler: Scheduler {
 
     public init(loads: [RealServerLoad]) { self.loads = loads }
 
-    public func pick(for flow: FlowKey) -> Int? {
-        var best: Int?
-        for i in loads.indices where loads[i].isAvailable && loads[i].active < Int(loads[i].weight) {
-            if best == nil || loads[i].weight > loads[best!].weight { best = i }
-        }
-        return best
+    public func pick(for flow: FlowKey) -> Int? { heaviestAvailable(loads) { $0.active < Int($0.weight) } }
+}
+
+/// The available server with the highest weight among those `eligible` accepts, the first on a tie.
+func heaviestAvailable(_ loads: [RealServerLoad], where eligible: (RealServerLoad) -> Bool = { _ in true }) -> Int? {
+    var best: Int?
+    for i in loads.indices where loads[i].isAvailable && eligible(loads[i])
+        && (best == nil || loads[i].weight > loads[best!].weight) {
+        best = i
     }
+    return best
 }
 
 /// `twos`: power of two choices: two servers drawn at random in proportion to their weights, the one with
