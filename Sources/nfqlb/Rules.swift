@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import QueueBalancer
 
 struct Rules: ParsableCommand {
@@ -33,14 +34,20 @@ struct Rules: ParsableCommand {
 
     func run() throws {
         let config = try options.load()
-        if !config.services.contains(where: { $0.vip.isIPv4 == (family == .ipv4) }) {
-            // Said on stderr, so that the output stays valid restore input.
-            _ = failure("no \(family) service in \(options.config): its rules are printed with --family \(family.other)")
+        let output = routes ? IptablesRules.routeCommands(for: config, family: family.ip)
+                            : IptablesRules.restoreInput(for: config, family: family.ip, source: options.config)
+        let other = routes ? IptablesRules.routeCommands(for: config, family: family.other.ip)
+                           : IptablesRules.restoreInput(for: config, family: family.other.ip)
+        let hasServices = config.services.contains { $0.vip.isIPv4 == (family == .ipv4) }
+        if (routes ? output.isEmpty : !hasServices) && !other.isEmpty {
+            // On stderr, so that the output stays valid input for the tool.
+            let what = routes ? "DR real server" : "service"
+            FileHandle.standardError.write(Data("""
+                nfqlb: \(options.config) has no \(family) \(what); for its \(family.other) ones: \
+                nfqlb rules --config \(options.config)\(routes ? " --routes" : "") --family \(family.other)
+
+                """.utf8))
         }
-        if routes {
-            print(IptablesRules.routeCommands(for: config, family: family.ip), terminator: "")
-        } else {
-            print(IptablesRules.restoreInput(for: config, family: family.ip, source: options.config), terminator: "")
-        }
+        print(output, terminator: "")
     }
 }

@@ -66,6 +66,34 @@ import Testing
         #expect(run.output.contains("--stats-file <path>"))
     }
 
+    /// The top-level help teaches the four LVS modes, in lines that fit a terminal.
+    @Test func helpTeachesTheFourModes() throws {
+        let result = try Self.nfqlb(["--help"])
+        for mode in ["nat ", "fullnat ", "dr ", "tun "] {
+            #expect(result.output.contains("\n  \(mode)"), "\(mode)")
+        }
+        #expect(result.output.split(separator: "\n").allSatisfy { $0.count <= 80 })
+    }
+
+    /// An address is checked where it is given: the usage error names the option.
+    @Test func aBadAddressIsAUsageError() throws {
+        let result = try Self.nfqlb(["real-server", "setup", "--vip", "203.0.113"])
+        #expect(result.status == 64)
+        #expect(result.error.contains("The value '203.0.113' is invalid for '--vip <vip>'"))
+    }
+
+    /// The IPv4 rules of a config with only IPv6 services are an empty chain: valid, with a hint on stderr.
+    @Test func rulesOfTheOtherFamilyAreHinted() throws {
+        let path = try Self.write("queues: [0]\nservices:\n  - vip: 2001:db8:f::10\n    port: 80\n    protocol: tcp\n    mode: nat\n    reals:\n      - { address: 2001:db8:5::11 }\n")
+        defer { unlink(path) }
+        let result = try Self.nfqlb(["rules", "--config", path])
+        #expect(result.status == 0)
+        #expect(result.output.hasPrefix("# nfqlb IPv4 rules") && !result.output.contains("-j NFQUEUE"))
+        #expect(result.error == "nfqlb: \(path) has no ipv4 service; for its ipv6 ones: nfqlb rules --config \(path) --family ipv6\n")
+        let v6 = try Self.nfqlb(["rules", "--config", path, "--family", "ipv6"])
+        #expect(v6.output.contains("-d 2001:db8:f::10/128 -p tcp -m tcp --dport 80") && v6.error.isEmpty)
+    }
+
     /// In a new, empty network namespace (`unshare -n`) nothing is installed: one line, exit 1.
     @Test(.enabled(if: EndToEnd.canRun, "needs root for unshare -n"))
     func runWithoutRulesExplainsInOneLine() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import CNFQueue
 import Testing
 @testable import QueueBalancer
 
@@ -75,5 +76,21 @@ import Testing
         defer { unlink(path) }
         let stats = KernelQueueStats.read(queues: [0, 1], path: path)
         #expect(stats.queueDropped == 6 && stats.userDropped == 8 && stats.waiting == 3)
+    }
+}
+
+/// The netlink layout nfqlb writes by hand (``NetlinkLayout``) against the kernel's and libnetfilter_queue's
+/// headers: the numbers live in one place, and this says they are the right ones.
+@Suite struct NetlinkLayoutTests {
+    @Test func layoutMatchesTheHeaders() {
+        #expect(NetlinkLayout.headerLength == Int(NFQLB_NLMSG_HDRLEN))
+        #expect(NetlinkLayout.nfgenLength == Int(NFQLB_NFGENMSG_LEN))
+        #expect(NetlinkLayout.packetMessageType == UInt16(NFQLB_MSG_PACKET_TYPE))
+        #expect(NetlinkLayout.verdictMessageType == UInt16(NFQLB_MSG_VERDICT_TYPE))
+        #expect(NetlinkLayout.attributePacketHeader == UInt16(NFQA_PACKET_HDR.rawValue))
+        #expect(NetlinkLayout.attributeVerdictHeader == UInt16(NFQA_VERDICT_HDR.rawValue))
+        #expect(NetlinkLayout.attributeMark == UInt16(NFQA_MARK.rawValue))
+        #expect(NetlinkLayout.attributePayload == UInt16(NFQA_PAYLOAD.rawValue))
+        #expect(NetlinkLayout.requestFlag == UInt16(NLM_F_REQUEST))
     }
 }

@@ -266,10 +266,3 @@ extension Errno {
     /// The calling thread's errno (read through the shim: Swift cannot read the thread-local macro itself).
     static var current: Errno { Errno(rawValue: nfqlb_errno()) }
 }
-
-/// Milliseconds of CLOCK_MONOTONIC_COARSE: the tracker's clock, read once per batch.
-public func monotonicMilliseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
-    return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
-}
