@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Helpers for nfqlb's network-namespace labs. Sourced by Tests/e2e/*.sh and scripts/demo.sh; not run directly.
 #
-# Topology built by lab_nat_up (DESIGN.md "Lab conventions": documentation addresses only, nothing joined to
+# Topology built by lab_nat_up (docs/ARCHITECTURE.md "Test labs": documentation addresses only, nothing joined to
 # the root namespace, no route out of the lab):
 #
 #   ${P}c client                 ${P}b balancer                                       real servers

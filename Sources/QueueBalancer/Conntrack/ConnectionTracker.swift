@@ -7,7 +7,8 @@ import Synchronization
 ///   untouched capacity costs no memory) and returned to it when a connection is removed.
 /// - Keys: each connection is indexed twice, by its inbound key (client -> VIP, as the client sends it) and by
 ///   its reply key (real server -> client, as the real server answers), because `--queue-balance` puts the two
-///   directions on different queues (DESIGN.md) and either worker must find the connection.
+///   directions on different queues (docs/ARCHITECTURE.md, "Kernel facts") and either worker must find the
+///   connection.
 /// - Locking: the table is split into lock stripes chosen by the hash of the *client endpoint* (address, port,
 ///   protocol), which both keys contain (source of the inbound key, destination of the reply key). So both
 ///   index entries of a connection live in one stripe and every operation takes exactly one lock.

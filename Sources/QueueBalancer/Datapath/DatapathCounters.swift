@@ -1,13 +1,15 @@
 import Synchronization
 
-/// Everything the datapath counts. Every packet that is dropped or passed unhandled lands in exactly one
-/// counter that says why, so `received` equals the sum of the verdict reasons.
+/// Everything the datapath counts, both families alike. Each packet's verdict is counted once with its
+/// reason (forwarded, replied, a `dropped_` or `passed_` reason, an ICMP or tunnel outcome); a few
+/// counters say more about a packet already counted (`connections_created`, `with_ip_options`, and the
+/// sends that fail after the verdict was decided: `dropped_verdict_send`, `dropped_raw_send`).
 public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Packets received from the kernel queues.
     case received
-    /// Client -> VIP packets rewritten to a real server (accepted).
+    /// Client -> VIP packets sent on to a real server: rewritten (NAT, FULLNAT), marked (DR) or tunnelled (TUN).
     case forwarded
-    /// Real server -> client replies rewritten to come from the VIP (accepted).
+    /// Real server -> client replies rewritten to come from the VIP (NAT, FULLNAT; accepted).
     case replied
     /// New connections scheduled (a subset of `forwarded`).
     case connectionsCreated
@@ -15,7 +17,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case connectionsExpired
     /// Dropped: truncated or inconsistent headers.
     case droppedMalformed
-    /// Dropped: IPv4 fragments (no ports to balance on; the kernel's defragmentation normally prevents these).
+    /// Dropped: IPv4 fragments and IPv6 fragments other than atomic ones (no ports to balance on; the kernel's
+    /// defragmentation normally prevents these).
     case droppedFragment
     /// Dropped: TCP packet other than a SYN for a connection nfqlb does not track.
     case droppedNoConnection
@@ -33,12 +36,14 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case droppedRealServerRemoved
     /// Connections forgotten because their real server was removed (drain time over, or `drain: 0`).
     case connectionsForgotten
-    /// TUN: packets too big for the tunnel with DF set, answered with ICMP "fragmentation needed" (dropped).
+    /// TUN: packets too big for the tunnel (IPv4 with DF, or IPv6), answered with ICMP "fragmentation needed"
+    /// or ICMPv6 "packet too big" from the VIP (the packet itself is not forwarded).
     case tunnelTooBig
     /// Real server: tunnelled packets decapsulated (accepted as their inner packet).
     case decapsulated
-    /// Real server: tunnelled packets whose outer or inner IPv4 header has options (IHL != 5): the kernel keeps
-    /// the outer transport offset, so they cannot be decapsulated in place (dropped).
+    /// Real server: tunnelled packets that cannot be decapsulated in place, because the kernel keeps the outer
+    /// transport offset: an IPv4 outer or inner header with options (IHL != 5), an inner IPv6 packet with an
+    /// extension header or other than TCP, UDP and ICMPv6 (dropped).
     case droppedTunnelHeader
     /// Real server: tunnelled packets whose inner packet is not for a configured VIP or comes from a
     /// loopback, unspecified or multicast source (dropped).
@@ -56,14 +61,15 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case icmpReplied
     /// Passed unhandled: ICMP other than an error about a tracked connection.
     case passedICMP
-    /// Passed unhandled: an IP protocol other than TCP, UDP and ICMP.
+    /// Passed unhandled: an IP protocol other than TCP, UDP, ICMP and ICMPv6 (or IPv6 "no next header").
     case passedOtherProtocol
     /// Dropped: IPv6 headers nfqlb does not walk (a routing header with segments left, AH/ESP, a chain of more
     /// than 8 headers, a jumbogram).
     case droppedUnsupportedHeaders
-    /// Passed unhandled: matches no virtual service and no tracked reply (e.g. a health check's answer).
+    /// Passed unhandled: matches no virtual service and no tracked reply (e.g. a health check's answer), or a
+    /// packet from a DR or TUN real server that no rule should have queued.
     case passedUnmatched
-    /// Informational: packets carrying IPv4 options (balanced normally).
+    /// Informational: packets carrying IPv4 options or IPv6 extension headers (balanced normally).
     case withIPOptions
     /// Receive errors other than ENOBUFS.
     case receiveErrors

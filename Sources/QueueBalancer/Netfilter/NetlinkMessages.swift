@@ -1,7 +1,8 @@
 /// Parsing of the kernel's NFQNL_MSG_PACKET messages and building of NFQNL_MSG_VERDICT messages, in Swift over
-/// raw buffers (cheaper than libmnl's callbacks, DESIGN.md). Layouts: `struct nlmsghdr` (16 bytes, host order),
-/// `struct nfgenmsg` (4 bytes), then netlink attributes (`nla_len`, `nla_type`, value padded to 4 bytes);
-/// attribute values of nfnetlink_queue are big-endian.
+/// raw buffers (a fifth to a quarter of the instructions of libmnl's callbacks, docs/ARCHITECTURE.md "Kernel
+/// facts"). Layouts: `struct nlmsghdr` (16 bytes, host order), `struct nfgenmsg` (4 bytes), then netlink
+/// attributes (`nla_len`, `nla_type`, value padded to 4 bytes); attribute values of nfnetlink_queue are
+/// big-endian. The numbers are checked against the C headers by the unit tests (`NetlinkLayoutTests`).
 enum NetlinkLayout {
     static let headerLength = 16
     static let nfgenLength = 4
@@ -61,7 +62,7 @@ public struct PacketMessage {
 ///
 /// Invariant: `used <= limit`; ``append(queue:packetID:verdict:payload:)`` reports `false` when the message
 /// would not fit, and the caller sends what is there first. `limit` stays well below the socket's send
-/// buffer: an oversized send fails with EMSGSIZE and loses every verdict in it (DESIGN.md).
+/// buffer: an oversized send fails with EMSGSIZE and loses every verdict in it (docs/ARCHITECTURE.md).
 public final class VerdictWriter {
     public let limit: Int
     private let buffer: UnsafeMutableRawPointer
