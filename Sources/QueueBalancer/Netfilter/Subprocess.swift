@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// Runs a command found on PATH with `posix_spawnp(3)`, stdin and stderr on /dev/null, and returns its exit
 /// status and standard output; nil when it cannot be started.
@@ -7,33 +8,30 @@ import Glibc
 /// "Could not create wakeup socket pair" in a network namespace whose `lo` is down, which is exactly where
 /// nfqlb may be started.
 func runCapturingOutput(_ arguments: [String]) -> (status: Int32, output: String)? {
-    var fds: [Int32] = [0, 0]
-    guard pipe(&fds) == 0 else { return nil }
+    guard let (readEnd, writeEnd) = try? FileDescriptor.pipe() else { return nil }
+    defer { try? readEnd.close() }
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, writeEnd.rawValue, 1)
     posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addclose(&actions, fds[0])
-    posix_spawn_file_actions_addclose(&actions, fds[1])
+    posix_spawn_file_actions_addclose(&actions, readEnd.rawValue)
+    posix_spawn_file_actions_addclose(&actions, writeEnd.rawValue)
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid = pid_t()
     let spawned = posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ)
-    close(fds[1])
-    defer { close(fds[0]) }
+    try? writeEnd.close()
     guard spawned == 0 else { return nil }
     var output: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = read(fds[0], &chunk, chunk.count)
-        if n > 0 { output += chunk[0..<n]; continue }
-        if n < 0 && errno == EINTR { continue }
-        break
+    // Until end of file, or an error other than EINTR (which read(into:) retries).
+    while let n = try? chunk.withUnsafeMutableBytes({ try readEnd.read(into: $0) }), n > 0 {
+        output += chunk[0..<n]
     }
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    while waitpid(pid, &status, 0) < 0 && Errno.current == .interrupted {}
     // WIFEXITED / WEXITSTATUS are macros: exited normally when the low 7 bits are 0.
     let exitStatus: Int32 = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
     return (exitStatus, String(decoding: output, as: UTF8.self))
