@@ -37,6 +37,6 @@ import Testing
             #expect(mode.method.queueNeeds.wholePackets == (mode != .dr), "\(mode)")
             #expect(!mode.method.queueNeeds.gsoSuperPackets, "\(mode)")
         }
-        #expect(PacketHandler.copyRange(for: Self.config) == PacketHandler.wholePacketCopyRange)
+        #expect(QueueNeeds(for: Self.config) == QueueNeeds(wholePackets: true, gsoSuperPackets: false))
     }
 }

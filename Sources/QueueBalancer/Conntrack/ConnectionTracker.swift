@@ -34,7 +34,7 @@ public final class ConnectionTracker: Sendable {
         /// Seed of the flow hash; random by default.
         public var hashSeed = UInt64.random(in: 0...UInt64.max)
         /// FULLNAT: the port allocators to create at once (``portAllocator(for:)`` adds more later).
-        public var portAllocators: [PortAllocatorKey] = []
+        var portAllocators: [PortAllocatorKey] = []
         /// FULLNAT: the local ports handed out (outside the kernel's `ip_local_port_range`).
         public var localPorts: ClosedRange<UInt16> = 61000...65535
         /// FULLNAT: how many port allocators may exist, those added by later config changes included.
@@ -42,38 +42,38 @@ public final class ConnectionTracker: Sendable {
     }
 
     /// What a FULLNAT port allocator is for: connections from `local` to `real` over `transport`.
-    public struct PortAllocatorKey: Sendable, Hashable {
-        public var local: IPAddress
-        public var real: Endpoint
-        public var transport: TransportProtocol
+    struct PortAllocatorKey: Sendable, Hashable {
+        var local: IPAddress
+        var real: Endpoint
+        var transport: TransportProtocol
     }
 
     /// FULLNAT: the local address (LIP) a connection leaves from, and the allocator its port comes from.
-    public struct LocalAddress: Sendable, Equatable {
-        public var address: IPAddress
-        public var allocator: PortAllocatorID
+    struct LocalAddress: Sendable, Equatable {
+        var address: IPAddress
+        var allocator: PortAllocatorID
     }
 
     /// The real server the scheduler chose for a new connection.
-    public struct Assignment: Sendable, Equatable {
-        public var realServer: Endpoint
+    struct Assignment: Sendable, Equatable {
+        var realServer: Endpoint
         /// Its number in the tracker's ``registry``.
-        public var real: RealServerID
+        var real: RealServerID
         /// FULLNAT: where the connection leaves from; nil for the modes that keep the client's address.
-        public var local: LocalAddress? = nil
+        var local: LocalAddress? = nil
     }
 
     /// A live connection as a lookup returns it: both keys and the real server's number.
-    public struct Connection: Sendable, Equatable {
+    struct Connection: Sendable, Equatable {
         /// Client -> VIP, as the client sends it.
-        public var inbound: FlowKey
+        var inbound: FlowKey
         /// Real server -> client (FULLNAT: -> local address), as the real server answers.
-        public var reply: FlowKey
-        public var real: RealServerID
+        var reply: FlowKey
+        var real: RealServerID
     }
 
     /// What to do with a packet travelling client -> virtual service.
-    public enum InboundOutcome: Sendable, Equatable {
+    enum InboundOutcome: Sendable, Equatable {
         /// Forward to this real server (number `real`); `created` when the packet opened a new connection.
         case forward(Endpoint, real: RealServerID, created: Bool)
         /// FULLNAT: forward to the real server from the local endpoint `local` (LIP:lport).
@@ -95,12 +95,12 @@ public final class ConnectionTracker: Sendable {
     }
 
     /// A read-only copy of one connection, for tests and inspection.
-    public struct Snapshot: Sendable, Equatable {
-        public var inbound: FlowKey
-        public var reply: FlowKey
-        public var state: ConnectionState
-        public var expires: UInt64
-        public var real: RealServerID
+    struct Snapshot: Sendable, Equatable {
+        var inbound: FlowKey
+        var reply: FlowKey
+        var state: ConnectionState
+        var expires: UInt64
+        var real: RealServerID
     }
 
     public let configuration: Configuration
@@ -146,7 +146,7 @@ public final class ConnectionTracker: Sendable {
     /// FULLNAT: the port allocator of `key` (a ``LocalAddress/allocator``), created with every port
     /// of ``Configuration/localPorts`` free when it is new. Nil when ``Configuration/portAllocatorCapacity``
     /// allocators exist already. Control path: allocates, and takes every stripe lock once for a new one.
-    public func portAllocator(for key: PortAllocatorKey) -> PortAllocatorID? {
+    func portAllocator(for key: PortAllocatorKey) -> PortAllocatorID? {
         allocatorKeys.withLock { keys -> PortAllocatorID? in
             if let index = keys.firstIndex(of: key) { return PortAllocatorID(index) }
             let index = keys.count
@@ -169,7 +169,7 @@ public final class ConnectionTracker: Sendable {
     /// Looks up (or creates, calling `schedule`) the connection of a client -> virtual service packet, updates
     /// its TCP state and expiry, and says where to forward it. `schedule` runs under the stripe lock, only for a
     /// new connection, and must not call back into the tracker.
-    public func inbound(_ key: FlowKey, flags: TCPFlags, now: UInt64,
+    func inbound(_ key: FlowKey, flags: TCPFlags, now: UInt64,
                         schedule: (FlowKey) -> Assignment?) -> InboundOutcome {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
@@ -240,7 +240,7 @@ public final class ConnectionTracker: Sendable {
     /// sure the reply of that real server finds its way back. Connections are keyed by their reply tuple only
     /// (several real servers may answer the same client endpoint), and live the UDP timeout after their last
     /// datagram. Returns false when the table is full.
-    public func oneShot(_ key: FlowKey, assignment: Assignment, now: UInt64) -> Bool {
+    func oneShot(_ key: FlowKey, assignment: Assignment, now: UInt64) -> Bool {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
         let reply = FlowKey(source: assignment.realServer, destination: key.source, transport: key.transport)
         let replyHash = hasher.hash(reply)
@@ -268,7 +268,7 @@ public final class ConnectionTracker: Sendable {
     /// Looks up the connection of a real server -> client packet and updates its state and expiry. Its inbound
     /// key (client -> VIP) says what the reply must become: from its destination and, under FULLNAT, to its
     /// source. Nil when no live connection matches.
-    public func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> Connection? {
+    func reply(_ key: FlowKey, flags: TCPFlags, now: UInt64) -> Connection? {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.destination, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
         let isTCP = key.transport == .tcp
@@ -288,12 +288,12 @@ public final class ConnectionTracker: Sendable {
 
     /// The live connection whose inbound key (client -> VIP) is `key`. Changes nothing (ICMP errors about a
     /// connection neither open nor refresh it).
-    public func connection(inbound key: FlowKey, now: UInt64) -> Connection? {
+    func connection(inbound key: FlowKey, now: UInt64) -> Connection? {
         lookUp(key, direction: .inbound, now: now)
     }
 
     /// The live connection whose reply key is `key`; changes nothing.
-    public func connection(reply key: FlowKey, now: UInt64) -> Connection? {
+    func connection(reply key: FlowKey, now: UInt64) -> Connection? {
         lookUp(key, direction: .reply, now: now)
     }
 
@@ -345,7 +345,7 @@ public final class ConnectionTracker: Sendable {
     }
 
     /// A copy of every live connection (not for the packet path).
-    public func snapshot() -> [Snapshot] {
+    func snapshot() -> [Snapshot] {
         var result: [Snapshot] = []
         for stripe in stripes {
             stripe.table.withLock { table in

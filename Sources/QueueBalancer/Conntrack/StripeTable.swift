@@ -2,7 +2,7 @@ import Synchronization
 
 /// A FULLNAT port allocator: the free local ports of one (local address, real server, protocol), one
 /// ``PortRing`` per lock stripe (``ConnectionTracker/portAllocator(for:)``).
-public struct PortAllocatorID: Hashable, Sendable, CustomStringConvertible {
+struct PortAllocatorID: Hashable, Sendable, CustomStringConvertible {
     let rawValue: UInt32
 
     init(_ index: Int) { rawValue = UInt32(index) }
@@ -10,7 +10,7 @@ public struct PortAllocatorID: Hashable, Sendable, CustomStringConvertible {
     /// The position of the allocator's ring in each stripe's pools.
     var index: Int { Int(rawValue) }
 
-    public var description: String { "allocator \(rawValue)" }
+    var description: String { "allocator \(rawValue)" }
 }
 
 /// One tracked connection.

@@ -1,9 +1,10 @@
 import Synchronization
 
-/// Everything the datapath counts, both families alike. Each packet's verdict is counted once with its
-/// reason (forwarded, replied, a `dropped_` or `passed_` reason, an ICMP or tunnel outcome); a few
-/// counters say more about a packet already counted (`connections_created`, `with_ip_options`, and the
-/// sends that fail after the verdict was decided: `dropped_verdict_send`, `dropped_raw_send`).
+/// Everything the datapath counts, both families alike. Each packet's verdict is counted with its reason
+/// (forwarded, replied, a `dropped_` or `passed_` reason, an ICMP or tunnel outcome). Some counters say more
+/// about a packet already counted: `connections_created`, `with_ip_options`, and what fails after the
+/// forwarding decision: `dropped_verdict_send`, `dropped_raw_send`, and `dropped_malformed` for a packet
+/// forwarded to a tunnel whose outer header cannot count its length.
 public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Packets received from the kernel queues.
     case received

@@ -15,16 +15,18 @@ public final class PacketHandler: PacketProcessor {
     public let tracker: ConnectionTracker
     /// The real servers' numbers, weights, lifecycle and counts (the tracker's).
     public var registry: RealServerRegistry { tracker.registry }
-    /// Bytes copied per packet: the whole packet, or when every service is DR (nfqlb then reads headers only)
-    /// ``headerCopyRange``. Fixed for the handler's life (the queues are bound with it).
-    public let copyRange: UInt32
+    /// What the queues deliver, fixed for the handler's life (they are bound with it): headers only when every
+    /// service is DR, GSO super-packets when every service's method can take them (none yet).
+    let queueNeeds: QueueNeeds
     /// Whether the queues copy headers only (``copyRange`` is ``headerCopyRange``).
-    public var headersOnly: Bool { copyRange == PacketHandler.headerCopyRange }
+    public var headersOnly: Bool { !queueNeeds.wholePackets }
     /// Bytes copied per packet when only headers are read: the largest IPv4 header (60), or the IPv6 header
     /// with 100 bytes of extension headers, and the TCP header up to the flags.
     public static let headerCopyRange: UInt32 = 160
-    /// A whole packet (the largest an IPv4 or IPv6 header can state without a jumbogram).
-    public static let wholePacketCopyRange: UInt32 = 0xFFFF
+
+    public var copyRange: UInt32 { queueNeeds.wholePackets ? QueueSocket.wholePackets : PacketHandler.headerCopyRange }
+
+    public var queueFlags: QueueSocket.Flags { queueNeeds.gsoSuperPackets ? .gso : [] }
 
     private let tables: TableSwap<ServiceTable>
     /// The config being served; the lock also serialises config changes.
@@ -38,18 +40,12 @@ public final class PacketHandler: PacketProcessor {
     public init(config: BalancerConfig, tracker: ConnectionTracker, tunnelPaths: [IPAddress: TunnelPath] = [:],
                 workers: Int = 1, now: UInt64 = monotonicMilliseconds()) {
         self.tracker = tracker
-        copyRange = PacketHandler.copyRange(for: config)
+        queueNeeds = QueueNeeds(for: config)
         // A config that passed ConfigLoader fits an empty registry; if not, serve nothing rather than crash.
         let table = (try? ServiceTable(config: config, previous: nil, tracker: tracker, tunnelPaths: tunnelPaths, now: now))
             ?? ServiceTable.empty(capacity: tracker.registry.capacity)
         tables = TableSwap(table, readers: workers)
         control = Mutex(config)
-    }
-
-    /// The copy range `config` needs: headers only when no service's method rewrites packets.
-    static func copyRange(for config: BalancerConfig) -> UInt32 {
-        !config.services.isEmpty && config.services.allSatisfy({ !$0.mode.method.queueNeeds.wholePackets })
-            ? headerCopyRange : wholePacketCopyRange
     }
 
     /// The config being served.
@@ -61,7 +57,7 @@ public final class PacketHandler: PacketProcessor {
     public func update(to config: BalancerConfig, now: UInt64 = monotonicMilliseconds(),
                        tunnelPaths: [IPAddress: TunnelPath] = [:]) throws(ConfigUpdateError) {
         try control.withLock { current throws(ConfigUpdateError) in
-            try ConfigUpdateError.check(from: current, to: config, copyRange: copyRange)
+            try ConfigUpdateError.check(from: current, to: config, queues: queueNeeds)
             let table = try ServiceTable(config: config, previous: tables.table, tracker: tracker,
                                          tunnelPaths: tunnelPaths, now: now)
             tables.replace(with: table)
@@ -214,8 +210,10 @@ public final class PacketHandler: PacketProcessor {
             }
             return table.forwarders[connection.real.index].forwardError(bytes, error, of: connection, counters: &counters)
         }
-        // Otherwise a real server may report on a packet forwarded to it.
-        guard let connection = tracker.connection(reply: key, now: now) else {
+        // Otherwise a real server may report on a packet forwarded to it (while its service is served).
+        guard let connection = tracker.connection(reply: key, now: now),
+              table.matchService(address: connection.inbound.destination.address,
+                                 port: connection.inbound.destination.port, transport: error.transport) != nil else {
             counters.count(.passedICMP)
             return .accept
         }

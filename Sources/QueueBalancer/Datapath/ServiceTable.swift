@@ -125,7 +125,7 @@ public struct ConfigUpdateError: Error, Equatable, CustomStringConvertible {
 
     /// Refuses changes that a running balancer cannot make: those fixed when the queues were bound or the
     /// tracker was sized, and DR fwmarks that would move under connections in flight.
-    static func check(from old: BalancerConfig, to new: BalancerConfig, copyRange: UInt32) throws(ConfigUpdateError) {
+    static func check(from old: BalancerConfig, to new: BalancerConfig, queues: QueueNeeds) throws(ConfigUpdateError) {
         func fixed(_ name: String, _ same: Bool) throws(ConfigUpdateError) {
             guard same else { throw ConfigUpdateError(reason: "\(name) cannot change while nfqlb runs: restart it") }
         }
@@ -136,8 +136,11 @@ public struct ConfigUpdateError: Error, Equatable, CustomStringConvertible {
         try fixed("timeouts", old.timeouts == new.timeouts)
         try fixed("fwmark-base", old.fwmarkBase == new.fwmarkBase)
         try fixed("fullnat-ports", old.fullnatPorts == new.fullnatPorts)
-        if copyRange < PacketHandler.copyRange(for: new), let service = new.services.first(where: { $0.mode.method.queueNeeds.wholePackets }) {
+        if !queues.wholePackets, let service = new.services.first(where: { $0.mode.method.queueNeeds.wholePackets }) {
             throw ConfigUpdateError(reason: "the queues copy packet headers only (every service was DR): a \(service.mode) service needs a restart")
+        }
+        if queues.gsoSuperPackets, let service = new.services.first(where: { !$0.mode.method.queueNeeds.gsoSuperPackets }) {
+            throw ConfigUpdateError(reason: "the queues deliver GSO super-packets, which a \(service.mode) service cannot take: restart")
         }
         try DirectRoutingForwarder.checkMarks(from: old, to: new)
     }

@@ -9,8 +9,6 @@
 /// answers), so each direction's translation is read off the connection itself. See docs/ARCHITECTURE.md,
 /// "Forwarders".
 protocol ForwardingMethod: Sendable {
-    /// The mode's name in the configuration.
-    static var mode: ForwardingMode { get }
     /// What the method needs from the kernel's queue.
     static var queueNeeds: QueueNeeds { get }
 
@@ -67,14 +65,28 @@ extension DirectReturnMethod {
     }
 }
 
-/// What a forwarding method needs from the kernel's queue (``PacketProcessor/copyRange`` and flags).
-struct QueueNeeds: Sendable {
+/// What a forwarding method needs from the kernel's queue, and so what a configuration needs
+/// (``PacketHandler/copyRange``, ``PacketHandler/queueFlags``).
+struct QueueNeeds: Sendable, Equatable {
     /// The method rewrites or replaces packets, so every byte must be copied to user space; DR only reads
     /// headers (a short copy range: 23% less CPU per packet).
     var wholePackets: Bool
     /// The method can take GSO super-packets (NFQA_CFG_F_GSO). None does yet: their checksums are updated for
     /// complete segments only (docs/ARCHITECTURE.md, "Kernel facts").
     var gsoSuperPackets: Bool
+
+    /// What the queues must deliver for `config`: whole packets when any method needs them, GSO super-packets
+    /// only when every method can take them.
+    init(for config: BalancerConfig) {
+        let methods = config.services.map { $0.mode.method.queueNeeds }
+        wholePackets = methods.isEmpty || methods.contains { $0.wholePackets }
+        gsoSuperPackets = !methods.isEmpty && methods.allSatisfy { $0.gsoSuperPackets }
+    }
+
+    init(wholePackets: Bool, gsoSuperPackets: Bool) {
+        self.wholePackets = wholePackets
+        self.gsoSuperPackets = gsoSuperPackets
+    }
 }
 
 /// How the connections of one real server are forwarded: its method and what the method knows about it.
@@ -103,8 +115,8 @@ enum Forwarder: Sendable {
         }
     }
 
-    /// What real-server numbers no server has held hold: never read (a connection's number always belongs to a
-    /// server of this table or an earlier one), and NAT's forwarder needs no data.
+    /// The forwarder of numbers no real server has had yet. Never used: a connection's number is always that of
+    /// a real server of this table or an earlier one. NAT's forwarder is the one that needs no data.
     static let unassigned = Forwarder.nat(NATForwarder())
 
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,

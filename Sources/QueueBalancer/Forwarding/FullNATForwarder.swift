@@ -3,7 +3,6 @@
 /// through it. Answers arrive addressed to LIP:lport (queued at raw PREROUTING) and leave as VIP:vport ->
 /// CIP:cport. Each (local address, real server, protocol) has a port allocator in the tracker.
 struct FullNATForwarder: ForwardingMethod {
-    static let mode = ForwardingMode.fullnat
     static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
 
     /// The service's local addresses and, for each, the port allocator towards this real server.
@@ -91,7 +90,7 @@ extension BalancerConfig {
     }
 
     /// The FULLNAT port allocators: one per (local address, real server, protocol), in config order.
-    public var portAllocators: [ConnectionTracker.PortAllocatorKey] {
+    var portAllocators: [ConnectionTracker.PortAllocatorKey] {
         var keys: [ConnectionTracker.PortAllocatorKey] = []
         for service in services where service.mode == .fullnat {
             for local in service.localAddresses {

@@ -2,7 +2,6 @@
 /// real server routes its answers back through the balancer, where the source RIP:rport becomes VIP:vport
 /// again. Both directions are queued at raw PREROUTING (docs/ARCHITECTURE.md, "Kernel facts").
 struct NATForwarder: ForwardingMethod {
-    static let mode = ForwardingMode.nat
     static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
 
     /// The real servers' answers: `-s RIP --sport rport`.

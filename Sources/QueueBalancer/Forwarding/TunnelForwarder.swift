@@ -13,7 +13,6 @@
 /// the client, it lowers the client's path MTU. (The kernel's own ICMP would go to the outer source, the
 /// balancer, and the flow would black-hole.)
 struct TunnelForwarder: DirectReturnMethod {
-    static let mode = ForwardingMode.tun
     static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
 
     /// The outer source and the path MTU towards the real server.
@@ -64,7 +63,8 @@ struct TunnelForwarder: DirectReturnMethod {
         let outer = IPFamily(of: real)
         guard let header = TunnelHeader(encapsulating: UnsafeRawBufferPointer(bytes), innerFamily: family,
                                         innerLength: length, outer: outer, source: path.source, destination: real) else {
-            counters.count(.droppedMalformed)   // longer than the outer header can count
+            // Longer than the outer header can count: no verdict could carry it, no raw socket send it.
+            counters.count(outer == family ? .droppedMalformed : .droppedRawSend)
             return .drop
         }
         return outer == family ? .acceptEncapsulated(header) : .sendEncapsulated(header)
@@ -108,4 +108,11 @@ struct TunnelForwarder: DirectReturnMethod {
         icmp.storeBigEndian(InternetChecksum.compute(UnsafeRawBufferPointer(icmp), initial: pseudo), at: ICMPHeader.Offset.checksum)
         return length
     }
+}
+
+/// What TUN needs to know about the path to one real server: the outer source address (the balancer's own
+/// address on the route towards it) and the MTU of that route (resolved by ``TunnelPath/paths(for:known:)``).
+public struct TunnelPath: Sendable, Equatable {
+    public var source: IPAddress
+    public var mtu: Int
 }

@@ -60,6 +60,10 @@ public final class QueueSocket {
     private let socket: OpaquePointer
     private let fd: FileDescriptor
 
+    /// The copy range that brings every packet whole to user space (the most an IPv4 or IPv6 header can state
+    /// without a jumbogram).
+    public static let wholePackets: UInt32 = 0xFFFF
+
     /// NFQA_CFG_FLAGS a processor may ask for (``PacketProcessor/queueFlags``).
     public struct Flags: OptionSet, Sendable {
         public var rawValue: UInt32
@@ -79,7 +83,7 @@ public final class QueueSocket {
     ///   - queueLength: kernel queue length (packets waiting for a verdict) before it drops.
     ///   - copyRange: bytes of each packet copied to user space.
     ///   - flags: the queue flags to set; every other flag nfqlb knows (fail-open among them) is cleared.
-    public init(queue: QueueNumber, bufferBytes: Int, queueLength: UInt32, copyRange: UInt32 = 0xFFFF,
+    public init(queue: QueueNumber, bufferBytes: Int, queueLength: UInt32, copyRange: UInt32 = QueueSocket.wholePackets,
                 flags: Flags = []) throws(QueueError) {
         self.queue = queue
         guard let socket = mnl_socket_open(NETLINK_NETFILTER) else {

@@ -17,7 +17,7 @@ public struct Decapsulator: PacketProcessor {
     let vips: [IPAddress]
 
     /// Whole packets: the inner packet is the verdict.
-    public var copyRange: UInt32 { PacketHandler.wholePacketCopyRange }
+    public var copyRange: UInt32 { QueueSocket.wholePackets }
 
     /// - Parameter vips: the VIPs this real server serves.
     public init(vips: [IPAddress]) {

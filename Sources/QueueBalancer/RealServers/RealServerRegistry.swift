@@ -3,10 +3,12 @@ import Synchronization
 /// Every real server the balancer knows, live or on its way out, each with a stable number: the
 /// identity connections, persistence templates and schedulers refer to across config changes.
 ///
-/// A real server here is one (virtual service, real endpoint) pair, as in IPVS (the same RIP:port behind two
-/// virtual services is two real servers with their own weights and counts). Its number and its
-/// ``RealServerLoad`` are kept for as long as the pair is in the config, so a config change never touches the
-/// connections, counts or templates of servers that stay.
+/// A real server here is one (virtual service, real endpoint, forwarding mode), as in IPVS (the same RIP:port
+/// behind two virtual services is two real servers with their own weights and counts). Its number and its
+/// ``RealServerLoad`` are kept for as long as it is in the config, so a config change never touches the
+/// connections, counts or templates of servers that stay. A service whose mode changes gets new real servers;
+/// the old ones drain until their last connection is gone, whatever the service's `drain`, so that, as in
+/// IPVS, a connection keeps the forwarding method it started with.
 ///
 /// The lifecycle (``RealServerLifecycle``), driven by ``apply(_:now:)`` and ``advance(now:)``:
 /// - in the config with weight > 0: `active`; with weight 0: `quiescent`;
@@ -27,21 +29,28 @@ public final class RealServerRegistry: Sendable {
     public let loads: [RealServerLoad]
     private let state: Mutex<State>
 
-    /// What identifies a real server: its virtual service and its endpoint.
+    /// What identifies a real server: its virtual service, its endpoint and how packets reach it.
     public struct Key: Hashable, Sendable, CustomStringConvertible {
         public var vip: IPAddress
         public var port: UInt16
         public var transport: TransportProtocol
         public var real: Endpoint
+        public var mode: ForwardingMode
 
         public init(service: VirtualService, real: RealServer) {
             vip = service.vip
             port = service.port
             transport = service.transport
             self.real = real.endpoint
+            mode = service.mode
         }
 
-        public var description: String { "\(real) of \(Endpoint(address: vip, port: port))/\(transport)" }
+        /// The same real server of the same service, whatever the mode.
+        func isSameServer(as other: Key) -> Bool {
+            vip == other.vip && port == other.port && transport == other.transport && real == other.real
+        }
+
+        public var description: String { "\(real) of \(Endpoint(address: vip, port: port))/\(transport) (\(mode))" }
     }
 
     /// One real server as ``servers()`` reports it.
@@ -61,7 +70,7 @@ public final class RealServerRegistry: Sendable {
         /// While in the config: its service's `drain` and persistence times (ms), used when it leaves.
         var drain: UInt64 = 0
         var templateLifetime: UInt64 = 0
-        /// Draining: when it becomes removed. Removed: when it did.
+        /// Draining: when it becomes removed (``untilIdle``: once it has no connection). Removed: when it did.
         var drainDeadline: UInt64 = 0
         var removedAt: UInt64 = 0
     }
@@ -73,6 +82,9 @@ public final class RealServerRegistry: Sendable {
         var free: [RealServerID]
         var freeHead = 0
     }
+
+    /// The drain deadline of a server that drains until its last connection is gone.
+    static let untilIdle = UInt64.max
 
     public enum Failure: Error, Equatable, CustomStringConvertible {
         /// The config holds more real servers than fit beside those still draining.
@@ -116,7 +128,8 @@ public final class RealServerRegistry: Sendable {
 
     /// Makes `config` the current set of real servers at `now` (ms): each real server of each service gets its
     /// number (the one it had, or a free one), weight and thresholds; servers no longer in the config start
-    /// draining (or are removed at once when their service's `drain` was 0). Nothing changes when it fails.
+    /// draining (or are removed at once when their service's `drain` was 0), except that a server whose
+    /// service changed mode drains until it has no connection left. Nothing changes when it fails.
     ///
     /// - Returns: the numbers by service and real server, in config order.
     @discardableResult
@@ -128,7 +141,10 @@ public final class RealServerRegistry: Sendable {
                 let load = loads[number.index]
                 guard load.lifecycle == .active || load.lifecycle == .quiescent else { continue }
                 let slot = state.slots[number.index]
-                if slot.drain > 0 {
+                if wanted.contains(where: { $0.isSameServer(as: key) }) {
+                    load.setLifecycle(.draining)
+                    state.slots[number.index].drainDeadline = RealServerRegistry.untilIdle
+                } else if slot.drain > 0 {
                     load.setLifecycle(.draining)
                     state.slots[number.index].drainDeadline = now &+ slot.drain
                 } else {
@@ -175,7 +191,8 @@ public final class RealServerRegistry: Sendable {
                 let i = number.index
                 let load = loads[i]
                 switch load.lifecycle {
-                case .draining where state.slots[i].drainDeadline <= now:
+                case .draining where state.slots[i].drainDeadline <= now
+                        || (state.slots[i].drainDeadline == RealServerRegistry.untilIdle && load.connections == 0):
                     load.setLifecycle(.removed)
                     state.slots[i].removedAt = now
                     sweep = sweep || load.connections > 0

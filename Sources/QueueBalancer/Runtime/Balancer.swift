@@ -15,14 +15,14 @@ public final class Balancer: Sendable {
     private let logger: Logger
     /// FULLNAT port exhaustion already reported (the counter's value at the last warning).
     private let exhaustionReported = Atomic<UInt64>(0)
-    /// The TUN paths resolved so far (reloads resolve those of new real servers).
-    private let tunnelPaths: Mutex<[IPAddress: TunnelPath]>
+    /// The TUN paths resolved at start (a reload resolves those of real servers added since, each time).
+    private let tunnelPaths: [IPAddress: TunnelPath]
 
     /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:workers:now:)``.
     public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
         self.config = config
         self.logger = logger
-        self.tunnelPaths = Mutex(tunnelPaths)
+        self.tunnelPaths = tunnelPaths
         handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config), tunnelPaths: tunnelPaths,
                                 workers: config.queues.count)
         runtime = QueueRuntime(processor: handler, queues: config.queues, queueLength: config.queueLength,
@@ -33,9 +33,10 @@ public final class Balancer: Sendable {
     public var counters: DatapathCounters { runtime.counters }
 
     /// Serves `config` from now on, keeping every connection to a real server that stays (see
-    /// ``PacketHandler/update(to:now:tunnelPaths:)``); the running config is kept when it throws.
+    /// ``PacketHandler/update(to:now:tunnelPaths:)``); the running config is kept when it throws. `tunnelPaths`
+    /// adds to (or replaces) the paths resolved at start.
     public func update(to config: BalancerConfig, tunnelPaths: [IPAddress: TunnelPath] = [:]) throws(ConfigUpdateError) {
-        try handler.update(to: config, tunnelPaths: tunnelPaths)
+        try handler.update(to: config, tunnelPaths: self.tunnelPaths.merging(tunnelPaths) { _, given in given })
         logger.info("configuration changed", metadata: [
             "services": "\(config.services.map(\.description).joined(separator: " "))",
         ])
@@ -50,13 +51,12 @@ public final class Balancer: Sendable {
         let paths: [IPAddress: TunnelPath]
         do {
             config = try ConfigLoader.load(path: path)
-            paths = try TunnelPath.paths(for: config, known: tunnelPaths.withLock { $0 })
+            paths = try TunnelPath.paths(for: config, known: tunnelPaths)
             try update(to: config, tunnelPaths: paths)
         } catch {
             logger.error("configuration refused, still serving the previous one", metadata: ["reason": "\(error)"])
             return
         }
-        tunnelPaths.withLock { $0 = paths }
         // Rules a draining server still needs must stay; rules the new config adds must be installed.
         if !IptablesRules.lines(for: config).isSubset(of: IptablesRules.lines(for: previous)) {
             logger.notice("the new configuration needs iptables rules or routes the previous one did not: make sure scripts/iptables-setup.sh up \(path) has installed them")

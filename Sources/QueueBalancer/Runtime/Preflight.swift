@@ -22,15 +22,12 @@ public enum Preflight {
     /// serves (`configPath` names the file in the advice).
     public static func checkRulesInstalled(_ config: BalancerConfig, configPath: String) throws(Failure) {
         let families: [IPFamily] = config.services.contains { !$0.vip.isIPv4 } ? [.v4, .v6] : [.v4]
-        for family in families {
-            switch IptablesRules.installed(family: family) {
-            case true?:
-                continue
-            case false?:
-                throw Failure(description: "the iptables rules are not installed in this network namespace: run scripts/iptables-setup.sh up \(configPath) first (or pass --skip-rules-check)")
-            case nil:
-                throw Failure(description: "cannot check the iptables rules (is iptables installed, and are you root?); pass --skip-rules-check to start anyway")
-            }
+        let installed = families.map { IptablesRules.installed(family: $0) }
+        if installed.contains(nil) {
+            throw Failure(description: "cannot check the iptables rules (is iptables installed, and are you root?); pass --skip-rules-check to start anyway")
+        }
+        if installed.contains(false) {
+            throw Failure(description: "the iptables rules are not installed in this network namespace: run scripts/iptables-setup.sh up \(configPath) first (or pass --skip-rules-check)")
         }
     }
 }

@@ -5,12 +5,14 @@
 /// Generic over the processor, so the per-packet call is a direct one. Everything the loop touches is
 /// allocated in ``init``; per batch it keeps its counts in a local ``CounterBatch`` and reads the clock once.
 final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
-    let socket: QueueSocket
-    let processor: Processor
-    let counters: DatapathCounters
-    let stop: StopSignal
+    private let socket: QueueSocket
+    private let processor: Processor
+    /// The runtime's counters, which each batch's counts are added to.
+    private let counters: DatapathCounters
+    private let stop: StopSignal
     /// This worker's number among the processor's readers (``PacketProcessor/enterBatch(worker:)``).
-    let index: Int
+    private let index: Int
+    /// The receive vectors and message buffers, and what the verdicts are encoded into.
     private let batch: ReceiveBatch
     private let encoder: VerdictEncoder
 

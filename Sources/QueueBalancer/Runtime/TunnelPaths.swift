@@ -1,11 +1,8 @@
 import Foundation
 
-/// What TUN needs to know about the path to one real server: the outer source address (the balancer's own
-/// address on the route towards it) and the MTU of that route.
-public struct TunnelPath: Sendable, Equatable {
-    public var source: IPAddress
-    public var mtu: Int
-
+/// Where the kernel's routes say TUN's outer headers come from and how large they may be: asked once per real
+/// server when nfqlb starts, and for new real servers on a reload.
+extension TunnelPath {
     /// Asks the kernel (`ip route get REAL`): the `src` of the route, and its `mtu` attribute or else the
     /// output device's MTU. Nil when there is no route.
     public static func resolve(to real: IPAddress) -> TunnelPath? {
@@ -25,9 +22,7 @@ public struct TunnelPath: Sendable, Equatable {
         }
         return TunnelPath(source: source, mtu: mtu ?? 1500)
     }
-}
 
-extension TunnelPath {
     /// No route to a TUN real server: the tunnel cannot be built.
     public struct Unresolved: Error, CustomStringConvertible {
         public var realServer: IPAddress
