@@ -15,8 +15,9 @@ trap cleanup EXIT
 
 git -C "$root" worktree add --detach "$work/tree" "$rev" >/dev/null 2>&1
 echo "building nfqlb-bench at $rev and at the working tree (release)"
-(cd "$work/tree" && swift build -c release --product nfqlb-bench >/dev/null)
-(cd "$root" && swift build -c release --product nfqlb-bench >/dev/null)
+build() { (cd "$1" && swift build -c release --product nfqlb-bench >"$work/build.log" 2>&1) || { cat "$work/build.log" >&2; exit 1; }; }
+build "$work/tree"
+build "$root"
 install -m 755 "$work/tree/.build/release/nfqlb-bench" "$work/before"
 install -m 755 "$(cd "$root" && swift build -c release --show-bin-path)/nfqlb-bench" "$work/after"
 

@@ -79,9 +79,12 @@ up() {
     local config=$1 nfqlb rules rules6 routes routes6 dev
     [ -f "$config" ] || die "no such config file: $config"
     nfqlb=$(find_nfqlb)
-    rules=$("$nfqlb" rules --config "$config") || die "nfqlb refused $config"
+    # check says why a config is refused; rules then prints each family (its hints about the other family,
+    # on stderr, are for people reading the output, not for this script).
+    "$nfqlb" check --config "$config" >/dev/null || die "nfqlb refused $config"
+    rules=$("$nfqlb" rules --config "$config" 2>/dev/null) || die "nfqlb refused $config"
     grep -q '^\*raw$' <<<"$rules" || die "$nfqlb rules printed no iptables-restore input"
-    rules6=$("$nfqlb" rules --config "$config" --family ipv6) || die "nfqlb refused $config"
+    rules6=$("$nfqlb" rules --config "$config" --family ipv6 2>/dev/null) || die "nfqlb refused $config"
     command -v iptables-restore >/dev/null || die "iptables is not installed (apt-get install iptables)"
     if [ -n "$rules6" ]; then
         command -v ip6tables-restore >/dev/null || die "ip6tables is not installed (apt-get install iptables): the config has IPv6 services"
@@ -94,8 +97,8 @@ up() {
     done
     set_sysctl net.ipv4.conf.all.accept_local 1
     [ -n "$rules6" ] && set_sysctl net.ipv6.conf.all.forwarding 1
-    routes=$("$nfqlb" rules --config "$config" --routes) || die "nfqlb refused $config"
-    routes6=$("$nfqlb" rules --config "$config" --routes --family ipv6) || die "nfqlb refused $config"
+    routes=$("$nfqlb" rules --config "$config" --routes 2>/dev/null) || die "nfqlb refused $config"
+    routes6=$("$nfqlb" rules --config "$config" --routes --family ipv6 2>/dev/null) || die "nfqlb refused $config"
     for dev in all default $(ls /proc/sys/net/ipv4/conf); do
         # DR sends packets out towards a real server, possibly on the interface they came in on: no redirects.
         [ -n "$routes" ] && set_sysctl "net.ipv4.conf.$dev.send_redirects" 0
