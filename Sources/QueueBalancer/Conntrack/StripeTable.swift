@@ -56,7 +56,8 @@ final class Stripe: Sendable {
 /// the index has at least four slots per entry and each entry uses two, so every probe ends at an empty slot).
 ///
 /// Owns its memory (allocated once in `init`, freed in `deinit`): non-copyable, so that exactly one owner,
-/// the stripe's mutex, can free it.
+/// the stripe's mutex, can free it. Every entry's real-server number is below the registry's capacity (the
+/// tracker's own registry hands them out), so indexing `loads` needs no check.
 struct StripeTable: ~Copyable {
     let entries: UnsafeMutablePointer<ConnectionEntry>
     let slots: UnsafeMutablePointer<IndexSlot>
