@@ -2,7 +2,9 @@
 // the kernel, and prints the cost per packet. Each round is one new TCP connection: client SYN, server SYN-ACK,
 // client ACK, client data, plus one UDP datagram, each copied from a template into one preallocated buffer.
 //
-// Usage: nfqlb-bench [PACKETS=500000]
+// Usage: nfqlb-bench [PACKETS=500000] [plain|gso]
+//          gso: as a queue with NFQA_CFG_F_GSO delivers them: checksums unfinished, and the data packet a
+//          16 KB GSO super-packet (the other packets' checksums are completed by the handler)
 //        nfqlb-bench maglev      Maglev table balance and disruption for N = 10 and 100 (README, scheduler table)
 // With an LD_PRELOAD malloc counter, two runs with different PACKETS give the allocations per packet
 // (scripts/check-allocations.sh): the loop must allocate nothing.
@@ -15,10 +17,13 @@ if CommandLine.arguments.dropFirst().first == "maglev" {
 }
 
 let packets = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 500_000 : 500_000
+let gso = CommandLine.arguments.count > 2 && CommandLine.arguments[2] == "gso"
 
-func packet(source: [UInt8], sport: UInt16, destination: [UInt8], dport: UInt16, proto: UInt8, flags: UInt8) -> [UInt8] {
+func packet(source: [UInt8], sport: UInt16, destination: [UInt8], dport: UInt16, proto: UInt8, flags: UInt8,
+            payload: Int = 0) -> [UInt8] {
     let l4: [UInt8] = proto == 6
         ? [UInt8(sport >> 8), UInt8(sport & 0xFF), UInt8(dport >> 8), UInt8(dport & 0xFF), 0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xFF, 0xFF, 0, 0, 0, 0]
+            + [UInt8](repeating: 0x5A, count: payload)
         : [UInt8(sport >> 8), UInt8(sport & 0xFF), UInt8(dport >> 8), UInt8(dport & 0xFF), 0, 12, 0, 0, 1, 2, 3, 4]
     let total = 20 + l4.count
     return [0x45, 0, UInt8(total >> 8), UInt8(total & 0xFF), 0, 0, 0x40, 0, 64, proto, 0, 0] + source + destination + l4
@@ -29,7 +34,7 @@ let templates: [[UInt8]] = [
     packet(source: client, sport: 1, destination: vip, dport: 80, proto: 6, flags: 0x02),
     packet(source: rip, sport: 8080, destination: client, dport: 1, proto: 6, flags: 0x12),
     packet(source: client, sport: 1, destination: vip, dport: 80, proto: 6, flags: 0x10),
-    packet(source: client, sport: 1, destination: vip, dport: 80, proto: 6, flags: 0x18),
+    packet(source: client, sport: 1, destination: vip, dport: 80, proto: 6, flags: 0x18, payload: gso ? 16_000 : 0),
     packet(source: client, sport: 1, destination: vip, dport: 53, proto: 17, flags: 0),
 ]
 // Offsets of the client port in each template (source for client packets, destination for the reply).
@@ -46,7 +51,12 @@ var config = BalancerConfig(queues: [0], services: [
 config.maxConnections = 1 << 20
 // wlc reads the connection counts the tracker keeps in its registry.
 let handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config))
-let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
+let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
+// What the kernel says about each template's buffer: nothing on a queue without GSO.
+let infos: [PacketInfo] = templates.indices.map { index in
+    guard gso else { return [] }
+    return index == 3 ? [.gso, .checksumNotReady] : [.checksumNotReady]
+}
 var counters = CounterBatch()
 var verdicts = 0
 
@@ -68,7 +78,7 @@ while handled < packets {
         let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<template.count])
         slice.storeBytes(of: port.bigEndian, toByteOffset: clientPortOffset[index], as: UInt16.self)
         slice[index == 1 ? 19 : 15] = host
-        if handler.handle(slice, now: 1_000, counters: &counters) == .acceptRewritten { verdicts += 1 }
+        if handler.handle(slice, info: infos[index], now: 1_000, counters: &counters) == .acceptRewritten { verdicts += 1 }
         handled += 1
     }
     round += 1

@@ -11,6 +11,17 @@ import Testing
         }
     }
 
+    /// The eight-bytes-at-a-time sum against the reference, with every tail length and with the carries of all-ones
+    /// data, up to the longest packet a queue delivers.
+    @Test func wideSumMatchesReferenceWithCarries() {
+        for length in Array(0...40) + [65531] {
+            for bytes in [[UInt8](repeating: 0xFF, count: length), (0..<length).map { _ in UInt8.random(in: 0...255) }] {
+                #expect(bytes.withUnsafeBytes { InternetChecksum.compute($0) } == PacketBuilder.referenceChecksum(bytes),
+                        "length \(length)")
+            }
+        }
+    }
+
     /// RFC 1624: an incremental update must equal a checksum recomputed from scratch over the new bytes.
     @Test func incrementalUpdateEqualsRecomputation() {
         for _ in 0..<500 {

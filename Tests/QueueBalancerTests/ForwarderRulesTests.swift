@@ -32,11 +32,25 @@ import Testing
         #expect(IptablesRules.routeCommands(for: Self.config) == "rule add fwmark 0x1000 table 4096 pref 100\nroute replace default via 198.51.100.11 table 4096\n")
     }
 
-    @Test func onlyDirectRoutingReadsHeadersOnly() {
+    /// DR alone reads headers only; every mode but TUN takes GSO super-packets, so a config with a TUN service
+    /// binds its queues without GSO.
+    @Test func queueNeedsFollowTheModes() {
         for mode in ForwardingMode.allCases {
             #expect(mode.method.queueNeeds.wholePackets == (mode != .dr), "\(mode)")
-            #expect(!mode.method.queueNeeds.gsoSuperPackets, "\(mode)")
+            #expect(mode.method.queueNeeds.gsoSuperPackets == (mode != .tun), "\(mode)")
         }
         #expect(QueueNeeds(for: Self.config) == QueueNeeds(wholePackets: true, gsoSuperPackets: false))
+        var withoutTUN = Self.config
+        withoutTUN.services.removeLast()
+        #expect(QueueNeeds(for: withoutTUN) == QueueNeeds(wholePackets: true, gsoSuperPackets: true))
+        let drOnly = PacketHandler(config: BalancerConfig(queues: [0], services: [withoutTUN.services[2]]),
+                                   tracker: ConnectionTracker())
+        #expect(drOnly.copyRange == PacketHandler.headerCopyRange && drOnly.queueFlags == .gso)
+        // Queues bound with GSO cannot take a TUN service without a restart.
+        let handler = PacketHandler(config: withoutTUN, tracker: ConnectionTracker(config: withoutTUN))
+        #expect(handler.copyRange == QueueSocket.wholePackets && handler.queueFlags == .gso)
+        #expect(throws: ConfigUpdateError(reason: "the queues deliver GSO super-packets, which a tun service cannot take: restart")) {
+            try handler.update(to: Self.config)
+        }
     }
 }

@@ -5,13 +5,15 @@ import Testing
 
 /// The netlink messages nfqlb parses and builds, and the iptables rules it generates.
 @Suite struct NetfilterTests {
-    /// A kernel NFQNL_MSG_PACKET message: nlmsghdr, nfgenmsg, NFQA_PACKET_HDR, NFQA_MARK, NFQA_PAYLOAD.
-    func packetMessage(id: UInt32, payload: [UInt8]) -> [UInt8] {
+    /// A kernel NFQNL_MSG_PACKET message: nlmsghdr, nfgenmsg, NFQA_PACKET_HDR, NFQA_MARK, NFQA_SKB_INFO (when
+    /// `info` is given), NFQA_PAYLOAD.
+    func packetMessage(id: UInt32, payload: [UInt8], info: UInt32? = nil) -> [UInt8] {
         func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
         func le16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
         func be32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }
         var attributes = le16(11) + le16(1) + be32(id) + [0x08, 0x00, 2, 0]   // PACKET_HDR (7 bytes + pad)
         attributes += le16(8) + le16(3) + be32(7)                              // MARK
+        if let info { attributes += le16(8) + le16(14) + be32(info) }          // SKB_INFO
         let padded = (4 + payload.count + 3) & ~3
         attributes += le16(UInt16(4 + payload.count)) + le16(10) + payload + Array(repeating: 0, count: padded - 4 - payload.count)
         let length = 20 + attributes.count
@@ -26,6 +28,15 @@ import Testing
             #expect(parsed?.packetID == 0x0102_0304)
             #expect(parsed.map { Array($0.payload) } == payload)
         }
+    }
+
+    @Test func readsWhatTheKernelSaysAboutTheBuffer() {
+        var message = packetMessage(id: 5, payload: [0x45, 0, 0, 20], info: 3)
+        message.withUnsafeMutableBytes { buffer in
+            #expect(PacketMessage.parse(buffer)?.info == [.checksumNotReady, .gso])
+        }
+        var plain = packetMessage(id: 5, payload: [0x45, 0, 0, 20])
+        plain.withUnsafeMutableBytes { #expect(PacketMessage.parse($0)?.info == []) }
     }
 
     @Test func refusesTruncatedOrForeignMessages() {
@@ -91,6 +102,9 @@ import Testing
         #expect(NetlinkLayout.attributeVerdictHeader == UInt16(NFQA_VERDICT_HDR.rawValue))
         #expect(NetlinkLayout.attributeMark == UInt16(NFQA_MARK.rawValue))
         #expect(NetlinkLayout.attributePayload == UInt16(NFQA_PAYLOAD.rawValue))
+        #expect(NetlinkLayout.attributeSKBInfo == UInt16(NFQA_SKB_INFO.rawValue))
+        #expect(PacketInfo.checksumNotReady.rawValue == UInt32(NFQA_SKB_CSUMNOTREADY))
+        #expect(PacketInfo.gso.rawValue == UInt32(NFQA_SKB_GSO))
         #expect(NetlinkLayout.requestFlag == UInt16(NLM_F_REQUEST))
     }
 }

@@ -159,6 +159,15 @@ echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
 for counter in dropped_malformed dropped_no_real_server dropped_verdict_send dropped_raw_send kernel_messages kernel_queue_dropped kernel_user_dropped; do
     [ "$(stat_value $counter)" = 0 ] || fail "$counter = $(stat_value $counter)"
 done
+# DR's queue takes GSO super-packets (a mark needs no payload: they go on whole); TUN's cannot (an outer header
+# in front of a super-packet), so its queue has no GSO and sees single packets only.
+gso=$(stat_value gso_packets)
+if [ "$mode" = dr ]; then
+    [ "${gso:-0}" -gt 0 ] || fail "dr: no GSO super-packet reached nfqlb"
+else
+    [ "${gso:-0}" = 0 ] || fail "tun: $gso GSO super-packets reached nfqlb, whose TUN queue must not ask for them"
+fi
+echo "gso super-packets: ${gso:-0}"
 # The packet count of the FORWARD rule whose source is the VIP (column positions differ between families).
 forward_count() {
     in_ns "$1" $iptables -w -L FORWARD -v -x -n | awk -v v="$vip" '{ for (i = 2; i <= NF; i++) if ($i == v || $i == v "/128") { print $1; next } }'

@@ -7,16 +7,26 @@
 /// checksum (0, invalid over IPv6). The tests also use it as their reference.
 public enum InternetChecksum {
     /// One's-complement sum of `bytes` folded to 16 bits, not complemented. An odd trailing byte is padded.
+    ///
+    /// Eight bytes at a time: a big-endian 64-bit word added with end-around carry is, modulo 0xFFFF, the sum
+    /// of its four 16-bit words (2^16 = 1 there), so folding the 64-bit sum gives the 16-bit one.
     public static func sum(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt16 {
         var acc = UInt64(initial)
         var i = 0
         let n = bytes.count
+        while i + 8 <= n {
+            let (sum, carry) = acc.addingReportingOverflow(UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+            acc = sum &+ (carry ? 1 : 0)
+            i += 8
+        }
+        var tail: UInt64 = 0
         while i + 1 < n {
-            acc &+= UInt64(bytes[i]) << 8 | UInt64(bytes[i + 1])
+            tail &+= UInt64(bytes[i]) << 8 | UInt64(bytes[i + 1])
             i += 2
         }
-        if i < n { acc &+= UInt64(bytes[i]) << 8 }
-        return fold(acc)
+        if i < n { tail &+= UInt64(bytes[i]) << 8 }
+        // The halves first, so that adding the tail cannot overflow.
+        return fold((acc >> 32) &+ (acc & 0xFFFF_FFFF) &+ tail)
     }
 
     /// Folds a wide one's-complement accumulator to 16 bits.
@@ -92,6 +102,17 @@ public struct ChecksumDelta {
             replace(old.high, with: new.high)
             replace(old.low, with: new.low)
         }
+    }
+
+    /// Records the changes `other` recorded.
+    public mutating func add(_ other: ChecksumDelta) {
+        acc &+= other.acc
+    }
+
+    /// A field that holds a sum, not its complement (a pseudo-header sum awaiting the rest of the checksum),
+    /// after the recorded changes.
+    public func appliedToSum(_ sum: UInt16) -> UInt16 {
+        InternetChecksum.fold(UInt64(sum) &+ acc)
     }
 
     /// The checksum field after the recorded changes.

@@ -16,7 +16,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case connectionsCreated
     /// Connections removed because their timeout passed.
     case connectionsExpired
-    /// Dropped: truncated or inconsistent headers.
+    /// Dropped: truncated or inconsistent headers, or a packet longer than the queue copies (a GSO super-packet
+    /// over 65,531 bytes), which could not be returned whole.
     case droppedMalformed
     /// Dropped: IPv4 fragments and IPv6 fragments other than atomic ones (no ports to balance on; the kernel's
     /// defragmentation normally prevents these).
@@ -72,6 +73,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case passedUnmatched
     /// Informational: packets carrying IPv4 options or IPv6 extension headers (balanced normally).
     case withIPOptions
+    /// Informational: GSO super-packets (many segments in one queue event; the queue has NFQA_CFG_F_GSO).
+    case gsoPackets
     /// Receive errors other than ENOBUFS.
     case receiveErrors
     /// ENOBUFS on receive: the socket buffer overflowed and the kernel dropped packets.
@@ -111,6 +114,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .droppedUnsupportedHeaders: "dropped_unsupported_headers"
         case .passedUnmatched: "passed_unmatched"
         case .withIPOptions: "with_ip_options"
+        case .gsoPackets: "gso_packets"
         case .receiveErrors: "receive_errors"
         case .receiveOverruns: "receive_overruns"
         case .batches: "batches"
@@ -125,7 +129,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
 /// Counts of one batch, kept in a local variable by a worker (no atomics, no exclusivity checks) and added to
 /// the shared ``DatapathCounters`` once per batch.
 public struct CounterBatch {
-    var values: InlineArray<32, UInt64>
+    var values: InlineArray<48, UInt64>
 
     public init() { values = InlineArray(repeating: 0) }
 
@@ -138,10 +142,10 @@ public struct CounterBatch {
 
 /// Counters shared by all workers and read by the housekeeping thread.
 public final class DatapathCounters: Sendable {
-    private let values: InlineArray<32, Atomic<UInt64>>
+    private let values: InlineArray<48, Atomic<UInt64>>
 
     public init() {
-        precondition(DatapathCounter.count <= 32, "CounterBatch and DatapathCounters hold 32 counters")
+        precondition(DatapathCounter.count <= 48, "CounterBatch and DatapathCounters hold 48 counters")
         values = InlineArray { _ in Atomic<UInt64>(0) }
     }
 

@@ -90,14 +90,15 @@ public final class PacketHandler: PacketProcessor {
     public var gauges: [(name: String, value: UInt64)] { [("connections_active", UInt64(tracker.count))] }
 
     /// The verdict of one packet, rewriting `bytes` in place when the verdict says so.
-    public func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict {
+    public func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64,
+                       counters: inout CounterBatch) -> Verdict {
         // No reference counting on the shared table: it lives while this batch's generation is announced.
-        tables.withCurrent { table in handle(bytes, now: now, table: table, counters: &counters) }
+        tables.withCurrent { table in handle(bytes, info: info, now: now, table: table, counters: &counters) }
     }
 
-    private func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, table: ServiceTable,
+    private func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64, table: ServiceTable,
                         counters: inout CounterBatch) -> Verdict {
-        let packet: IPPacket
+        var packet: IPPacket
         switch IPPacket.parse(UnsafeRawBufferPointer(bytes), headersOnly: headersOnly) {
         case .transport(let parsed): packet = parsed
         case .malformed: counters.count(.droppedMalformed); return .drop
@@ -108,6 +109,8 @@ public final class PacketHandler: PacketProcessor {
         case .otherProtocol: counters.count(.passedOtherProtocol); return .accept
         }
         if packet.hasOptions { counters.count(.withIPOptions) }
+        if info.contains(.gso) { counters.count(.gsoPackets) }
+        packet.checksum = TransportChecksum(info)
         let key = packet.flowKey
         if let index = table.matchService(packet) {
             return inbound(bytes, packet, key, table.services[index], table, now, &counters)

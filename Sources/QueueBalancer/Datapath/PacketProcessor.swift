@@ -7,8 +7,9 @@ public protocol PacketProcessor: Sendable {
     /// Queue flags the processor needs (``QueueSocket/Flags``); fail-open is never among them.
     var queueFlags: QueueSocket.Flags { get }
     /// The verdict for one packet, which may be rewritten in place in `bytes` (the kernel's buffer, or a
-    /// prefix of the packet as long as ``copyRange``). Must not allocate, log or block; at most one lock.
-    func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict
+    /// prefix of the packet as long as ``copyRange``); `info` is what the kernel says about it (empty without
+    /// GSO). Must not allocate, log or block; at most one lock.
+    func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64, counters: inout CounterBatch) -> Verdict
     /// Queue worker number `worker` starts handling a batch (see ``PacketHandler`` on config changes).
     func enterBatch(worker: Int)
     /// Queue worker number `worker` has finished its batch.
@@ -20,6 +21,11 @@ public protocol PacketProcessor: Sendable {
 }
 
 extension PacketProcessor {
+    /// The verdict for a packet whose checksums are complete (a queue without GSO; tests).
+    public func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict {
+        handle(bytes, info: [], now: now, counters: &counters)
+    }
+
     public var queueFlags: QueueSocket.Flags { [] }
     public func enterBatch(worker: Int) {}
     public func leaveBatch(worker: Int) {}

@@ -3,7 +3,7 @@
 /// the frame to that real server on the shared L2 network, which holds the VIP on `lo` and answers the
 /// client directly. nfqlb reads only the headers, so the queue copies just them.
 struct DirectRoutingForwarder: DirectReturnMethod {
-    static let queueNeeds = QueueNeeds(wholePackets: false, gsoSuperPackets: false)
+    static let queueNeeds = QueueNeeds(wholePackets: false, gsoSuperPackets: true)
 
     /// The real server's mark: its policy route.
     let mark: Fwmark

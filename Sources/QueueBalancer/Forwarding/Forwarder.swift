@@ -71,8 +71,10 @@ struct QueueNeeds: Sendable, Equatable {
     /// The method rewrites or replaces packets, so every byte must be copied to user space; DR only reads
     /// headers (a short copy range: 23% less CPU per packet).
     var wholePackets: Bool
-    /// The method can take GSO super-packets (NFQA_CFG_F_GSO). None does yet: their checksums are updated for
-    /// complete segments only (docs/ARCHITECTURE.md, "Kernel facts").
+    /// The method can take GSO super-packets (NFQA_CFG_F_GSO): whole 64 KB packets in one queue event, their
+    /// checksums unfinished (``TransportChecksum``). NAT, FULLNAT and DR can; TUN cannot: an outer header in
+    /// front of a super-packet leaves the kernel splitting it at the inner packet's offsets, and nfqlb cannot
+    /// tell whether each segment fits the tunnel (docs/ARCHITECTURE.md, "Kernel facts").
     var gsoSuperPackets: Bool
 
     /// What the queues must deliver for `config`: whole packets when any method needs them, GSO super-packets

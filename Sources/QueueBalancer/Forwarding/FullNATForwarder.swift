@@ -3,7 +3,7 @@
 /// through it. Answers arrive addressed to LIP:lport (queued at raw PREROUTING) and leave as VIP:vport ->
 /// CIP:cport. Each (local address, real server, protocol) has a port allocator in the tracker.
 struct FullNATForwarder: ForwardingMethod {
-    static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
+    static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: true)
 
     /// The service's local addresses and, for each, the port allocator towards this real server.
     let localAddresses: [ConnectionTracker.LocalAddress]
@@ -46,20 +46,20 @@ struct FullNATForwarder: ForwardingMethod {
         [service.vip] + service.localAddresses
     }
 
-    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport: NAT's rewrite, then the source's.
+    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport: both ends of the connection's reply key.
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
-        let verdict = NATForwarder().forward(bytes, packet, of: connection, counters: &counters)
-        NATRewrite.rewriteSource(bytes, packet, to: connection.reply.destination)
-        return verdict
+        counters.count(.forwarded)
+        NATRewrite.translate(bytes, packet, source: connection.reply.destination, destination: connection.reply.source)
+        return .acceptRewritten
     }
 
-    /// RIP:rport -> LIP:lport becomes VIP:vport -> CIP:cport: NAT's rewrite, then the destination's.
+    /// RIP:rport -> LIP:lport becomes VIP:vport -> CIP:cport: both ends of the connection's inbound key.
     func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                counters: inout CounterBatch) -> Verdict {
-        let verdict = NATForwarder().reply(bytes, packet, of: connection, counters: &counters)
-        NATRewrite.rewriteDestination(bytes, packet, to: connection.inbound.source)
-        return verdict
+        NATRewrite.translate(bytes, packet, source: connection.inbound.destination, destination: connection.inbound.source)
+        counters.count(.replied)
+        return .acceptRewritten
     }
 
     /// Quoting VIP -> CIP, to the VIP: becomes one from LIP to the real server quoting RIP -> LIP.

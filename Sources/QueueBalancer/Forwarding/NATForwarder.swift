@@ -2,7 +2,7 @@
 /// real server routes its answers back through the balancer, where the source RIP:rport becomes VIP:vport
 /// again. Both directions are queued at raw PREROUTING (docs/ARCHITECTURE.md, "Kernel facts").
 struct NATForwarder: ForwardingMethod {
-    static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: false)
+    static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: true)
 
     /// The real servers' answers: `-s RIP --sport rport`.
     static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
@@ -20,14 +20,14 @@ struct NATForwarder: ForwardingMethod {
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
         counters.count(.forwarded)
-        NATRewrite.rewriteDestination(bytes, packet, to: connection.reply.source)
+        NATRewrite.translate(bytes, packet, destination: connection.reply.source)
         return .acceptRewritten
     }
 
     /// RIP:rport -> client becomes VIP:vport -> client.
     func reply(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                counters: inout CounterBatch) -> Verdict {
-        NATRewrite.rewriteSource(bytes, packet, to: connection.inbound.destination)
+        NATRewrite.translate(bytes, packet, source: connection.inbound.destination)
         counters.count(.replied)
         return .acceptRewritten
     }

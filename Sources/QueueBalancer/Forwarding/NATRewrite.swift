@@ -1,62 +1,84 @@
-/// The address-and-port rewrite of NAT and FULLNAT, for both families: one endpoint of a packet replaced
-/// (destination VIP:vport -> RIP:rport on the way in, source RIP:rport -> VIP:vport on the way back, and
-/// FULLNAT's client and local endpoints). Checksums are updated incrementally (RFC 1624): the IPv4 header
-/// checksum, and the transport checksum, which covers the addresses through the pseudo-header. So a packet that
-/// arrived corrupt leaves corrupt and the receiver still drops it. IPv6 has no header checksum; a UDP checksum
-/// of 0 (none) is valid only over IPv4 and stays 0 there, while over IPv6 it is computed in full (RFC 8200 8.1).
+/// The address-and-port rewrite of NAT and FULLNAT, for both families: a packet's source or destination
+/// endpoint, or both, replaced (VIP:vport -> RIP:rport on the way in, RIP:rport -> VIP:vport on the way back,
+/// and FULLNAT's client and local endpoints), with every checksum that covers them.
+///
+/// The IPv4 header checksum, which covers the addresses, is always complete: it is updated incrementally
+/// (RFC 1624). The transport checksum covers the addresses (through the pseudo-header) and the ports, and how
+/// it follows depends on how far the kernel finished it (``TransportChecksum``):
+/// - complete: updated incrementally, so a packet that arrived corrupt leaves corrupt and the receiver still
+///   drops it. A UDP checksum of 0 (none) is valid only over IPv4 and stays 0 there; over IPv6 it is
+///   computed in full (RFC 8200 section 8.1);
+/// - a GSO super-packet's pseudo-header sum: the address part follows, the kernel checksums each segment;
+/// - a single packet's pseudo-header sum: completed here, since the kernel takes a rewritten packet's checksum
+///   as final (docs/ARCHITECTURE.md, "Kernel facts").
 public enum NATRewrite {
-    /// Rewrites the destination address and port of `packet` to `endpoint`.
-    public static func rewriteDestination(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, to endpoint: Endpoint) {
-        rewrite(bytes, packet, addressOffset: packet.family.destinationOffset, oldAddress: packet.destination,
-                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.Offset.destinationPort, oldPort: packet.destinationPort, newPort: endpoint.port)
-    }
-
-    /// Rewrites the source address and port of `packet` to `endpoint`.
-    public static func rewriteSource(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, to endpoint: Endpoint) {
-        rewrite(bytes, packet, addressOffset: packet.family.sourceOffset, oldAddress: packet.source,
-                newAddress: endpoint.address, portOffset: packet.transportOffset + TCPHeader.Offset.sourcePort, oldPort: packet.sourcePort, newPort: endpoint.port)
-    }
-
-    static func rewrite(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket,
-                        addressOffset: Int, oldAddress: IPAddress, newAddress: IPAddress,
-                        portOffset: Int, oldPort: UInt16, newPort: UInt16) {
+    /// Rewrites the endpoints given (nil: unchanged) of `packet` in `bytes`, and its checksums.
+    public static func translate(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, source: Endpoint? = nil,
+                                 destination: Endpoint? = nil) {
         let family = packet.family
-        var addressDelta = ChecksumDelta()
-        addressDelta.replace(oldAddress, with: newAddress, family: family)
+        var addresses = ChecksumDelta(), ports = ChecksumDelta()
+        if let source {
+            addresses.replace(packet.source, with: source.address, family: family)
+            ports.replace(packet.sourcePort, with: source.port)
+            bytes.store(source.address, family: family, at: family.sourceOffset)
+            bytes.storeBigEndian(source.port, at: packet.transportOffset + TCPHeader.Offset.sourcePort)
+        }
+        if let destination {
+            addresses.replace(packet.destination, with: destination.address, family: family)
+            ports.replace(packet.destinationPort, with: destination.port)
+            bytes.store(destination.address, family: family, at: family.destinationOffset)
+            bytes.storeBigEndian(destination.port, at: packet.transportOffset + TCPHeader.Offset.destinationPort)
+        }
         if family == .v4 {
-            // The IPv4 header checksum covers the address only.
-            let ipChecksum = bytes.loadBigEndianUInt16(at: IPv4Header.Offset.checksum)
-            bytes.storeBigEndian(addressDelta.applied(to: ipChecksum), at: IPv4Header.Offset.checksum)
+            let at = IPv4Header.Offset.checksum
+            bytes.storeBigEndian(addresses.applied(to: bytes.loadBigEndianUInt16(at: at)), at: at)
         }
-        bytes.store(newAddress, family: family, at: addressOffset)
-        let checksumOffset = packet.checksumOffset
-        let l4Checksum = bytes.loadBigEndianUInt16(at: checksumOffset)
-        bytes.storeBigEndian(newPort, at: portOffset)
-        if packet.transport == .udp && l4Checksum == 0 && family == .v6 {
-            bytes.storeBigEndian(transportChecksum(bytes, packet), at: checksumOffset)
-            return
+        let at = packet.checksumOffset
+        let field = bytes.loadBigEndianUInt16(at: at)
+        switch packet.checksum {
+        case .complete:
+            if packet.transport == .udp && field == 0 {
+                if family == .v6 { bytes.storeBigEndian(transportChecksum(bytes, packet), at: at) }
+                return
+            }
+            var delta = addresses
+            delta.add(ports)
+            bytes.storeBigEndian(packet.transport == .udp ? delta.appliedToUDP(field) : delta.applied(to: field), at: at)
+        case .segmentedByKernel:
+            // Ports are not in the pseudo-header: the kernel's sum over each segment covers them.
+            bytes.storeBigEndian(addresses.appliedToSum(field), at: at)
+        case .pseudoHeaderOnly:
+            bytes.storeBigEndian(addresses.appliedToSum(field), at: at)
+            bytes.storeBigEndian(completedChecksum(bytes, packet), at: at)
         }
-        // The transport checksum covers the address (pseudo-header) and the port.
-        var l4Delta = addressDelta
-        l4Delta.replace(oldPort, with: newPort)
-        let updated = packet.transport == .udp ? l4Delta.appliedToUDP(l4Checksum) : l4Delta.applied(to: l4Checksum)
-        bytes.storeBigEndian(updated, at: checksumOffset)
     }
 
-    /// The transport checksum of `packet` as it is now in `bytes`, computed in full (the field read as 0) over
-    /// the segment: for UDP its own length field (the parser checked it fits the packet), for TCP the rest of
-    /// the packet.
-    static func transportChecksum(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UInt16 {
+    /// The bytes of `packet`'s transport segment as its checksum counts them: for UDP its own length field
+    /// (the parser checked it fits the packet), for TCP the rest of the packet.
+    private static func segment(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UnsafeRawBufferPointer {
         let raw = UnsafeRawBufferPointer(bytes)
-        let source = raw.loadAddress(packet.family, at: packet.family.sourceOffset)
-        let destination = raw.loadAddress(packet.family, at: packet.family.destinationOffset)
+        let length = packet.transport == .udp
+            ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + UDPHeader.Offset.length)) : packet.transportLength
+        return UnsafeRawBufferPointer(rebasing: raw[packet.transportOffset..<(packet.transportOffset + length)])
+    }
+
+    /// The transport checksum of `packet` as it is now in `bytes`, computed in full (the field read as 0).
+    static func transportChecksum(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UInt16 {
         bytes.storeBigEndian(UInt16(0), at: packet.checksumOffset)
-        let length = packet.transport == .udp ? Int(raw.loadBigEndianUInt16(at: packet.transportOffset + UDPHeader.Offset.length))
-                                              : packet.transportLength
-        let pseudo = InternetChecksum.pseudoHeaderSum(source: source, destination: destination, family: packet.family,
-                                                      protocol: packet.transport.protocolNumber, length: length)
-        let checksum = InternetChecksum.compute(
-            UnsafeRawBufferPointer(rebasing: raw[packet.transportOffset..<(packet.transportOffset + length)]), initial: pseudo)
+        let raw = UnsafeRawBufferPointer(bytes)
+        let segment = segment(bytes, packet)
+        let pseudo = InternetChecksum.pseudoHeaderSum(
+            source: raw.loadAddress(packet.family, at: packet.family.sourceOffset),
+            destination: raw.loadAddress(packet.family, at: packet.family.destinationOffset),
+            family: packet.family, protocol: packet.transport.protocolNumber, length: segment.count)
+        let checksum = InternetChecksum.compute(segment, initial: pseudo)
+        return packet.transport == .udp && checksum == 0 ? 0xFFFF : checksum
+    }
+
+    /// The checksum of a segment whose checksum field holds the pseudo-header sum: the sum over the segment,
+    /// field included, complemented.
+    private static func completedChecksum(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket) -> UInt16 {
+        let checksum = InternetChecksum.compute(segment(bytes, packet))
         return packet.transport == .udp && checksum == 0 ? 0xFFFF : checksum
     }
 }

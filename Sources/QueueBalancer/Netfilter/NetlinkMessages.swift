@@ -13,15 +13,31 @@ enum NetlinkLayout {
     static let attributeVerdictHeader: UInt16 = 2       // NFQA_VERDICT_HDR
     static let attributeMark: UInt16 = 3                // NFQA_MARK
     static let attributePayload: UInt16 = 10            // NFQA_PAYLOAD
+    static let attributeSKBInfo: UInt16 = 14            // NFQA_SKB_INFO
     static let requestFlag: UInt16 = 1                  // NLM_F_REQUEST
 
     static func align(_ n: Int) -> Int { (n + 3) & ~3 }
 }
 
-/// One queued packet inside a received message: its id and its bytes (a slice of the receive buffer).
+/// What the kernel says about a queued packet's buffer (NFQA_SKB_INFO), when the queue has NFQA_CFG_F_GSO.
+public struct PacketInfo: OptionSet, Sendable {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// The transport checksum is not finished (CHECKSUM_PARTIAL): its field holds only the pseudo-header sum
+    /// (NFQA_SKB_CSUMNOTREADY). Without F_GSO the kernel finishes it before queueing.
+    public static let checksumNotReady = PacketInfo(rawValue: 1 << 0)
+    /// A GSO super-packet: many segments in one, which the kernel splits (and checksums) on the way out
+    /// (NFQA_SKB_GSO).
+    public static let gso = PacketInfo(rawValue: 1 << 1)
+}
+
+/// One queued packet inside a received message: its id, its bytes (a slice of the receive buffer) and what
+/// the kernel says about them.
 public struct PacketMessage {
     public var packetID: UInt32
     public var payload: UnsafeMutableRawBufferPointer
+    public var info: PacketInfo = []
 
     /// Reads the packet id and payload out of one netlink message; nil for anything else (errors, other
     /// message types, messages that are truncated). Lengths are validated before any load.
@@ -37,6 +53,7 @@ public struct PacketMessage {
         var offset = NetlinkLayout.attributesOffset
         var id: UInt32?
         var payload: UnsafeMutableRawBufferPointer?
+        var info = PacketInfo()
         while offset + 4 <= length {
             let attributeLength = Int(raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
             let attributeType = raw.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self) & 0x3FFF
@@ -48,13 +65,16 @@ public struct PacketMessage {
                 id = UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: valueStart, as: UInt32.self))
             case NetlinkLayout.attributePayload:
                 payload = UnsafeMutableRawBufferPointer(rebasing: message[valueStart..<(valueStart + valueLength)])
+            case NetlinkLayout.attributeSKBInfo where valueLength >= 4:
+                info = PacketInfo(rawValue: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: valueStart, as: UInt32.self)))
             default:
                 break
             }
             offset += NetlinkLayout.align(attributeLength)
         }
         guard let id else { return nil }
-        return PacketMessage(packetID: id, payload: payload ?? UnsafeMutableRawBufferPointer(start: nil, count: 0))
+        return PacketMessage(packetID: id, payload: payload ?? UnsafeMutableRawBufferPointer(start: nil, count: 0),
+                             info: info)
     }
 }
 

@@ -20,6 +20,8 @@ public struct IPPacket {
     public var tcpFlags: TCPFlags
     /// IPv4: the DF flag; IPv6 packets are never fragmented on the way, so always true.
     public var dontFragment: Bool
+    /// How far the transport checksum is finished (not in the bytes: the kernel says, ``PacketInfo``).
+    public var checksum: TransportChecksum = .complete
 
     /// Offset of the transport header.
     public var transportOffset: Int { headerLength }
@@ -153,6 +155,22 @@ public struct IPPacket {
             sourcePort: segment.loadBigEndianUInt16(at: TCPHeader.Offset.sourcePort),
             destinationPort: segment.loadBigEndianUInt16(at: TCPHeader.Offset.destinationPort),
             tcpFlags: flags, dontFragment: dontFragment))
+    }
+}
+
+/// How far a queued packet's transport checksum is finished, from what the kernel says about its buffer.
+public enum TransportChecksum: Sendable {
+    /// Complete and valid: the kernel finished it before queueing (always, on a queue without GSO).
+    case complete
+    /// The field holds the pseudo-header sum only, and the packet leaves as it is: a rewrite must complete it,
+    /// because the kernel takes a rewritten packet's checksum as final.
+    case pseudoHeaderOnly
+    /// A GSO super-packet: the field holds the pseudo-header sum, and the kernel checksums each segment when
+    /// it splits the packet.
+    case segmentedByKernel
+
+    public init(_ info: PacketInfo) {
+        self = info.contains(.gso) ? .segmentedByKernel : info.contains(.checksumNotReady) ? .pseudoHeaderOnly : .complete
     }
 }
 

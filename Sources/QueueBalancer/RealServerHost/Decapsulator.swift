@@ -24,7 +24,9 @@ public struct Decapsulator: PacketProcessor {
         self.vips = vips
     }
 
-    public func handle(_ bytes: UnsafeMutableRawBufferPointer, now: UInt64, counters: inout CounterBatch) -> Verdict {
+    /// Its queue has no GSO: `info` is always empty.
+    public func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64,
+                       counters: inout CounterBatch) -> Verdict {
         let raw = UnsafeRawBufferPointer(bytes)
         guard raw.count >= 1 else { counters.count(.droppedMalformed); return .drop }
         switch raw[0] >> 4 {

@@ -60,7 +60,7 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
                 continue
             }
             local.count(.received)
-            let verdict = processor.handle(message.payload, now: now, counters: &local)
+            let verdict = processor.handle(message.payload, info: message.info, now: now, counters: &local)
             let packet = UnsafeRawBufferPointer(message.payload)
             if !encoder.encode(verdict, id: message.packetID, packet: packet, counters: &local) {
                 encoder.flush(to: socket, counters: &local)
