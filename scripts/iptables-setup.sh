@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Installs (up) or removes (down) what nfqlb needs in the current network namespace:
 #   - the iptables rules `nfqlb rules --config FILE` prints (raw table, chain NFQLB-PREROUTING, one jump
-#     from PREROUTING), applied with iptables-restore --noflush, and for IPv6 services the ip6tables rules
-#     `nfqlb rules --config FILE --family ipv6` prints, applied with ip6tables-restore --noflush;
+#     from PREROUTING; with `offload: conntrack` services also mangle NFQLB-OFFLOAD from PREROUTING and nat
+#     NFQLB-DNAT from PREROUTING and NFQLB-SNAT from POSTROUTING), applied with iptables-restore --noflush,
+#     and for IPv6 services the ip6tables rules `nfqlb rules --config FILE --family ipv6` prints, applied with
+#     ip6tables-restore --noflush;
 #   - for DR services, the policy routing `nfqlb rules --config FILE --routes [--family ipv6]` prints (one
 #     fwmark rule and one table per real server), applied with ip -4/-6 -batch, and send_redirects=0;
 #   - the sysctls of the balancer: ip_forward=1 (NAT forwards), rp_filter=0 (rewritten replies come from the
 #     VIP on the server-side interface), accept_local=1 (needed when the VIP is also a local address); with
 #     IPv6 services net.ipv6.conf.all.forwarding=1 (which also makes every interface a router: interfaces
 #     then ignore router advertisements, so a balancer configured by SLAAC needs a static default route; and
-#     `down` writes the saved `all` value back, which resets every interface's own forwarding setting).
+#     `down` writes the saved `all` value back, which resets every interface's own forwarding setting); with
+#     offloaded services net.netfilter.nf_conntrack_acct=1 (per-connection counters in conntrack's events)
+#     and nf_conntrack_tcp_loose=1 (DR: the kernel takes a connection up at its first ACK).
 # `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
 # sysctls are saved with their previous value the first time, and `down` restores exactly those.
 #
@@ -17,7 +21,9 @@
 # The nfqlb binary is found through $NFQLB, then PATH, then this package's release or debug build.
 set -euo pipefail
 
-chain=NFQLB-PREROUTING
+# Each chain nfqlb owns: table, chain, the built-in chain that jumps to it.
+chains=("raw NFQLB-PREROUTING PREROUTING" "mangle NFQLB-OFFLOAD PREROUTING" "nat NFQLB-DNAT PREROUTING"
+        "nat NFQLB-SNAT POSTROUTING")
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 netns_id=$(stat -L -c %i /proc/self/ns/net)
@@ -55,14 +61,17 @@ remove_routes() {
 }
 
 remove_rules() {
-    local tool
+    local tool entry table chain hook
     for tool in iptables ip6tables; do
         command -v "$tool" >/dev/null || continue
-        while "$tool" -w -t raw -D PREROUTING -j "$chain" 2>/dev/null; do :; done
-        if "$tool" -w -t raw -S "$chain" >/dev/null 2>&1; then
-            "$tool" -w -t raw -F "$chain"
-            "$tool" -w -t raw -X "$chain"
-        fi
+        for entry in "${chains[@]}"; do
+            read -r table chain hook <<<"$entry"
+            while "$tool" -w -t "$table" -D "$hook" -j "$chain" 2>/dev/null; do :; done
+            if "$tool" -w -t "$table" -S "$chain" >/dev/null 2>&1; then
+                "$tool" -w -t "$table" -F "$chain"
+                "$tool" -w -t "$table" -X "$chain"
+            fi
+        done
     done
 }
 
@@ -97,6 +106,10 @@ up() {
     done
     set_sysctl net.ipv4.conf.all.accept_local 1
     [ -n "$rules6" ] && set_sysctl net.ipv6.conf.all.forwarding 1
+    if grep -q '^\*mangle$' <<<"$rules$rules6"; then
+        set_sysctl net.netfilter.nf_conntrack_acct 1
+        set_sysctl net.netfilter.nf_conntrack_tcp_loose 1
+    fi
     routes=$("$nfqlb" rules --config "$config" --routes 2>/dev/null) || die "nfqlb refused $config"
     routes6=$("$nfqlb" rules --config "$config" --routes --family ipv6 2>/dev/null) || die "nfqlb refused $config"
     for dev in all default $(ls /proc/sys/net/ipv4/conf); do

@@ -47,6 +47,19 @@ struct EndToEndTests {
         }
     }
 
+    /// The conntrack fast path in NAT and FULLNAT, both families: nfqlb schedules each connection's first
+    /// packet, the kernel's conntrack and NAT carry the rest (and translate the real server's ICMP error).
+    @Test(arguments: ["nat", "fullnat"], [false, true])
+    func offloadedToConntrack(mode: String, ipv6: Bool) throws {
+        let output = try EndToEnd.run("offload", ipv6: ipv6, environment: ["MODE": mode])
+        for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
+                     "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
+                     "offloaded first packets: 93 of 93 queued", EndToEnd.icmpTranslated] {
+            #expect(output.contains(line), "\(mode)")
+        }
+        if mode == "fullnat" { #expect(output.contains("fullnat peer: ")) }
+    }
+
     /// Two queues: the two directions of each connection land on different workers sharing one table.
     @Test func twoQueuesShareOneConnectionTable() throws {
         let output = try EndToEnd.run("multiqueue")
@@ -88,6 +101,15 @@ struct DirectReturnEndToEndTests {
     @Test func directRoutingBalancesAndRepliesBypassTheBalancer() throws {
         let output = try EndToEnd.run("dr", script: "direct-return.sh")
         for line in ["distribution dr r1=10 r2=10 r3=10", "copy range: 160 bytes", "gso super-packets: "] + Self.common {
+            #expect(output.contains(line))
+        }
+    }
+
+    /// DR with the conntrack fast path: the kernel keeps each connection's mark; nfqlb sees its first packets.
+    @Test(arguments: [false, true])
+    func directRoutingOffloadedToConntrack(ipv6: Bool) throws {
+        let output = try EndToEnd.run("dr", script: "direct-return.sh", ipv6: ipv6, environment: ["OFFLOAD": "1"])
+        for line in ["distribution dr r1=10 r2=10 r3=10", "offloaded first packets: "] + Self.common {
             #expect(output.contains(line))
         }
     }
@@ -165,7 +187,9 @@ enum EndToEnd {
 
     /// Runs `Tests/e2e/SCRIPT SCENARIO` (with IPv6 addresses when `ipv6`); fails the test with the script's
     /// output when it exits non-zero.
-    static func run(_ scenario: String, script: String = "nat.sh", ipv6: Bool = false, crossFamily: Bool = false) throws -> String {
+    /// `environment` adds to the script's environment (MODE, OFFLOAD).
+    static func run(_ scenario: String, script: String = "nat.sh", ipv6: Bool = false, crossFamily: Bool = false,
+                    environment extra: [String: String] = [:]) throws -> String {
         let binary = ProcessInfo.processInfo.environment["NFQLB"]
             ?? packageRoot.appendingPathComponent(".build/debug/nfqlb").path
         guard FileManager.default.isExecutableFile(atPath: binary) else {
@@ -179,6 +203,7 @@ enum EndToEnd {
         environment["NFQLB"] = binary
         environment["LAB_FAMILY"] = ipv6 ? "6" : "4"
         environment["LAB_CROSS"] = crossFamily ? "1" : "0"
+        environment.merge(extra) { _, given in given }
         process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe

@@ -36,8 +36,8 @@ lab_unmask_signals "$@"
 
 scenario=${1:-all}
 case "$scenario" in
-    rr|wrr|download|udp|local-vip|multiqueue|fullnat|all) ;;
-    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|multiqueue|fullnat|all]" >&2; exit 2 ;;
+    rr|wrr|download|udp|local-vip|multiqueue|fullnat|offload|all) ;;
+    *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|multiqueue|fullnat|offload|all]" >&2; exit 2 ;;
 esac
 [ -n "${NFQLB:-}" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
 [[ $NFQLB == /* ]] && [ -x "$NFQLB" ] || fail "NFQLB=$NFQLB is not an executable absolute path"
@@ -75,12 +75,14 @@ pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 
 # write_config FILE TCP_SCHEDULER W1 W2 W3: TCP 203.0.113.10:80 -> :8080 with that scheduler and weights;
 # UDP 203.0.113.10:53 -> :5353, rr 1:1:1.
-# MODE (nat or fullnat, default nat) and QUEUES (default [0]) come from the environment. A TCP service on
-# port 9000 (upload sinks) is always there.
+# MODE (nat or fullnat, default nat), QUEUES (default [0]) and OFFLOAD (set: every service has
+# `offload: conntrack`) come from the environment. A TCP service on port 9000 (upload sinks) is always there.
 write_config() {
     local mode=${MODE:-nat} locals=""
     [ "$mode" = fullnat ] && locals="
     local-addresses: [$LAB_LIP]"
+    [ -n "${OFFLOAD:-}" ] && locals="$locals
+    offload: conntrack"
     cat > "$1" <<YAML
 queues: ${QUEUES:-[0]}
 services:
@@ -127,15 +129,23 @@ stop_and_check() {
     echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
     local forwarded replied counter value
     forwarded=$(stat_value forwarded); replied=$(stat_value replied)
-    [ "${forwarded:-0}" -gt 0 ] && [ "${replied:-0}" -gt 0 ] ||
-        fail "nfqlb counted no rewritten packets (forwarded=${forwarded:-?} replied=${replied:-?})"
+    if [ -n "${OFFLOAD:-}" ]; then
+        # The kernel carries the connections: nfqlb sees about one packet of each, and rewrites none.
+        value=$(stat_value offloaded)
+        [ "${value:-0}" -gt 0 ] && [ "${forwarded:-0}" = 0 ] && [ "${replied:-0}" = 0 ] ||
+            fail "offload: offloaded=${value:-?} forwarded=${forwarded:-?} replied=${replied:-?}"
+        echo "offloaded first packets: $value of $(stat_value received) queued"
+    else
+        [ "${forwarded:-0}" -gt 0 ] && [ "${replied:-0}" -gt 0 ] ||
+            fail "nfqlb counted no rewritten packets (forwarded=${forwarded:-?} replied=${replied:-?})"
+    fi
     for counter in dropped_malformed dropped_fragment dropped_no_connection dropped_no_real_server dropped_table_full \
                    dropped_conflict dropped_ports_exhausted dropped_verdict_send kernel_messages receive_errors \
                    receive_overruns kernel_queue_dropped kernel_user_dropped; do
         value=$(stat_value "$counter")
         [ "$value" = 0 ] || fail "nfqlb counter $counter = '$value' (want 0)"
     done
-    if [ -n "${bulk_ran:-}" ]; then
+    if [ -n "${bulk_ran:-}" ] && [ -z "${OFFLOAD:-}" ]; then
         # The queues have NFQA_CFG_F_GSO: the bulk transfer's segments reach nfqlb merged into super-packets.
         value=$(stat_value gso_packets)
         [ "${value:-0}" -gt 0 ] || fail "no GSO super-packet reached nfqlb during the bulk transfer"
@@ -242,6 +252,17 @@ PY
     pass "udp: 30 datagrams from 30 source ports answered from $LAB_VIP:53, every server seen"
 }
 
+# fullnat_peers_check: the real servers' HTTP logs name the peer of each accepted connection since the skip
+# marks: only the local address.
+fullnat_peers_check() {
+    local peers
+    peers=$(for i in 1 2 3; do tail -n +$((skip[$i] + 1)) "$LAB_TMP/http$i.log"; done | awk '/GET/ { print $1 }' | sort -u | tr '\n' ' ')
+    echo "real servers saw peers: $peers"
+    [ "$peers" = "$LAB_LIP " ] || fail "fullnat: real servers saw peers '$peers', want only the local address"
+    echo "fullnat peer: $LAB_LIP"
+    pass "fullnat: no gateway on the real servers, every connection from the local address"
+}
+
 # Checksum error counters of the client, the real servers and the balancer before any traffic through the VIP.
 declare -a skip
 csum_snapshot
@@ -267,12 +288,22 @@ case "$scenario" in
         run_download
         upload_check "$LAB_VIP" 3145728
         run_udp
-        # The real servers' HTTP logs name the peer of each accepted connection: only the local address.
-        peers=$(for i in 1 2 3; do tail -n +$((skip[$i] + 1)) "$LAB_TMP/http$i.log"; done | awk '/GET/ { print $1 }' | sort -u | tr '\n' ' ')
-        echo "real servers saw peers: $peers"
-        [ "$peers" = "$LAB_LIP " ] || fail "fullnat: real servers saw peers '$peers', want only the local address"
-        echo "fullnat peer: $LAB_LIP"
-        pass "fullnat: no gateway on the real servers, every connection from the local address" ;;
+        fullnat_peers_check ;;
+    offload)
+        # The conntrack fast path: nfqlb schedules each connection's first packet, the kernel's conntrack and
+        # NAT carry the rest (MODE=fullnat: with the real servers' routes back removed, as above).
+        if [ "${MODE:-nat}" = fullnat ]; then
+            for i in 1 2 3; do ip -n "${P}r$i" -4 route del default; ip -n "${P}r$i" -6 route del default; done
+            for i in 1 2 3; do skip[$i]=$(wc -l < "$LAB_TMP/http$i.log"); done
+        fi
+        OFFLOAD=1 write_config "$LAB_TMP/offload.yaml" rr 1 1 1
+        export OFFLOAD=1
+        nfqlb_start "$LAB_TMP/offload.yaml"
+        run_rr
+        run_download
+        upload_check "$LAB_VIP" 3145728
+        run_udp
+        if [ "${MODE:-nat}" = fullnat ]; then fullnat_peers_check; fi ;;
     multiqueue)
         # Two queues with --queue-balance 0:1: the kernel hashes addresses only, so a connection's two
         # directions land on different queues and two workers share one connection table.

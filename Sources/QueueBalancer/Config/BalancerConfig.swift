@@ -62,6 +62,8 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     /// `drain`: seconds a real server left out of a new config keeps its established TCP connections
     /// (``RealServerLifecycle/draining``); 0 = removed at once.
     public var drain: UInt64 = 0
+    /// `offload`: who carries a connection after its first packet (``Offload``).
+    public var offload = Offload.none
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
                 mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wlc, reals: [RealServer],
@@ -80,6 +82,17 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var endpoint: Endpoint { Endpoint(address: vip, port: port) }
 
     public var description: String { "\(endpoint)/\(transport)" }
+}
+
+/// Who carries a connection after nfqlb has scheduled it (`offload` in the config).
+public enum Offload: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// nfqlb handles every packet of the connection in user space (the Swift path).
+    case none
+    /// nfqlb schedules the first packet and marks it; the kernel's conntrack (and NAT) carries the rest of the
+    /// connection, in both directions (``ConntrackOffload``).
+    case conntrack
+
+    public var description: String { rawValue }
 }
 
 /// A real server behind a virtual service, like one `ipvsadm -a -r RIP:port -w weight` line.

@@ -203,7 +203,7 @@ private struct Reader {
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
-            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops", "drain",
+            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops", "drain", "offload",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -304,6 +304,17 @@ private struct Reader {
                     throw fail(node, "ops is not available with fullnat (each datagram would need its own local port)")
                 }
                 guard map["persistence"] == nil else { throw fail(node, "ops and persistence exclude each other") }
+            }
+        }
+        if let node = map["offload"] {
+            service.offload = try choice(node, "offload", Offload.self)
+            if service.offload == .conntrack {
+                guard mode != .tun else {
+                    throw fail(node, "offload: conntrack needs the kernel to carry the connection, and for tun it would need ipip, which this kernel lacks (use offload: none)")
+                }
+                guard !service.onePacket else {
+                    throw fail(node, "offload: conntrack keeps each flow on one real server; ops schedules every datagram on its own")
+                }
             }
         }
         if let node = map["persistence"] {

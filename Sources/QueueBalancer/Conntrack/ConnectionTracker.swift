@@ -61,7 +61,15 @@ public final class ConnectionTracker: Sendable {
         var real: RealServerID
         /// FULLNAT: where the connection leaves from; nil for the modes that keep the client's address.
         var local: LocalAddress? = nil
+        /// The conntrack fast path: the kernel carries the connection; the entry only remembers the choice for
+        /// the packets queued before the kernel took over (``handoffTimeout``), and is not counted.
+        var offloaded = false
     }
+
+    /// How long an offloaded connection's entry outlives its last queued packet, whatever its state: long
+    /// enough for the packets the kernel queues before its connection has the mark (a UDP burst, DR's first
+    /// ACK), short enough that entries do not pile up at high connection rates.
+    static let handoffTimeout: UInt64 = 10_000
 
     /// A live connection as a lookup returns it: both keys and the real server's number.
     struct Connection: Sendable, Equatable {
@@ -189,7 +197,7 @@ public final class ConnectionTracker: Sendable {
                 if entry.expires > now && !restarts && !moves && lifecycle != .removed {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
                     table.changeState(found, to: state)
-                    table.setExpiry(found, now &+ timeouts.timeout(state))
+                    table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
                     if entry.allocator != nil {
                         return .forwardTranslated(entry.reply.source, local: entry.reply.destination,
                                                   real: entry.real, created: false)
@@ -223,8 +231,9 @@ public final class ConnectionTracker: Sendable {
             }
             let state: ConnectionState = isTCP ? ConnectionState.none.next(after: flags, direction: .inbound) : .udp
             table.entries[slot] = ConnectionEntry(
-                inbound: key, reply: reply, expires: now &+ timeouts.timeout(state),
-                real: assignment.real, state: state, live: true, nextFree: -1, allocator: assignment.local?.allocator)
+                inbound: key, reply: reply, expires: now &+ lifetime(state, offloaded: assignment.offloaded),
+                real: assignment.real, state: state, live: true, nextFree: -1, allocator: assignment.local?.allocator,
+                offloaded: assignment.offloaded)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
             table.setExpiry(slot, table.entries[slot].expires)
@@ -234,6 +243,11 @@ public final class ConnectionTracker: Sendable {
             }
             return .forward(assignment.realServer, real: assignment.real, created: true)
         }
+    }
+
+    /// How long a connection in `state` lives without a packet.
+    private func lifetime(_ state: ConnectionState, offloaded: Bool) -> UInt64 {
+        offloaded ? ConnectionTracker.handoffTimeout : timeouts.timeout(state)
     }
 
     /// One-packet scheduling (`ops`, UDP, NAT): the datagram was scheduled on its own to `assignment`; make
@@ -254,7 +268,7 @@ public final class ConnectionTracker: Sendable {
             guard let slot = table.allocate() else { return false }
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: reply, expires: expires, real: assignment.real, state: .udp, live: true,
-                nextFree: -1, allocator: nil)
+                nextFree: -1, allocator: nil, offloaded: false)
             // Indexed by the reply key only; the inbound index keeps a (never looked up) reference so that
             // removal stays uniform.
             table.insert(slot, hash: hasher.hash(key), direction: .inbound)
@@ -281,7 +295,7 @@ public final class ConnectionTracker: Sendable {
             }
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
             table.changeState(found, to: state)
-            table.setExpiry(found, now &+ timeouts.timeout(state))
+            table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
             return entry.connection
         }
     }

@@ -24,6 +24,8 @@ struct ConnectionEntry {
     var nextFree: Int32
     /// FULLNAT: the allocator of the local port (`reply.destination.port`), given back on removal.
     var allocator: PortAllocatorID?
+    /// The conntrack fast path carries the connection: the entry is not counted.
+    var offloaded: Bool
 
     func key(_ direction: ConnectionState.Direction) -> FlowKey {
         direction == .inbound ? inbound : reply
@@ -139,7 +141,7 @@ struct StripeTable: ~Copyable {
                              destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
             reply: FlowKey(source: Endpoint(address: IPAddress(high: 0, low: 0), port: 0),
                            destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp),
-            expires: 0, real: 0, state: .none, live: false, nextFree: -1, allocator: nil))
+            expires: 0, real: 0, state: .none, live: false, nextFree: -1, allocator: nil, offloaded: false))
         return highWater - 1
     }
 
@@ -150,8 +152,10 @@ struct StripeTable: ~Copyable {
         slots[i] = IndexSlot(hash: tag, reference: Int32(entry) << 1 | Int32(direction.rawValue))
     }
 
-    /// Adds `delta` to the load of `entry`'s real server, in the active or inactive count by its state.
+    /// Adds `delta` to the load of `entry`'s real server, in the active or inactive count by its state (an
+    /// offloaded connection is counted from the kernel's events instead).
     func count(_ entry: Int, _ delta: Int) {
+        guard !entries[entry].offloaded else { return }
         loads[entries[entry].real.index].add(delta, active: entries[entry].state == .established)
     }
 

@@ -12,6 +12,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case forwarded
     /// Real server -> client replies rewritten to come from the VIP (NAT, FULLNAT; accepted).
     case replied
+    /// Conntrack fast path: first packets of a connection handed to the kernel with their real server's mark
+    /// (NF_REPEAT); the kernel carries the rest of the connection.
+    case offloaded
     /// New connections scheduled (a subset of `forwarded`).
     case connectionsCreated
     /// Connections removed because their timeout passed.
@@ -90,6 +93,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .received: "received"
         case .forwarded: "forwarded"
         case .replied: "replied"
+        case .offloaded: "offloaded"
         case .connectionsCreated: "connections_created"
         case .connectionsExpired: "connections_expired"
         case .droppedMalformed: "dropped_malformed"

@@ -167,7 +167,8 @@ public final class PacketHandler: PacketProcessor {
         guard let index = chosen else { return nil }
         let number = service.numbers[index]
         return ConnectionTracker.Assignment(realServer: service.reals[index], real: number,
-                                            local: table.forwarders[number.index].localAddress(for: flow))
+                                            local: table.forwarders[number.index].localAddress(for: flow),
+                                            offloaded: service.offloaded)
     }
 
     /// Every client packet keeps its network's template alive (IPVS: while the template controls connections),

@@ -15,6 +15,8 @@ final class ServiceTable: Sendable {
         let templates: PersistenceTemplates?
         /// `ops`: every datagram scheduled on its own.
         let onePacket: Bool
+        /// `offload: conntrack`: the kernel carries the connection after its first packet.
+        let offloaded: Bool
     }
 
     /// The match fields of a service: plain values, so matching a packet retains nothing.
@@ -48,6 +50,7 @@ final class ServiceTable: Sendable {
                      tunnelPaths: [IPAddress: TunnelPath], now: UInt64) throws(ConfigUpdateError) {
         let registry = tracker.registry
         let directRoutes = config.directRoutes
+        let offloadMarks = ConntrackOffload.marks(for: config)
         // The steps that can fail, before anything changes: room in the registry, then each real server's
         // forwarder (a FULLNAT port allocator created for a refused config stays, unused, until a restart).
         do {
@@ -63,7 +66,7 @@ final class ServiceTable: Sendable {
             var list: [Forwarder] = []
             for real in service.reals {
                 list.append(try Forwarder(service: service, real: real, tracker: tracker, directRoutes: directRoutes,
-                                          tunnelPaths: tunnelPaths))
+                                          offloadMarks: offloadMarks, tunnelPaths: tunnelPaths))
             }
             forwardersByService.append(list)
         }
@@ -85,7 +88,8 @@ final class ServiceTable: Sendable {
                 key: key, reals: service.reals.map(\.endpoint), numbers: numbers[index], loads: loads,
                 scheduler: service.scheduler.makeScheduler(loads: loads, options: service.schedulerOptions,
                                                            names: service.reals.map(\.endpoint)),
-                templates: Self.templates(for: service, key: key, previous: previous), onePacket: service.onePacket))
+                templates: Self.templates(for: service, key: key, previous: previous), onePacket: service.onePacket,
+                offloaded: service.offload == .conntrack))
         }
         self.init(services: services, forwarders: forwarders)
     }
@@ -136,12 +140,13 @@ public struct ConfigUpdateError: Error, Equatable, CustomStringConvertible {
         try fixed("timeouts", old.timeouts == new.timeouts)
         try fixed("fwmark-base", old.fwmarkBase == new.fwmarkBase)
         try fixed("fullnat-ports", old.fullnatPorts == new.fullnatPorts)
-        if !queues.wholePackets, let service = new.services.first(where: { $0.mode.method.queueNeeds.wholePackets }) {
-            throw ConfigUpdateError(reason: "the queues copy packet headers only (every service was DR): a \(service.mode) service needs a restart")
+        if !queues.wholePackets, let service = new.services.first(where: { QueueNeeds(for: $0).wholePackets }) {
+            throw ConfigUpdateError(reason: "the queues copy packet headers only (every service was DR or offloaded): a \(service.mode) service needs a restart")
         }
-        if queues.gsoSuperPackets, let service = new.services.first(where: { !$0.mode.method.queueNeeds.gsoSuperPackets }) {
+        if queues.gsoSuperPackets, let service = new.services.first(where: { !QueueNeeds(for: $0).gsoSuperPackets }) {
             throw ConfigUpdateError(reason: "the queues deliver GSO super-packets, which a \(service.mode) service cannot take: restart")
         }
         try DirectRoutingForwarder.checkMarks(from: old, to: new)
+        try ConntrackOffload.checkMarks(from: old, to: new)
     }
 }

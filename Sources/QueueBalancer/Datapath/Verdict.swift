@@ -8,6 +8,9 @@ public enum Verdict: Equatable, Sendable {
     case drop
     /// NF_ACCEPT, packet unchanged, with this fwmark (DR: policy routing steers it to the real server).
     case acceptMarked(Fwmark)
+    /// NF_REPEAT, packet unchanged, with this fwmark: the packet runs its hook's chain again, which saves the
+    /// mark in the kernel's connection (the conntrack fast path, ``ConntrackOffload``).
+    case repeatMarked(Fwmark)
     /// NF_ACCEPT with the whole buffer as rewritten in place, marked ``Fwmark/translated``.
     case acceptRewritten
     /// NF_ACCEPT with the packet replaced by `length` bytes of the buffer from `offset` (an ICMP answer built

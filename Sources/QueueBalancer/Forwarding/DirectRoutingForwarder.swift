@@ -7,16 +7,34 @@ struct DirectRoutingForwarder: DirectReturnMethod {
 
     /// The real server's mark: its policy route.
     let mark: Fwmark
+    /// The conntrack fast path: the mark is given to the kernel's connection, which keeps it for later packets.
+    let offloaded: Bool
 
-    init(real: RealServer, routes: [DirectRoute]) throws(ConfigUpdateError) {
+    init(real: RealServer, routes: [DirectRoute], offloaded: Bool) throws(ConfigUpdateError) {
         guard let route = routes.first(where: { $0.realServer == real.address }) else {
             throw ConfigUpdateError(reason: "DR real server \(real.address) has no fwmark route")
         }
         mark = route.mark
+        self.offloaded = offloaded
+    }
+
+    /// Offloaded, the kernel sees only the client's direction of a connection: its conntrack would call the
+    /// client's first ACK after a SYN it saw invalid (it never sees the real server's SYN-ACK). So the SYN stays
+    /// untracked, and conntrack picks the connection up at its first ACK, already established (loose pickup,
+    /// `nf_conntrack_tcp_loose`, on by default). nfqlb then sees a connection's SYN and first ACK, and gives
+    /// both the same mark.
+    static func offloadRules(for service: VirtualService, marks: [ConntrackOffload.MarkKey: Fwmark],
+                             config: BalancerConfig) -> [ChainRule] {
+        guard service.transport == .tcp else { return [] }
+        return [ChainRule(chain: .raw, rule: "-d \(IptablesRules.host(service.vip)) -p tcp -m tcp --dport \(service.port) --tcp-flags SYN,ACK,RST SYN -m comment --comment \"nfqlb \(service.mode) \(service): SYN untracked, conntrack takes the connection up at its first ACK\" -j CT --notrack")]
     }
 
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
+        if offloaded {
+            counters.count(.offloaded)
+            return .repeatMarked(mark)
+        }
         counters.count(.forwarded)
         return .acceptMarked(mark)
     }

@@ -21,6 +21,10 @@ protocol ForwardingMethod: Sendable {
     /// Addresses this method writes as packets' sources, which packets arriving from outside must therefore
     /// never carry (dropped before queueing).
     static func spoofableSources(for service: VirtualService) -> [IPAddress]
+    /// With `offload: conntrack`, the rules that make the kernel carry the connection after nfqlb marked its
+    /// first packet (NAT: a DNAT per mark; FULLNAT: also an SNAT; DR: a rule that leaves the SYN untracked).
+    static func offloadRules(for service: VirtualService, marks: [ConntrackOffload.MarkKey: Fwmark],
+                             config: BalancerConfig) -> [ChainRule]
 
     /// A client -> VIP packet of `connection`.
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
@@ -42,6 +46,15 @@ extension ForwardingMethod {
     static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] { [] }
     static func errorSources(for service: VirtualService) -> [QueueRule] { [] }
     static func spoofableSources(for service: VirtualService) -> [IPAddress] { [] }
+    static func offloadRules(for service: VirtualService, marks: [ConntrackOffload.MarkKey: Fwmark],
+                             config: BalancerConfig) -> [ChainRule] { [] }
+
+    /// The DNAT of an offloaded connection to `real`, for packets carrying `mark`.
+    static func destinationNAT(_ service: VirtualService, to real: RealServer, mark: Fwmark) -> ChainRule {
+        let proto = service.transport.description
+        let target = real.address.isIPv4 ? "\(real.address):\(real.port)" : "[\(real.address)]:\(real.port)"
+        return ChainRule(chain: .destinationNAT, rule: "-d \(IptablesRules.host(service.vip)) -p \(proto) -m \(proto) --dport \(service.port) -m mark --mark \(mark)/\(ConntrackOffload.markMask) -m comment --comment \"nfqlb \(service.mode) \(service): offloaded to \(real.endpoint)\" -j DNAT --to-destination \(target)")
+    }
 }
 
 /// The methods whose real servers answer the client directly (DR, TUN): nothing of their connections comes
@@ -77,12 +90,19 @@ struct QueueNeeds: Sendable, Equatable {
     /// tell whether each segment fits the tunnel (docs/ARCHITECTURE.md, "Kernel facts").
     var gsoSuperPackets: Bool
 
-    /// What the queues must deliver for `config`: whole packets when any method needs them, GSO super-packets
-    /// only when every method can take them.
+    /// What the queues must deliver for `config`: whole packets when any service needs them, GSO super-packets
+    /// only when every service can take them.
     init(for config: BalancerConfig) {
-        let methods = config.services.map { $0.mode.method.queueNeeds }
-        wholePackets = methods.isEmpty || methods.contains { $0.wholePackets }
-        gsoSuperPackets = !methods.isEmpty && methods.allSatisfy { $0.gsoSuperPackets }
+        let services = config.services.map(QueueNeeds.init(for:))
+        wholePackets = services.isEmpty || services.contains { $0.wholePackets }
+        gsoSuperPackets = !services.isEmpty && services.allSatisfy { $0.gsoSuperPackets }
+    }
+
+    /// What one service needs: its method's needs, or with the conntrack fast path only the headers of first
+    /// packets, whatever their size (the verdict is a mark, no payload).
+    init(for service: VirtualService) {
+        self = service.offload == .conntrack ? QueueNeeds(wholePackets: false, gsoSuperPackets: true)
+                                             : service.mode.method.queueNeeds
     }
 
     init(wholePackets: Bool, gsoSuperPackets: Bool) {
@@ -104,14 +124,15 @@ enum Forwarder: Sendable {
     /// The forwarder of `real` behind `service` (control path). Throws when what the method needs cannot be
     /// had: a FULLNAT port allocator beyond the tracker's capacity, a TUN path that was not resolved.
     init(service: VirtualService, real: RealServer, tracker: ConnectionTracker, directRoutes: [DirectRoute],
-         tunnelPaths: [IPAddress: TunnelPath]) throws(ConfigUpdateError) {
+         offloadMarks: [ConntrackOffload.MarkKey: Fwmark], tunnelPaths: [IPAddress: TunnelPath]) throws(ConfigUpdateError) {
         switch service.mode {
         case .nat:
-            self = .nat(NATForwarder())
+            self = .nat(NATForwarder(offloadMark: offloadMarks[ConntrackOffload.MarkKey(service: service, real: real)]))
         case .fullnat:
-            self = .fullNAT(try FullNATForwarder(service: service, real: real, tracker: tracker))
+            self = .fullNAT(try FullNATForwarder(service: service, real: real, tracker: tracker, offloadMarks: offloadMarks))
         case .dr:
-            self = .directRouting(try DirectRoutingForwarder(real: real, routes: directRoutes))
+            self = .directRouting(try DirectRoutingForwarder(real: real, routes: directRoutes,
+                                                             offloaded: service.offload == .conntrack))
         case .tun:
             self = .tunnel(try TunnelForwarder(service: service, real: real, paths: tunnelPaths))
         }
@@ -119,7 +140,7 @@ enum Forwarder: Sendable {
 
     /// The forwarder of numbers no real server has had yet. Never used: a connection's number is always that of
     /// a real server of this table or an earlier one. NAT's forwarder is the one that needs no data.
-    static let unassigned = Forwarder.nat(NATForwarder())
+    static let unassigned = Forwarder.nat(NATForwarder(offloadMark: nil))
 
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {

@@ -7,8 +7,15 @@ struct FullNATForwarder: ForwardingMethod {
 
     /// The service's local addresses and, for each, the port allocator towards this real server.
     let localAddresses: [ConnectionTracker.LocalAddress]
+    /// With the conntrack fast path: the mark of each (local address, this real server), same order, which
+    /// the kernel's DNAT and SNAT follow (its NAT then picks the local port).
+    let offloadMarks: [Fwmark]?
 
-    init(service: VirtualService, real: RealServer, tracker: ConnectionTracker) throws(ConfigUpdateError) {
+    init(service: VirtualService, real: RealServer, tracker: ConnectionTracker,
+         offloadMarks marks: [ConntrackOffload.MarkKey: Fwmark]) throws(ConfigUpdateError) {
+        offloadMarks = service.offload == .conntrack
+            ? service.localAddresses.compactMap { marks[ConntrackOffload.MarkKey(service: service, real: real, local: $0)] }
+            : nil
         var locals: [ConnectionTracker.LocalAddress] = []
         for address in service.localAddresses {
             let key = ConnectionTracker.PortAllocatorKey(local: address, real: real.endpoint, transport: service.transport)
@@ -21,9 +28,25 @@ struct FullNATForwarder: ForwardingMethod {
     }
 
     /// The local address a new connection leaves from: clients spread over them by source port (IPVS FULLNAT
-    /// rotates through its pool).
-    func localAddress(for flow: FlowKey) -> ConnectionTracker.LocalAddress {
-        localAddresses[Int(flow.source.port) % localAddresses.count]
+    /// rotates through its pool). Nil when offloaded: the kernel's SNAT picks the port.
+    func localAddress(for flow: FlowKey) -> ConnectionTracker.LocalAddress? {
+        offloadMarks == nil ? localAddresses[localIndex(flow)] : nil
+    }
+
+    private func localIndex(_ flow: FlowKey) -> Int { Int(flow.source.port) % localAddresses.count }
+
+    /// Offloaded: per (real server, local address) mark, a DNAT to the real server and an SNAT to the local
+    /// address, from `fullnat-ports` (outside the kernel's ephemeral ports, as on the Swift path).
+    static func offloadRules(for service: VirtualService, marks: [ConntrackOffload.MarkKey: Fwmark],
+                             config: BalancerConfig) -> [ChainRule] {
+        service.reals.flatMap { real in
+            service.localAddresses.compactMap { local -> [ChainRule]? in
+                guard let mark = marks[ConntrackOffload.MarkKey(service: service, real: real, local: local)] else { return nil }
+                let source = local.isIPv4 ? "\(local)" : "[\(local)]"
+                return [destinationNAT(service, to: real, mark: mark),
+                        ChainRule(chain: .sourceNAT, rule: "-p \(service.transport) -m mark --mark \(mark)/\(ConntrackOffload.markMask) -m comment --comment \"nfqlb \(service.mode) \(service): offloaded from \(local)\" -j SNAT --to-source \(source):\(config.fullnatPorts.lowerBound)-\(config.fullnatPorts.upperBound)")]
+            }.flatMap { $0 }
+        }
     }
 
     /// The answers to each local address: `-s RIP -d LIP --sport rport --dport fullnat-ports`.
@@ -46,9 +69,14 @@ struct FullNATForwarder: ForwardingMethod {
         [service.vip] + service.localAddresses
     }
 
-    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport: both ends of the connection's reply key.
+    /// CIP:cport -> VIP:vport becomes LIP:lport -> RIP:rport: both ends of the connection's reply key, by nfqlb
+    /// or (offloaded) by the kernel's DNAT and SNAT.
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
+        if let offloadMarks, !offloadMarks.isEmpty {
+            counters.count(.offloaded)
+            return .repeatMarked(offloadMarks[localIndex(connection.inbound)])
+        }
         counters.count(.forwarded)
         NATRewrite.translate(bytes, packet, source: connection.reply.destination, destination: connection.reply.source)
         return .acceptRewritten

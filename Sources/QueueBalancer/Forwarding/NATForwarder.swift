@@ -4,6 +4,17 @@
 struct NATForwarder: ForwardingMethod {
     static let queueNeeds = QueueNeeds(wholePackets: true, gsoSuperPackets: true)
 
+    /// With the conntrack fast path: the real server's mark, which the kernel's DNAT follows.
+    let offloadMark: Fwmark?
+
+    /// Offloaded: one DNAT per real server, chosen by the mark nfqlb gave the connection's first packet.
+    static func offloadRules(for service: VirtualService, marks: [ConntrackOffload.MarkKey: Fwmark],
+                             config: BalancerConfig) -> [ChainRule] {
+        service.reals.compactMap { real in
+            marks[ConntrackOffload.MarkKey(service: service, real: real)].map { destinationNAT(service, to: real, mark: $0) }
+        }
+    }
+
     /// The real servers' answers: `-s RIP --sport rport`.
     static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
         service.reals.map { QueueRule.reply(of: service, from: $0) }
@@ -16,9 +27,13 @@ struct NATForwarder: ForwardingMethod {
         }
     }
 
-    /// Client -> VIP:vport becomes client -> RIP:rport.
+    /// Client -> VIP:vport becomes client -> RIP:rport, by nfqlb or (offloaded) by the kernel's DNAT.
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
+        if let offloadMark {
+            counters.count(.offloaded)
+            return .repeatMarked(offloadMark)
+        }
         counters.count(.forwarded)
         NATRewrite.translate(bytes, packet, destination: connection.reply.source)
         return .acceptRewritten

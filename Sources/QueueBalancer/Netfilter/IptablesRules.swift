@@ -20,9 +20,17 @@ public enum IptablesRules {
     /// The `iptables-restore --noflush` input for the IPv4 services of `config`, or with `family` `.v6` the
     /// `ip6tables-restore --noflush` input for its IPv6 services (empty when it has none: IPv4 always gets its
     /// chain, so that `run` can check the jump).
+    ///
+    /// Services with `offload: conntrack` are queued in the mangle table instead (``ConntrackOffload``), after
+    /// conntrack, and the nat table gets their DNAT and SNAT rules: those sections come only with such services.
     public static func restoreInput(for config: BalancerConfig, family: IPFamily = .v4, source: String? = nil) -> String {
-        let services = config.services.filter { IPFamily(of: $0.vip) == family }
-        if family == .v6 && services.isEmpty { return "" }
+        let all = config.services.filter { IPFamily(of: $0.vip) == family }
+        if family == .v6 && all.isEmpty { return "" }
+        // The Swift path's services: queued here, untracked. Offloaded ones need conntrack.
+        let services = all.filter { $0.offload == .none }
+        let offloaded = all.filter { $0.offload == .conntrack }
+        let marks = ConntrackOffload.marks(for: config)
+        let offloadRules = offloaded.flatMap { $0.mode.method.offloadRules(for: $0, marks: marks, config: config) }
         let tool = family == .v4 ? "iptables-restore" : "ip6tables-restore"
         var lines: [String] = []
         lines.append("# nfqlb \(family) rules" + (source.map { " for \($0)" } ?? "") + ": apply with \(tool) --noflush")
@@ -69,8 +77,25 @@ public enum IptablesRules {
                 }
             }
         }
+        lines += offloadRules.filter { $0.chain == .raw }.map { "-A \(chain) \($0.rule)" }
         lines.append("-I PREROUTING 1 -j \(chain)")
         lines.append("COMMIT")
+        if !offloaded.isEmpty {
+            lines.append("*mangle")
+            lines.append(":\(ConntrackOffload.chain) - [0:0]")
+            lines += offloaded.flatMap { ConntrackOffload.mangleRules(for: $0, queueTarget: target) }
+            lines.append("-I PREROUTING 1 -j \(ConntrackOffload.chain)")
+            lines.append("COMMIT")
+        }
+        let natRules = offloadRules.filter { $0.chain != .raw }
+        if !natRules.isEmpty {
+            lines.append("*nat")
+            lines += [ChainRule.Chain.destinationNAT, .sourceNAT].map { ":\($0.rawValue) - [0:0]" }
+            lines += natRules.map { "-A \($0.chain.rawValue) \($0.rule)" }
+            lines.append("-I PREROUTING 1 -j \(ChainRule.Chain.destinationNAT.rawValue)")
+            lines.append("-I POSTROUTING 1 -j \(ChainRule.Chain.sourceNAT.rawValue)")
+            lines.append("COMMIT")
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -109,6 +109,7 @@ public final class VerdictWriter {
     public enum Code: UInt32 {
         case drop = 0    // NF_DROP
         case accept = 1  // NF_ACCEPT
+        case `repeat` = 4  // NF_REPEAT: the packet goes through its hook again
     }
 
     /// Appends one NFQNL_MSG_VERDICT message; with a payload (`prefix` then `payload`) the kernel replaces the

@@ -29,6 +29,8 @@ final class VerdictEncoder {
             return verdicts.append(queue: queue, packetID: id, verdict: .accept)
         case .acceptMarked(let mark):
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark)
+        case .repeatMarked(let mark):
+            return verdicts.append(queue: queue, packetID: id, verdict: .repeat, mark: mark)
         case .acceptRewritten:
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: packet, mark: .translated)
         case .acceptReplaced(let offset, let length):
