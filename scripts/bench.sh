@@ -5,8 +5,9 @@
 #   nat, fullnat: the NAT lab (lib.sh lab_nat_up); "direct" goes through the balancer's kernel forwarding.
 #   dr, tun:      the direct-return lab (lab_dr_up); "direct" goes through the router, as the replies do.
 #
-# Usage (root): NFQLB=/path/to/nfqlb [LAB_FAMILY=6] [LAB_CROSS=1] scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
-#   IPERF_ARGS=-R measures the other direction (server to client). Without NFQLB it builds the release binary.
+# Usage (root): NFQLB=/path/to/nfqlb [LAB_FAMILY=6] [LAB_CROSS=1] [OFFLOAD=1] scripts/bench.sh [MODE=nat] [ROUNDS=3] [SECONDS=5]
+#   IPERF_ARGS=-R measures the other direction (server to client). OFFLOAD=1: the service has
+#   `offload: conntrack` (nat, fullnat, dr). Without NFQLB it builds the release binary.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$root/Tests/e2e/lib.sh"
@@ -39,11 +40,12 @@ lab_extra_teardown() {
     return 0
 }
 extra=""
+[ -n "${OFFLOAD:-}" ] && extra="offload: conntrack, "
 case "$mode" in
     nat|fullnat)
         lab_nat_up
         ip -n "${P}c" route add "$servers" via "$via_balancer"     # direct: kernel forwarding on the balancer
-        [ "$mode" = fullnat ] && extra="local-addresses: [\"$LAB_LIP\"], " ;;
+        [ "$mode" = fullnat ] && extra="${extra}local-addresses: [\"$LAB_LIP\"], " ;;
     dr|tun)
         lab_dr_up
         ip -n "${P}c" route add "$servers" via "$via_router"       # direct: through the router
@@ -77,11 +79,11 @@ for round in $(seq "$rounds"); do
     nfqlb_start "$LAB_TMP/bench.yaml" >/dev/null
     n=$(mbps "$vip") || fail "iperf3 through the VIP failed"
     nfqlb_stop
-    echo "nfqlb stats: $(grep -E '^(received|batches|tunnel_too_big|kernel_user_dropped|kernel_queue_dropped|receive_overruns) ' "$NFQLB_STATS" | tr '\n' ' ')"
+    echo "nfqlb stats: $(grep -E '^(received|offloaded|batches|tunnel_too_big|kernel_user_dropped|kernel_queue_dropped|receive_overruns) ' "$NFQLB_STATS" | tr '\n' ' ')"
     in_ns "${P}b" "$root/scripts/iptables-setup.sh" down >/dev/null
     echo "round $round: direct $d Mbit/s, through the VIP (nfqlb $mode) $n Mbit/s"
     direct+=("$d"); balanced+=("$n")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 md=$(median "${direct[@]}"); mb=$(median "${balanced[@]}")
-echo "median ($mode IPv$LAB_FAMILY${LAB_CROSS:+ cross=$LAB_CROSS}${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
+echo "median ($mode IPv$LAB_FAMILY${LAB_CROSS:+ cross=$LAB_CROSS}${OFFLOAD:+ offload}${IPERF_ARGS:+ $IPERF_ARGS}): direct $md Mbit/s, nfqlb $mb Mbit/s, ratio $(awk -v a="$mb" -v b="$md" 'BEGIN{printf "%.2f", a/b}')"
