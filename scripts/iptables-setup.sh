@@ -14,6 +14,8 @@
 #     `down` writes the saved `all` value back, which resets every interface's own forwarding setting); with
 #     offloaded services net.netfilter.nf_conntrack_acct=1 (per-connection counters in conntrack's events)
 #     and nf_conntrack_tcp_loose=1 (DR: the kernel takes a connection up at its first ACK).
+# With offloaded services `up` also keeps a copy of the config, so that `down` deletes the kernel connections
+# of those services (`nfqlb conntrack flush`) after removing the rules: nothing of nfqlb's stays behind.
 # `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
 # sysctls are saved with their previous value the first time, and `down` restores exactly those.
 #
@@ -31,6 +33,7 @@ state=/run/nfqlb/netns-$netns_id
 saved=$state/sysctl.saved
 routes_down=$state/routes.down   # `ip -batch` input that removes the DR policy routes `up` added (IPv4)
 routes6_down=$state/routes6.down # the same for IPv6
+offload_configs=$state/offload    # copies of the configs with offloaded services that `up` installed
 
 die() { echo "iptables-setup: $*" >&2; exit 2; }
 
@@ -109,6 +112,8 @@ up() {
     if grep -q '^\*mangle$' <<<"$rules$rules6"; then
         set_sysctl net.netfilter.nf_conntrack_acct 1
         set_sysctl net.netfilter.nf_conntrack_tcp_loose 1
+        mkdir -p "$offload_configs"
+        cp "$config" "$offload_configs/$(date +%s%N).yaml"
     fi
     routes=$("$nfqlb" rules --config "$config" --routes 2>/dev/null) || die "nfqlb refused $config"
     routes6=$("$nfqlb" rules --config "$config" --routes --family ipv6 2>/dev/null) || die "nfqlb refused $config"
@@ -125,10 +130,22 @@ up() {
     echo "iptables-setup: nfqlb rules installed from $config (netns $netns_id)"
 }
 
+# flush_connections: deletes the kernel connections of every offloaded config `up` installed.
+flush_connections() {
+    local copy nfqlb
+    [ -d "$offload_configs" ] || return 0
+    nfqlb=$(find_nfqlb)
+    for copy in "$offload_configs"/*.yaml; do
+        [ -f "$copy" ] && { "$nfqlb" conntrack flush --config "$copy" >/dev/null || echo "iptables-setup: could not delete the kernel connections of $copy" >&2; }
+    done
+    return 0
+}
+
 down() {
     local key value
     remove_rules
     remove_routes
+    flush_connections
     if [ -f "$saved" ]; then
         # Restore in reverse order of change.
         tac "$saved" | while read -r key value; do

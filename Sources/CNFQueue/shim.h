@@ -18,6 +18,8 @@
 #include <linux/netlink.h>
 #include <libmnl/libmnl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <linux/netfilter/nf_conntrack_tcp.h>
 
 /// `struct mmsghdr` is visible only under _GNU_SOURCE; this has the same layout.
 struct nfqlb_mmsghdr {
@@ -46,5 +48,13 @@ static const int NFQLB_MSG_VERDICT_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_V
 static const int NFQLB_MSG_PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
 static const uint32_t NFQLB_CFG_F_FAIL_OPEN = NFQA_CFG_F_FAIL_OPEN;
 static const uint32_t NFQLB_CFG_F_GSO = NFQA_CFG_F_GSO;
+// ctnetlink (ConntrackLayout is checked against these).
+static const int NFQLB_CT_MSG_NEW_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+static const int NFQLB_CT_MSG_DELETE_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+static const int NFQLB_CT_MSG_GET_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+static const int NFQLB_NLM_F_DUMP = NLM_F_DUMP;
+static const int NFQLB_NLM_F_CREATE = NLM_F_CREATE;
+static const int NFQLB_NLM_F_EXCL = NLM_F_EXCL;
+static const int NFQLB_NLA_F_NESTED = NLA_F_NESTED;
 
 #endif

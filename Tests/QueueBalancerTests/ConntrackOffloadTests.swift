@@ -72,21 +72,76 @@ import Testing
         #expect(handler.tracker.expire(now: ConnectionTracker.handoffTimeout) == 2)
     }
 
-    @Test func reloadKeepsMarksAndOffload() throws {
+    /// NAT marks may move on a reload (they pick a first packet's DNAT rule only); `offload` may not change.
+    @Test func reloadMovesNATMarksButKeepsOffload() throws {
         // A service on the Swift path beside it: the queues copy whole packets.
         let config = BalancerConfig(queues: [0], services: [Self.service(.nat), Self.service(.nat, port: 81, offload: .none)])
         let handler = PacketHandler(config: config, tracker: ConnectionTracker())
-        var appended = config
-        appended.services[0].reals.append(RealServer(address: ip("198.51.100.13"), port: 8080))
-        try handler.update(to: appended)
-        var reordered = appended
+        var reordered = config
         reordered.services[0].reals.swapAt(0, 1)
-        #expect(throws: ConfigUpdateError.self) { try handler.update(to: reordered) }
-        var swiftPath = appended
+        try handler.update(to: reordered)
+        #expect(ConntrackOffload.marks(for: reordered)[.init(service: reordered.services[0], real: reordered.services[0].reals[0])] == 0x1000)
+        var swiftPath = reordered
         swiftPath.services[0].offload = .none
         #expect(throws: ConfigUpdateError(reason: "offload of 203.0.113.10:80/tcp cannot change while nfqlb runs: restart it")) {
             try handler.update(to: swiftPath)
         }
+    }
+
+    /// The ledger counts what the kernel reports: a NAT connection by the real server its replies come from, a
+    /// DR one by its route's mark; others are not nfqlb's.
+    @Test func ledgerFollowsTheKernelsConnections() throws {
+        var dr = Self.service(.dr, port: 90, reals: ["198.51.100.13"])
+        dr.drain = 0
+        let config = BalancerConfig(queues: [0], services: [Self.service(.nat), dr])
+        let registry = RealServerRegistry(capacity: 8)
+        let handler = PacketHandler(config: config, tracker: ConnectionTracker(registry: registry), now: 0)
+        let owners = handler.offloadOwners
+        var ledger = OffloadLedger(registry: registry)
+        let r1 = try #require(registry.number(of: .init(service: config.services[0], real: config.services[0].reals[0])))
+        let r2 = try #require(registry.number(of: .init(service: config.services[0], real: config.services[0].reals[1])))
+        let r3 = try #require(registry.number(of: .init(service: dr, real: dr.reals[0])))
+        let client = Endpoint(address: ip("192.0.2.5"), port: 40000)
+        func nat(_ kind: ConntrackEntry.Kind, real: String, state: UInt8?, mark: Fwmark = 0x1001, port: UInt16 = 40000) -> ConntrackEntry {
+            let source = Endpoint(address: client.address, port: port)
+            var entry = ConntrackEntry(kind: kind, original: FlowKey(source: source, destination: Endpoint(address: ip("203.0.113.10"), port: 80), transport: .tcp),
+                                       reply: FlowKey(source: Endpoint(address: ip(real), port: 8080), destination: source, transport: .tcp),
+                                       mark: mark, id: 1, tcpState: state)
+            if kind == .destroy { (entry.originalPackets, entry.originalBytes, entry.replyPackets, entry.replyBytes) = (4, 400, 3, 3000) }
+            return entry
+        }
+        // Any mark of nfqlb's: the reply tuple says which server (a mark moved by a reload does not matter).
+        #expect(ledger.apply(nat(.new, real: "198.51.100.11", state: 1), owners: owners) == .opened(r1))
+        #expect(registry[r1].inactive == 1 && registry[r1].active == 0)
+        #expect(ledger.apply(nat(.update, real: "198.51.100.11", state: 3), owners: owners) == .changed(r1))
+        #expect(registry[r1].active == 1 && registry[r1].inactive == 0)
+        #expect(ledger.apply(nat(.update, real: "198.51.100.11", state: nil), owners: owners) == .none, "no state: unchanged")
+        #expect(ledger.apply(nat(.new, real: "198.51.100.12", state: 3, mark: 0x1000, port: 40001), owners: owners) == .opened(r2))
+        #expect(ledger.apply(nat(.new, real: "198.51.100.12", state: 3, mark: 0, port: 40002), owners: owners) == .none, "no mark: not nfqlb's")
+        #expect(ledger.apply(nat(.new, real: "198.51.100.99", state: 3, port: 40003), owners: owners) == .none, "unknown server")
+        #expect(ledger.apply(nat(.destroy, real: "198.51.100.11", state: nil), owners: owners) == .closed(r1))
+        #expect(registry[r1].connections == 0 && registry[r1].offloaded == RealServerLoad.Traffic(packetsIn: 4, bytesIn: 400, packetsOut: 3, bytesOut: 3000))
+        #expect(ledger.apply(nat(.destroy, real: "198.51.100.11", state: nil), owners: owners) == .none, "destroyed twice")
+
+        // DR: the reply tuple is the original reversed; the mark is the route's.
+        let drFlow = FlowKey(source: client, destination: Endpoint(address: ip("203.0.113.10"), port: 90), transport: .tcp)
+        let drEntry = ConntrackEntry(kind: .new, original: drFlow, reply: FlowKey(source: drFlow.destination, destination: client, transport: .tcp),
+                                     mark: 0x1000, id: 2, tcpState: 3)
+        #expect(ledger.apply(drEntry, owners: owners) == .opened(r3))
+        #expect(ledger.count == 2)
+
+        // A full read of the kernel's table: r2's connection is gone, DR's stays, one appears.
+        let appeared = nat(.new, real: "198.51.100.11", state: 3, port: 40005)
+        #expect(ledger.reconcile(with: [drEntry, appeared], owners: owners) == (opened: 1, closed: 1))
+        #expect(registry[r2].connections == 0 && registry[r1].active == 1 && ledger.count == 2)
+
+        // The DR server leaves the config (drain 0): its kernel connection is to be deleted.
+        #expect(ledger.orphans().isEmpty)
+        try handler.update(to: BalancerConfig(queues: [0], services: [Self.service(.nat)]), now: 1)
+        _ = registry.advance(now: 2)
+        #expect(ledger.orphans() == [drFlow])
+        ledger.forget(drFlow)
+        #expect(registry[r3].connections == 0 && ledger.count == 1)
     }
 
     @Test func repeatIsEncodedWithItsMark() {

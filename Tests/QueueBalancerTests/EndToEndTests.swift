@@ -48,13 +48,15 @@ struct EndToEndTests {
     }
 
     /// The conntrack fast path in NAT and FULLNAT, both families: nfqlb schedules each connection's first
-    /// packet, the kernel's conntrack and NAT carry the rest (and translate the real server's ICMP error).
+    /// packet, the kernel's conntrack and NAT carry the rest (and translate the real server's ICMP error);
+    /// nfqlb's counts follow the kernel's events, a restart keeps a connection, a drain's end deletes the
+    /// removed server's kernel connections, and `down` leaves none.
     @Test(arguments: ["nat", "fullnat"], [false, true])
     func offloadedToConntrack(mode: String, ipv6: Bool) throws {
         let output = try EndToEnd.run("offload", ipv6: ipv6, environment: ["MODE": mode])
         for line in ["distribution rr r1=20 r2=20 r3=20", "download 5242880 bytes sha256 match",
                      "upload 3145728 bytes identical", "distribution udp r1=10 r2=10 r3=10",
-                     "offloaded first packets: 93 of 93 queued", EndToEnd.icmpTranslated] {
+                     "offloaded first packets so far: 93 of 93 queued", EndToEnd.icmpTranslated] + EndToEnd.offloadChecks(93) {
             #expect(output.contains(line), "\(mode)")
         }
         if mode == "fullnat" { #expect(output.contains("fullnat peer: ")) }
@@ -105,11 +107,12 @@ struct DirectReturnEndToEndTests {
         }
     }
 
-    /// DR with the conntrack fast path: the kernel keeps each connection's mark; nfqlb sees its first packets.
+    /// DR with the conntrack fast path: the kernel keeps each connection's mark; nfqlb sees its first packets,
+    /// counts the connections from the kernel's events, keeps them across a restart, ends them after a drain.
     @Test(arguments: [false, true])
     func directRoutingOffloadedToConntrack(ipv6: Bool) throws {
         let output = try EndToEnd.run("dr", script: "direct-return.sh", ipv6: ipv6, environment: ["OFFLOAD": "1"])
-        for line in ["distribution dr r1=10 r2=10 r3=10", "offloaded first packets: "] + Self.common {
+        for line in ["distribution dr r1=10 r2=10 r3=10", "offloaded first packets: "] + Self.common + EndToEnd.offloadChecks(62) {
             #expect(output.contains(line))
         }
     }
@@ -180,6 +183,13 @@ struct CrossFamilyTunnelEndToEndTests {
 enum EndToEnd {
     /// nat.sh's line when a real server's ICMP "port unreachable" reached the client as if from the VIP.
     static let icmpTranslated = "icmp: port unreachable reached the client from the VIP"
+    /// lib.sh's lines when the conntrack fast path's checks passed, for `connections` made before them.
+    static func offloadChecks(_ connections: Int) -> [String] {
+        ["ok: offload: counts follow the kernel's connections (\(connections) new)",
+         "ok: offload: a restart of nfqlb keeps offloaded connections",
+         "ok: offload: the drain's end deleted the removed real server's kernel connections",
+         "cleanup: no kernel connection of nfqlb's left"]
+    }
     static var canRun: Bool { getuid() == 0 || ProcessInfo.processInfo.environment["CI"] != nil }
 
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -94,16 +94,29 @@ for i in 1 2 3; do
 done
 pass "lab up: client, balancer, router, 3 real servers (${rips[*]}) holding $vip on lo"
 
-cat > "$LAB_TMP/lb.yaml" <<YAML
+# write_config FILE: the services; ONLY_THIRD gives r3 the port 9000 service's only weight, WITHOUT_THIRD
+# leaves r3 out of it with a 2-second drain (the conntrack fast path's drain check).
+write_config() {
+    local w=1 sinks drain=""
+    [ -n "${ONLY_THIRD:-}" ] && w=0
+    sinks="{ address: ${rips[0]}, weight: $w }, { address: ${rips[1]}, weight: $w }, { address: ${rips[2]} }"
+    if [ -n "${WITHOUT_THIRD:-}" ]; then
+        sinks="{ address: ${rips[0]} }, { address: ${rips[1]} }"
+        drain=", drain: 2"
+    fi
+    cat > "$1" <<YAML
 queues: [0]
 services:
   - { vip: $vip, port: 80, protocol: tcp, mode: $mode, scheduler: rr$offload,
       reals: [ { address: ${rips[0]} }, { address: ${rips[1]} }, { address: ${rips[2]} } ] }
-  - { vip: $vip, port: 9000, protocol: tcp, mode: $mode, scheduler: rr$offload,
-      reals: [ { address: ${rips[0]} }, { address: ${rips[1]} }, { address: ${rips[2]} } ] }
+  - { vip: $vip, port: 9000, protocol: tcp, mode: $mode, scheduler: rr$offload$drain,
+      reals: [ $sinks ] }
   - { vip: $vip, port: 53, protocol: udp, mode: $mode, scheduler: rr$offload,
       reals: [ { address: ${rips[0]} }, { address: ${rips[1]} }, { address: ${rips[2]} } ] }
 YAML
+}
+write_config "$LAB_TMP/lb.yaml"
+cp "$LAB_TMP/lb.yaml" "$LAB_TMP/lb-all.yaml"
 
 hosts=(c r1 r2 r3 b g)
 declare -A csum_before
@@ -158,6 +171,15 @@ PY
 ) || fail "UDP through the VIP: $udp"
 echo "$udp"
 [ "$udp" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp: $udp"
+
+if [ -n "$offload" ]; then
+    # 30 HTTP requests, a download, an upload, 30 UDP flows; then a restart and a drain.
+    offload_counts_check "$LAB_TMP/lb.yaml" 62 3145728
+    offload_restart_check "$LAB_TMP/lb.yaml" "$vip"
+    ONLY_THIRD=1 write_config "$LAB_TMP/lb-r3.yaml"
+    WITHOUT_THIRD=1 write_config "$LAB_TMP/lb-no-r3.yaml"
+    offload_drain_check "$LAB_TMP/lb.yaml" "$LAB_TMP/lb-r3.yaml" "$LAB_TMP/lb-no-r3.yaml" "$vip" "$(url_host "${rips[2]}"):9000"
+fi
 
 nfqlb_stop
 echo "stats: $(grep -v ' 0$' "$NFQLB_STATS" | tr '\n' ' ')"
@@ -222,6 +244,7 @@ echo "$line"
 in_ns "${P}b" $iptables -w -D FORWARD -s "$vip" ! -p $icmp -j ACCEPT
 in_ns "${P}b" "$setup" down >/dev/null
 grep -q NFQLB <<<"$(in_ns "${P}b" iptables-save; in_ns "${P}b" ip6tables-save)" && fail "iptables rules left behind"
+[ -n "$offload" ] && offload_cleanup_check "$LAB_TMP/lb-all.yaml"
 grep -q fwmark <<<"$(in_ns "${P}b" ip -4 rule; in_ns "${P}b" ip -6 rule)" && fail "fwmark rules left behind: $(in_ns "${P}b" ip -$LAB_FAMILY rule)"
 [ -z "$(in_ns "${P}b" ip -$LAB_FAMILY route show table 4096 2>/dev/null)" ] || fail "route table 4096 left behind"
 for i in 1 2 3; do

@@ -450,14 +450,17 @@ queue_bound() {
     in_ns "$1" cat /proc/net/netfilter/nfnetlink_queue | awk -v q="${2:-0}" '$1 == q { found = 1 } END { exit !found }'
 }
 
-# nfqlb_start CONFIG: installs nfqlb's rules in the balancer (scripts/iptables-setup.sh up, idempotent) and
-# starts "$NFQLB run" there; returns once queue 0 is bound (bounded: 10 s). Sets NFQLB_PID.
+# nfqlb_start CONFIG: installs nfqlb's rules in the balancer (scripts/iptables-setup.sh up, idempotent; not
+# with NFQLB_SETUP=keep, which restarts nfqlb under the rules in place) and starts "$NFQLB run" there;
+# returns once queue 0 is bound (bounded: 10 s). Sets NFQLB_PID.
 nfqlb_start() {
     local config=$1 _
     [ -n "${NFQLB:-}" ] && [ -x "$NFQLB" ] || fail "NFQLB must name the nfqlb binary (got '${NFQLB:-}')"
     [ -z "$NFQLB_PID" ] || fail "nfqlb_start: nfqlb already running (PID $NFQLB_PID)"
     export NFQLB
-    in_ns "${P}b" "$LAB_ROOT/scripts/iptables-setup.sh" up "$config" || fail "iptables-setup.sh up $config failed"
+    if [ "${NFQLB_SETUP:-}" != keep ]; then
+        in_ns "${P}b" "$LAB_ROOT/scripts/iptables-setup.sh" up "$config" || fail "iptables-setup.sh up $config failed"
+    fi
     NFQLB_LOG=$LAB_TMP/nfqlb.log
     NFQLB_STATS=$LAB_TMP/stats
     rm -f "$NFQLB_STATS"
@@ -494,3 +497,125 @@ $(cat "$LAB_TMP/nfqlb.out")"
 
 # stat_value NAME: a counter from the stats file nfqlb writes ("name value" per line); empty when absent.
 stat_value() { awk -v n="$1" '$1 == n { print $2 }' "$NFQLB_STATS" 2>/dev/null; }
+
+# nfqlb_reload RUNNING NEW: copies NEW over the running config file RUNNING, sends SIGHUP and waits (bounded:
+# 10 s) for nfqlb's log to say the configuration changed.
+nfqlb_reload() {
+    local before _
+    before=$(grep -c "configuration changed" "$LAB_TMP/nfqlb.out" || true)
+    cp "$2" "$1"
+    kill -HUP "$NFQLB_PID"
+    for _ in $(seq 100); do
+        [ "$(grep -c "configuration changed" "$LAB_TMP/nfqlb.out" || true)" -gt "$before" ] && return 0
+        sleep 0.1
+    done
+    fail "nfqlb did not apply $2 within 10 s: $(tail -n 5 "$LAB_TMP/nfqlb.out")"
+}
+
+# --- The conntrack fast path (offload: conntrack): checks shared by nat.sh and direct-return.sh ---
+
+# offload_counts_check CONFIG NEW MIN_IN_BYTES, while nfqlb runs: the kernel's events reported exactly NEW
+# connections with one of nfqlb's marks (offload_connections_new); the live count (offload_connections)
+# equals the real servers' ActiveConn + InActConn in the stats and the lines of `nfqlb conntrack list`; and
+# the kernel's accounting shows a connection that carried MIN_IN_BYTES or more client -> server.
+offload_counts_check() {
+    local config=$1 want=$2 min_in=$3 _ new live per_server list listed biggest
+    for _ in $(seq 50); do
+        new=$(stat_value offload_connections_new); live=$(stat_value offload_connections)
+        per_server=$(awk '$1 ~ /^real_server_(in)?active\{/ { s += $2 } END { print s + 0 }' "$NFQLB_STATS")
+        list=$(in_ns "${P}b" "$NFQLB" conntrack list --config "$config") || fail "nfqlb conntrack list failed"
+        listed=$(($(wc -l <<<"$list") - 1))
+        [ "$new" = "$want" ] && [ "$live" = "$listed" ] && [ "$per_server" = "$live" ] && break
+        sleep 0.2
+    done
+    echo "offload counts: new $new (want $want), live $live, per real server $per_server, listed by the kernel $listed"
+    [ "$new" = "$want" ] || fail "offload: the kernel reported $new new connections of nfqlb's, want $want"
+    [ "$live" = "$listed" ] && [ "$per_server" = "$live" ] || fail "offload: live $live, per real server $per_server, kernel $listed"
+    biggest=$(awk 'NR > 1 { split($7, a, "/"); if (a[2] + 0 > m) m = a[2] + 0 } END { print m + 0 }' <<<"$list")
+    [ "$biggest" -ge "$min_in" ] || fail "offload: no kernel connection counted $min_in bytes in (largest: $biggest)"
+    echo "kernel accounting: largest connection $biggest bytes client -> server"
+    echo "offloaded first packets so far: $(stat_value offloaded) of $(stat_value received) queued"
+    pass "offload: counts follow the kernel's connections ($want new)"
+}
+
+# lab_slow_upload HOST SECONDS LOG: in the background, a client connection to HOST:9000 (an upload sink) that
+# sends 64 KiB every 50 ms for SECONDS, then compares the sink's answer; its status says whether the sink saw
+# every byte (1: it did not, or the connection broke: a 3 s socket timeout). Sets LAB_LAST_PID.
+lab_slow_upload() {
+    cat > "$LAB_TMP/slow_upload.py" <<'PY'
+import hashlib, socket, sys, time
+host, seconds = sys.argv[1], float(sys.argv[2])
+chunk = bytes(range(256)) * 256
+h, n = hashlib.sha256(), 0
+try:
+    s = socket.create_connection((host, 9000), timeout=3)
+    end = time.time() + seconds
+    while time.time() < end:
+        s.sendall(chunk); h.update(chunk); n += len(chunk)
+        time.sleep(0.05)
+    s.shutdown(socket.SHUT_WR)
+    answer = b""
+    while True:
+        data = s.recv(4096)
+        if not data:
+            break
+        answer += data
+except OSError as e:
+    print("broken after %d bytes: %r" % (n, e)); sys.exit(1)
+print("sent %d bytes, the sink saw %s" % (n, answer.decode()))
+sys.exit(0 if answer.decode() == "%d %s" % (n, h.hexdigest()) else 1)
+PY
+    lab_spawn "${P}c" "$3" timeout $(( ${2%.*} + 20 )) "$LAB_PYTHON" "$LAB_TMP/slow_upload.py" "$1" "$2"
+}
+
+# offload_restart_check CONFIG HOST: a 4-second upload to HOST:9000 while nfqlb stops and starts again under
+# the same rules: the kernel carries it through, and the new nfqlb counts it among the connections it found.
+offload_restart_check() {
+    local config=$1 host=$2 pid status=0 existing
+    lab_slow_upload "$host" 4 "$LAB_TMP/slow.log"
+    pid=$LAB_LAST_PID
+    sleep 1
+    nfqlb_stop
+    NFQLB_SETUP=keep nfqlb_start "$config"
+    wait "$pid" || status=$?
+    lab_forget_pid "$pid"
+    [ "$status" = 0 ] || fail "restart: the upload through the VIP broke: $(cat "$LAB_TMP/slow.log")"
+    existing=$(grep -o 'existing=[0-9]*' "$LAB_TMP/nfqlb.out" | tail -n 1 | cut -d= -f2)
+    [ "${existing:-0}" -ge 1 ] || fail "restart: the new nfqlb found no existing connection ($(grep conntrack "$LAB_TMP/nfqlb.out"))"
+    echo "restart: $(cat "$LAB_TMP/slow.log"); the new nfqlb found $existing existing connections"
+    pass "offload: a restart of nfqlb keeps offloaded connections"
+}
+
+# offload_drain_check RUNNING ONLY_THIRD WITHOUT_THIRD HOST THIRD: with ONLY_THIRD applied (r3 the only real
+# server of the port 9000 service with weight), a 12-second upload goes to r3 (THIRD: its endpoint as
+# `nfqlb conntrack list` prints it); WITHOUT_THIRD removes r3 with a 2-second drain. When the drain ends nfqlb
+# deletes r3's kernel connections: the upload breaks, and none of them is listed any more.
+offload_drain_check() {
+    local running=$1 only_third=$2 without_third=$3 host=$4 third=$5 pid status=0 _ deleted left
+    nfqlb_reload "$running" "$only_third"
+    lab_slow_upload "$host" 12 "$LAB_TMP/slow.log"
+    pid=$LAB_LAST_PID
+    sleep 1
+    nfqlb_reload "$running" "$without_third"
+    wait "$pid" || status=$?
+    lab_forget_pid "$pid"
+    [ "$status" != 0 ] || fail "drain: the upload to the removed real server went on after its drain: $(cat "$LAB_TMP/slow.log")"
+    for _ in $(seq 30); do
+        deleted=$(stat_value offload_connections_deleted)
+        [ "${deleted:-0}" -ge 1 ] && break
+        sleep 0.2
+    done
+    left=$(in_ns "${P}b" "$NFQLB" conntrack list --config "$only_third" | awk -v r="$third" 'NR > 1 && $5 == r' | wc -l)
+    echo "drain: upload to $third $(cat "$LAB_TMP/slow.log"); $deleted kernel connections deleted, $left of $third left"
+    [ "${deleted:-0}" -ge 1 ] && [ "$left" = 0 ] || fail "drain: kernel connections of $third not deleted"
+    OFFLOAD_DRAINED=1
+    pass "offload: the drain's end deleted the removed real server's kernel connections"
+}
+
+# offload_cleanup_check CONFIG: after `iptables-setup.sh down`, no kernel connection of CONFIG's services is left.
+offload_cleanup_check() {
+    local list
+    list=$(in_ns "${P}b" "$NFQLB" conntrack list --config "$1") || fail "nfqlb conntrack list failed"
+    [ "$(wc -l <<<"$list")" = 1 ] || fail "kernel connections left after down: $list"
+    echo "cleanup: no kernel connection of nfqlb's left"
+}

@@ -76,13 +76,29 @@ pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3"
 # write_config FILE TCP_SCHEDULER W1 W2 W3: TCP 203.0.113.10:80 -> :8080 with that scheduler and weights;
 # UDP 203.0.113.10:53 -> :5353, rr 1:1:1.
 # MODE (nat or fullnat, default nat), QUEUES (default [0]) and OFFLOAD (set: every service has
-# `offload: conntrack`) come from the environment. A TCP service on port 9000 (upload sinks) is always there.
+# `offload: conntrack`) come from the environment; ONLY_THIRD gives r3 the port 9000 service's only weight,
+# WITHOUT_THIRD leaves r3 out of the port 80 and 9000 services, DRAIN sets every service's `drain`. A TCP service on port 9000 (upload sinks) is always there.
 write_config() {
     local mode=${MODE:-nat} locals=""
     [ "$mode" = fullnat ] && locals="
     local-addresses: [$LAB_LIP]"
     [ -n "${OFFLOAD:-}" ] && locals="$locals
     offload: conntrack"
+    local w=1
+    [ -n "${ONLY_THIRD:-}" ] && w=0
+    local third="
+      - { address: ${LAB_RIP[2]}, port: 8080, weight: $5 }" sinks="
+      - { address: ${LAB_RIP[0]}, weight: $w }
+      - { address: ${LAB_RIP[1]}, weight: $w }
+      - { address: ${LAB_RIP[2]} }"
+    if [ -n "${WITHOUT_THIRD:-}" ]; then
+        third=""
+        sinks="
+      - { address: ${LAB_RIP[0]} }
+      - { address: ${LAB_RIP[1]} }"
+    fi
+    [ -n "${DRAIN:-}" ] && locals="$locals
+    drain: $DRAIN"
     cat > "$1" <<YAML
 queues: ${QUEUES:-[0]}
 services:
@@ -93,8 +109,7 @@ services:
     scheduler: $2
     reals:
       - { address: ${LAB_RIP[0]}, port: 8080, weight: $3 }
-      - { address: ${LAB_RIP[1]}, port: 8080, weight: $4 }
-      - { address: ${LAB_RIP[2]}, port: 8080, weight: $5 }
+      - { address: ${LAB_RIP[1]}, port: 8080, weight: $4 }$third
   - vip: $LAB_VIP
     port: 53
     protocol: udp
@@ -109,10 +124,7 @@ services:
     protocol: tcp
     mode: $mode$locals
     scheduler: rr
-    reals:
-      - { address: ${LAB_RIP[0]} }
-      - { address: ${LAB_RIP[1]} }
-      - { address: ${LAB_RIP[2]} }
+    reals:$sinks
   - vip: $LAB_VIP
     port: 54
     protocol: udp
@@ -139,7 +151,10 @@ stop_and_check() {
         [ "${forwarded:-0}" -gt 0 ] && [ "${replied:-0}" -gt 0 ] ||
             fail "nfqlb counted no rewritten packets (forwarded=${forwarded:-?} replied=${replied:-?})"
     fi
-    for counter in dropped_malformed dropped_fragment dropped_no_connection dropped_no_real_server dropped_table_full \
+    # After a drain ended offloaded connections, their next packets come to nfqlb, which no longer knows them.
+    local unknown=dropped_no_connection
+    [ -n "${OFFLOAD_DRAINED:-}" ] && unknown=""
+    for counter in dropped_malformed dropped_fragment $unknown dropped_no_real_server dropped_table_full \
                    dropped_conflict dropped_ports_exhausted dropped_verdict_send kernel_messages receive_errors \
                    receive_overruns kernel_queue_dropped kernel_user_dropped; do
         value=$(stat_value "$counter")
@@ -296,14 +311,23 @@ case "$scenario" in
             for i in 1 2 3; do ip -n "${P}r$i" -4 route del default; ip -n "${P}r$i" -6 route del default; done
             for i in 1 2 3; do skip[$i]=$(wc -l < "$LAB_TMP/http$i.log"); done
         fi
-        OFFLOAD=1 write_config "$LAB_TMP/offload.yaml" rr 1 1 1
         export OFFLOAD=1
-        nfqlb_start "$LAB_TMP/offload.yaml"
+        OFFLOAD_CONFIG=$LAB_TMP/offload.yaml
+        write_config "$OFFLOAD_CONFIG" rr 1 1 1
+        cp "$OFFLOAD_CONFIG" "$LAB_TMP/offload-all.yaml"
+        nfqlb_start "$OFFLOAD_CONFIG"
         run_rr
         run_download
         upload_check "$LAB_VIP" 3145728
         run_udp
-        if [ "${MODE:-nat}" = fullnat ]; then fullnat_peers_check; fi ;;
+        if [ "${MODE:-nat}" = fullnat ]; then fullnat_peers_check; fi
+        # 60 HTTP requests, a download, an upload, 30 UDP flows and the flow to port 54.
+        offload_counts_check "$OFFLOAD_CONFIG" 93 3145728
+        offload_restart_check "$OFFLOAD_CONFIG" "$LAB_VIP"
+        ONLY_THIRD=1 write_config "$LAB_TMP/offload-r3.yaml" rr 1 1 1
+        DRAIN=2 WITHOUT_THIRD=1 write_config "$LAB_TMP/offload-no-r3.yaml" rr 1 1 1
+        offload_drain_check "$OFFLOAD_CONFIG" "$LAB_TMP/offload-r3.yaml" "$LAB_TMP/offload-no-r3.yaml" \
+            "$LAB_VIP" "$(url_host "${LAB_RIP[2]}"):9000" ;;
     multiqueue)
         # Two queues with --queue-balance 0:1: the kernel hashes addresses only, so a connection's two
         # directions land on different queues and two workers share one connection table.
@@ -337,4 +361,5 @@ stop_and_check
 
 csum_check
 rules_cleanup_check
+[ -n "${OFFLOAD_CONFIG:-}" ] && offload_cleanup_check "$LAB_TMP/offload-all.yaml"
 pass "nat.sh $scenario: all checks passed"

@@ -15,6 +15,14 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Conntrack fast path: first packets of a connection handed to the kernel with their real server's mark
     /// (NF_REPEAT); the kernel carries the rest of the connection.
     case offloaded
+    /// Conntrack fast path, from the kernel's events (``OffloadMonitor``): connections nfqlb gave a mark that
+    /// the kernel reported new, and reported gone.
+    case offloadConnectionsNew
+    case offloadConnectionsClosed
+    /// Kernel connections nfqlb deleted: those of real servers whose drain ended.
+    case offloadConnectionsDeleted
+    /// Times the kernel dropped events for want of buffer space (each followed by a full re-read).
+    case offloadEventsLost
     /// New connections scheduled (a subset of `forwarded`).
     case connectionsCreated
     /// Connections removed because their timeout passed.
@@ -94,6 +102,10 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .forwarded: "forwarded"
         case .replied: "replied"
         case .offloaded: "offloaded"
+        case .offloadConnectionsNew: "offload_connections_new"
+        case .offloadConnectionsClosed: "offload_connections_closed"
+        case .offloadConnectionsDeleted: "offload_connections_deleted"
+        case .offloadEventsLost: "offload_events_lost"
         case .connectionsCreated: "connections_created"
         case .connectionsExpired: "connections_expired"
         case .droppedMalformed: "dropped_malformed"

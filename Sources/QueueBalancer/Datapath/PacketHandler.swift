@@ -65,6 +65,9 @@ public final class PacketHandler: PacketProcessor {
         }
     }
 
+    /// The real server of each kernel connection on the conntrack fast path, for the current config.
+    var offloadOwners: [OffloadOwner: RealServerID] { control.withLock { _ in tables.table.offloadOwners } }
+
     /// How many replaced tables are still held.
     public var retiredTables: Int { tables.retiredCount }
 
@@ -87,7 +90,32 @@ public final class PacketHandler: PacketProcessor {
         tables.reclaim()
     }
 
-    public var gauges: [(name: String, value: UInt64)] { [("connections_active", UInt64(tracker.count))] }
+    /// Kernel connections on the conntrack fast path, as ``OffloadMonitor`` last counted them.
+    let offloadedConnections = Atomic<Int>(0)
+
+    /// `connections_active`: the tracker's connections; `offload_connections`: the kernel's on the fast path;
+    /// then per real server (live or leaving) its ActiveConn and InActConn, and the fast path's traffic of its
+    /// finished connections when there is some.
+    public var gauges: [(name: String, value: UInt64)] {
+        var gauges: [(name: String, value: UInt64)] = [
+            ("connections_active", UInt64(tracker.count)),
+            ("offload_connections", UInt64(max(0, offloadedConnections.load(ordering: .relaxed)))),
+        ]
+        for server in registry.servers() {
+            let key = server.key
+            let labels = "{service=\"\(key.transport)/\(Endpoint(address: key.vip, port: key.port))\",real=\"\(key.real)\",mode=\"\(key.mode)\"}"
+            gauges.append(("real_server_active\(labels)", UInt64(max(0, server.active))))
+            gauges.append(("real_server_inactive\(labels)", UInt64(max(0, server.inactive))))
+            let traffic = registry[server.number].offloaded
+            if traffic != RealServerLoad.Traffic() {
+                gauges.append(("real_server_offload_packets_in\(labels)", traffic.packetsIn))
+                gauges.append(("real_server_offload_bytes_in\(labels)", traffic.bytesIn))
+                gauges.append(("real_server_offload_packets_out\(labels)", traffic.packetsOut))
+                gauges.append(("real_server_offload_bytes_out\(labels)", traffic.bytesOut))
+            }
+        }
+        return gauges
+    }
 
     /// The verdict of one packet, rewriting `bytes` in place when the verdict says so.
     public func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64,

@@ -32,15 +32,18 @@ final class ServiceTable: Sendable {
     /// How to forward to each real server number (``RealServerID/index``), for the connections tracked to it,
     /// also after it left the config.
     let forwarders: [Forwarder]
+    /// The real server of each kernel connection on the conntrack fast path (``OffloadMonitor``).
+    let offloadOwners: [OffloadOwner: RealServerID]
 
-    private init(services: [Service], forwarders: [Forwarder]) {
+    private init(services: [Service], forwarders: [Forwarder], offloadOwners: [OffloadOwner: RealServerID]) {
         self.services = services
         keys = services.map(\.key)
         self.forwarders = forwarders
+        self.offloadOwners = offloadOwners
     }
 
     static func empty(capacity: Int) -> ServiceTable {
-        ServiceTable(services: [], forwarders: Array(repeating: .unassigned, count: capacity))
+        ServiceTable(services: [], forwarders: Array(repeating: .unassigned, count: capacity), offloadOwners: [:])
     }
 
     /// The table for `config`: registers its real servers (``RealServerRegistry/apply(_:now:)``), keeps the
@@ -91,7 +94,8 @@ final class ServiceTable: Sendable {
                 templates: Self.templates(for: service, key: key, previous: previous), onePacket: service.onePacket,
                 offloaded: service.offload == .conntrack))
         }
-        self.init(services: services, forwarders: forwarders)
+        let owners = ConntrackOffload.owners(for: config).mapValues { numbers[$0.service][$0.real] }
+        self.init(services: services, forwarders: forwarders, offloadOwners: owners)
     }
 
     /// Templates survive a change that keeps the service and its persistence settings.

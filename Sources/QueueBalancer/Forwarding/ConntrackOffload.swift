@@ -51,21 +51,40 @@ enum ConntrackOffload {
         return marks
     }
 
-    /// Refuses a change that would move an offloaded real server's mark: the kernel's connections carry the
-    /// mark they were given, and the rules must keep meaning the same server for them.
+    /// Refuses a change of a service's `offload` while nfqlb runs (its queue and rules differ). Marks of NAT
+    /// and FULLNAT real servers may move between configs: a mark matters only for a connection's first packet
+    /// (it picks the DNAT/SNAT rule; the kernel's connection keeps its translation after that), and nfqlb
+    /// tells its connections apart by their reply tuple. DR's marks are routes, which
+    /// ``DirectRoutingForwarder/checkMarks(from:to:)`` keeps in place.
     static func checkMarks(from old: BalancerConfig, to new: BalancerConfig) throws(ConfigUpdateError) {
-        let before = marks(for: old)
-        for (key, mark) in marks(for: new) {
-            if let previous = before[key], previous != mark {
-                throw ConfigUpdateError(reason: "offloaded real server \(key.real) of \(Endpoint(address: key.vip, port: key.port))/\(key.transport) would move from fwmark \(previous) to \(mark): add real servers after the existing ones, or restart")
-            }
-        }
         for service in new.services {
             if let old = old.services.first(where: { $0.vip == service.vip && $0.port == service.port && $0.transport == service.transport }),
                old.offload != service.offload {
                 throw ConfigUpdateError(reason: "offload of \(service) cannot change while nfqlb runs: restart it")
             }
         }
+    }
+
+    /// Who owns each kernel connection of the fast path in `config`, as the position of its real server in
+    /// `config.services[i].reals`: NAT and FULLNAT connections by the real server their replies come from, DR
+    /// ones by their route's mark.
+    static func owners(for config: BalancerConfig) -> [OffloadOwner: (service: Int, real: Int)] {
+        let routes = Dictionary(config.directRoutes.map { ($0.realServer, $0.mark) }, uniquingKeysWith: { a, _ in a })
+        var owners: [OffloadOwner: (service: Int, real: Int)] = [:]
+        for (s, service) in config.services.enumerated() where service.offload == .conntrack {
+            for (r, real) in service.reals.enumerated() {
+                let owner: OffloadOwner
+                switch service.mode {
+                case .nat, .fullnat: owner = OffloadOwner(service: service, translatedTo: real.endpoint)
+                case .dr:
+                    guard let mark = routes[real.address] else { continue }
+                    owner = OffloadOwner(service: service, mark: mark)
+                case .tun: continue
+                }
+                owners[owner] = (s, r)
+            }
+        }
+        return owners
     }
 
     /// The mark bits nfqlb gives and reads back on this path (below ``Fwmark/translated``).
@@ -87,6 +106,57 @@ enum ConntrackOffload {
             "-A \(chain) \(match) \(marked) \(comment) -j ACCEPT",
             "-A \(chain) \(match) \(comment) -j \(queueTarget)",
         ]
+    }
+}
+
+/// The owner of a kernel connection on the conntrack fast path, as its conntrack entry shows it: the original
+/// destination (the virtual service), and the real server: for NAT and FULLNAT where its replies come from
+/// (the reply tuple's source), for DR its route's mark (the replies do not pass the balancer).
+struct OffloadOwner: Hashable, Sendable {
+    var vip: IPAddress
+    var port: UInt16
+    var transport: TransportProtocol
+    /// NAT, FULLNAT: the real server's endpoint; DR: unspecified.
+    var real: Endpoint
+    /// DR: the route's mark (under ``ConntrackOffload/markMask``); NAT, FULLNAT: 0.
+    var mark: Fwmark
+
+    init(service: VirtualService, translatedTo real: Endpoint) {
+        (vip, port, transport) = (service.vip, service.port, service.transport)
+        self.real = real
+        mark = 0
+    }
+
+    init(service: VirtualService, mark: Fwmark) {
+        (vip, port, transport) = (service.vip, service.port, service.transport)
+        real = FlowKey.unspecified.source
+        self.mark = mark
+    }
+
+    /// The two owners `entry` could name: translated (NAT, FULLNAT), and marked (DR).
+    static func candidates(_ entry: ConntrackEntry) -> (translated: OffloadOwner, marked: OffloadOwner) {
+        let service = entry.original.destination
+        var translated = OffloadOwner(vip: service.address, port: service.port, transport: entry.original.transport,
+                                      real: entry.reply.source, mark: 0)
+        var marked = translated
+        marked.real = FlowKey.unspecified.source
+        marked.mark = Fwmark(rawValue: entry.mark.rawValue & ConntrackOffload.markMask.rawValue)
+        if entry.reply.source == service { translated.real = FlowKey.unspecified.source }  // not translated
+        return (translated, marked)
+    }
+
+    private init(vip: IPAddress, port: UInt16, transport: TransportProtocol, real: Endpoint, mark: Fwmark) {
+        (self.vip, self.port, self.transport, self.real, self.mark) = (vip, port, transport, real, mark)
+    }
+}
+
+extension Dictionary where Key == OffloadOwner {
+    /// The owner of `entry` among these, if it has one: a connection with one of nfqlb's marks, translated to
+    /// a known real server (NAT, FULLNAT) or marked with a known route (DR).
+    func owner(of entry: ConntrackEntry) -> Value? {
+        guard entry.mark.rawValue & ConntrackOffload.markMask.rawValue != 0 else { return nil }
+        let (translated, marked) = OffloadOwner.candidates(entry)
+        return self[translated] ?? self[marked]
     }
 }
 

@@ -43,6 +43,7 @@ public final class RealServerLoad: Sendable {
     private let activeCount = Atomic<Int>(0)
     private let inactiveCount = Atomic<Int>(0)
     private let overloadedFlag = Atomic<Bool>(false)
+    private let offloadedTraffic: InlineArray<4, Atomic<UInt64>> = InlineArray { _ in Atomic<UInt64>(0) }
 
     public init(weight: UInt32, upper: Int = 0, lower: Int = 0) {
         weightValue = Atomic(weight)
@@ -96,6 +97,25 @@ public final class RealServerLoad: Sendable {
         activeCount.store(0, ordering: .relaxed)
         inactiveCount.store(0, ordering: .relaxed)
         overloadedFlag.store(false, ordering: .relaxed)
+        for i in 0..<4 { offloadedTraffic[i].store(0, ordering: .relaxed) }
+    }
+
+    /// Traffic of this server's finished connections on the conntrack fast path, from the kernel's accounting
+    /// (``OffloadLedger``): packets and bytes client -> server (`in`) and server -> client (`out`).
+    public struct Traffic: Sendable, Equatable {
+        public var packetsIn: UInt64 = 0, bytesIn: UInt64 = 0, packetsOut: UInt64 = 0, bytesOut: UInt64 = 0
+    }
+
+    public var offloaded: Traffic {
+        Traffic(packetsIn: offloadedTraffic[0].load(ordering: .relaxed), bytesIn: offloadedTraffic[1].load(ordering: .relaxed),
+                packetsOut: offloadedTraffic[2].load(ordering: .relaxed), bytesOut: offloadedTraffic[3].load(ordering: .relaxed))
+    }
+
+    func addOffloaded(_ traffic: Traffic) {
+        offloadedTraffic[0].wrappingAdd(traffic.packetsIn, ordering: .relaxed)
+        offloadedTraffic[1].wrappingAdd(traffic.bytesIn, ordering: .relaxed)
+        offloadedTraffic[2].wrappingAdd(traffic.packetsOut, ordering: .relaxed)
+        offloadedTraffic[3].wrappingAdd(traffic.bytesOut, ordering: .relaxed)
     }
 
     /// Adds `delta` to the active or the inactive count.

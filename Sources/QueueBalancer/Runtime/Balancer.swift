@@ -17,6 +17,9 @@ public final class Balancer: Sendable {
     private let exhaustionReported = Atomic<UInt64>(0)
     /// The TUN paths resolved at start (a reload resolves those of real servers added since, each time).
     private let tunnelPaths: [IPAddress: TunnelPath]
+    /// While ``run(stop:statsFile:)`` runs: its stop signal, and the conntrack fast path's monitor thread once
+    /// a service is offloaded (started by `run`, or by the config change that adds the first such service).
+    private let running = Mutex<(stop: StopSignal, monitor: WorkerThread?)?>(nil)
 
     /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:workers:now:)``.
     public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
@@ -37,6 +40,7 @@ public final class Balancer: Sendable {
     /// adds to (or replaces) the paths resolved at start.
     public func update(to config: BalancerConfig, tunnelPaths: [IPAddress: TunnelPath] = [:]) throws(ConfigUpdateError) {
         try handler.update(to: config, tunnelPaths: self.tunnelPaths.merging(tunnelPaths) { _, given in given })
+        startOffloadMonitorIfNeeded()
         logger.info("configuration changed", metadata: [
             "services": "\(config.services.map(\.description).joined(separator: " "))",
         ])
@@ -65,10 +69,30 @@ public final class Balancer: Sendable {
 
     /// Binds the queues and balances until `stop` is raised (see ``QueueRuntime/run(stop:statistics:interval:housekeeping:)``).
     public func run(stop: StopSignal, statsFile: String?) throws(QueueError) {
+        running.withLock { $0 = (stop, nil) }
+        startOffloadMonitorIfNeeded()
+        defer {
+            let monitor = running.withLock { running in
+                defer { running = nil }
+                return running?.monitor
+            }
+            monitor?.join()
+        }
         try runtime.run(stop: stop, statistics: statsFile.map(StatisticsWriter.init(path:)), metadata: [
             "services": "\(config.services.map(\.description).joined(separator: " "))",
         ]) {
             reportPortExhaustion()
+        }
+    }
+
+    /// Starts the ``OffloadMonitor`` when the balancer runs, serves an offloaded service and has none yet.
+    private func startOffloadMonitorIfNeeded() {
+        guard handler.config.services.contains(where: { $0.offload == .conntrack }) else { return }
+        running.withLock { running in
+            guard let stop = running?.stop, running?.monitor == nil else { return }
+            let monitor = OffloadMonitor(handler: handler, counters: runtime.counters,
+                                         bufferBytes: max(config.socketBufferMiB, 8) << 20, logger: logger)
+            running?.monitor = WorkerThread.start { monitor.run(stop: stop) }
         }
     }
 

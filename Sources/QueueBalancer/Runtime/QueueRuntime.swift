@@ -96,9 +96,14 @@ final class WorkerThread {
     private init(thread: pthread_t) { self.thread = thread }
 
     static func start<Processor>(_ worker: QueueWorker<Processor>) -> WorkerThread {
+        start(worker.run)
+    }
+
+    /// A thread running `run`.
+    static func start(_ run: @escaping () -> Void) -> WorkerThread {
         var thread = pthread_t()
-        // The start routine cannot be generic or capture: the worker's run loop comes through the context.
-        let body = Unmanaged.passRetained(WorkerBody(worker.run)).toOpaque()
+        // The start routine cannot be generic or capture: the run loop comes through the context.
+        let body = Unmanaged.passRetained(WorkerBody(run)).toOpaque()
         let result = pthread_create(&thread, nil, { context in
             Unmanaged<WorkerBody>.fromOpaque(context!).takeRetainedValue().run()
             return nil

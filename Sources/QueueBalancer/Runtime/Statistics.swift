@@ -16,8 +16,8 @@ public struct Statistics: Sendable {
     /// One `name value` line each: the statistics file.
     public var text: String { values.map { "\($0.name) \($0.value)\n" }.joined() }
 
-    /// The values that are not 0, for a log line.
-    public var summary: String { values.filter { $0.value != 0 }.map { "\($0.name) \($0.value)" }.joined(separator: ", ") }
+    /// The balancer-wide values that are not 0 (no per-real-server line), for a log line.
+    public var summary: String { values.filter { $0.value != 0 && !$0.name.contains("{") }.map { "\($0.name) \($0.value)" }.joined(separator: ", ") }
 }
 
 /// Writes the statistics file (`--stats-file`): the whole file replaced at once (a temporary file renamed over
