@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages nfqlb's build, tests and labs need, only those missing.
-# Usage: scripts/ensure-packages.sh          (root; sourced or run)
+# Usage: bash scripts/ensure-packages.sh [EXTRA...]   (root) — EXTRA: more packages, e.g. the
+# benchmark suite's peers (wrk haproxy nginx-light).
 set -euo pipefail
-packages=(libnetfilter-queue-dev libmnl-dev libnfnetlink-dev pkg-config iptables iproute2 curl python3 iperf3 gcc)
+packages=(libnetfilter-queue-dev libmnl-dev libnfnetlink-dev pkg-config iptables iproute2 curl python3 iperf3 gcc "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

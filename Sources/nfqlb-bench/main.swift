@@ -6,6 +6,8 @@
 //          gso: as a queue with NFQA_CFG_F_GSO delivers them: checksums unfinished, and the data packet a
 //          16 KB GSO super-packet (the other packets' checksums are completed by the handler)
 //        nfqlb-bench maglev      Maglev table balance and disruption for N = 10 and 100 (README, scheduler table)
+//        nfqlb-bench memory [N]  the connection table's bytes per tracked connection with N (default 10^6)
+//                                connections made by SYNs through the handler, and the process's resident growth
 // With an LD_PRELOAD malloc counter, two runs with different PACKETS give the allocations per packet
 // (scripts/check-allocations.sh): the loop must allocate nothing.
 import Foundation
@@ -13,6 +15,10 @@ import QueueBalancer
 
 if CommandLine.arguments.dropFirst().first == "maglev" {
     maglevReport()
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "memory" {
+    memoryReport(connections: CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 1_000_000 : 1_000_000)
     exit(0)
 }
 
@@ -112,4 +118,45 @@ func maglevReport() {
                      n, counts.max()!, counts.min()!, Double(counts.max()!) / mean,
                      pct(movedOnRemove), 100.0 / Double(n), pct(movedOnAdd), 100.0 / Double(n + 1)))
     }
+}
+
+/// The resident set of this process, in bytes (/proc/self/statm, second field, in pages).
+func residentBytes() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+          let pages = text.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// Fills a table sized for `connections` with that many TCP connections (one SYN each, through the handler,
+/// NAT to one real server) and reports the table's bytes per connection and the resident growth.
+func memoryReport(connections: Int) {
+    var config = BalancerConfig(queues: [0], services: [
+        VirtualService(vip: IPAddress("203.0.113.10")!, port: 80, transport: .tcp, mode: .nat, scheduler: .rr,
+                       reals: [RealServer(address: IPAddress("198.51.100.11")!, port: 8080, weight: 1)]),
+    ])
+    config.maxConnections = connections
+    let before = residentBytes()
+    let tracker = ConnectionTracker(config: config)
+    let handler = PacketHandler(config: config, tracker: tracker)
+    let allocated = residentBytes()
+    // (main.swift's globals are not set yet when this runs: its own addresses.)
+    let syn = packet(source: [192, 0, 2, 2], sport: 1, destination: [203, 0, 113, 10], dport: 80, proto: 6, flags: 0x02)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: syn.count, alignment: 8)
+    var counters = CounterBatch()
+    for n in 0..<connections {
+        syn.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        // Client 192.0.A.B:port, 60,000 ports per address.
+        buffer.storeBytes(of: UInt16(1024 + n % 60_000).bigEndian, toByteOffset: 20, as: UInt16.self)
+        buffer[14] = UInt8(truncatingIfNeeded: n / 60_000 / 256)
+        buffer[15] = UInt8(truncatingIfNeeded: n / 60_000 % 256)
+        _ = handler.handle(buffer, info: [], now: 1_000, counters: &counters)
+    }
+    let filled = residentBytes()
+    let table = tracker.tableBytes
+    print("connections \(tracker.count) of \(connections) (dropped: table full \(counters[.droppedTableFull]), conflicts \(counters[.droppedConflict]))")
+    print(String(format: "table: %d bytes for %d connections, %.1f bytes per connection", table.bytes, table.capacity,
+                 Double(table.bytes) / Double(max(table.capacity, 1))))
+    print(String(format: "resident: +%.1f MiB at allocation, +%.1f MiB filled: %.1f bytes per tracked connection",
+                 Double(allocated - before) / 1_048_576, Double(filled - before) / 1_048_576,
+                 Double(filled - before) / Double(max(tracker.count, 1))))
 }

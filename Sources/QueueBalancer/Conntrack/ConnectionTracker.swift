@@ -354,6 +354,17 @@ public final class ConnectionTracker: Sendable {
     }
 
     /// The number of connections held, expired ones not yet swept included.
+    /// The table's memory, allocated once: entries and index slots of every stripe (FULLNAT port rings apart),
+    /// in bytes, and how many connections it holds at most.
+    public var tableBytes: (bytes: Int, capacity: Int) {
+        stripes.reduce((0, 0)) { sum, stripe in
+            stripe.table.withLock { table in
+                (sum.0 + table.capacity * MemoryLayout<ConnectionEntry>.stride + (table.slotMask + 1) * MemoryLayout<IndexSlot>.stride,
+                 sum.1 + table.capacity)
+            }
+        }
+    }
+
     public var count: Int {
         stripes.reduce(0) { total, stripe in total + stripe.table.withLock { $0.used } }
     }
