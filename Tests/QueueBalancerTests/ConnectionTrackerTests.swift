@@ -36,6 +36,40 @@ import Testing
         #expect(t.snapshot().first?.expires == 4 + 120_000)
     }
 
+    /// The table's memory per connection it can hold: a packed 96-byte entry and three 8-byte index slots.
+    @Test func aConnectionTakesAtMost128Bytes() {
+        #expect(MemoryLayout<ConnectionEntry>.stride == 96)
+        var config = BalancerConfig(queues: [0], services: [])
+        config.maxConnections = 1_000_000
+        let table = ConnectionTracker(config: config).tableBytes
+        #expect(table.capacity >= 1_000_000 && table.bytes <= 128 * table.capacity)
+    }
+
+    /// A full stripe (two thirds of its index used) still finds, removes and re-adds every connection, in
+    /// both directions.
+    @Test func aFullTableKeepsEveryKey() {
+        var configuration = ConnectionTracker.Configuration()
+        configuration.capacity = 300
+        configuration.stripes = 1
+        let t = ConnectionTracker(configuration: configuration)
+        for round in 0..<3 {
+            for port in UInt16(1000)..<1300 {
+                let outcome = t.inbound(key(port), flags: .syn, now: UInt64(round), schedule: assign(real))
+                #expect(outcome == .forward(real, real: 0, created: true), "round \(round) port \(port)")
+            }
+            #expect(t.count == 300)
+            #expect(t.inbound(key(2000), flags: .syn, now: 0, schedule: assign(real)) == .full)
+            for port in UInt16(1000)..<1300 {
+                #expect(t.reply(replyKey(port), flags: .ack, now: 0)?.inbound == key(port))
+                #expect(t.connection(inbound: key(port), now: 0)?.real == 0)
+            }
+            #expect(t.reply(replyKey(2000), flags: .ack, now: 0) == nil)
+            // Expire them all: each removal shifts the others' index slots back.
+            #expect(t.expire(now: UInt64(round) + 2_000_000) == 300)
+            #expect(t.count == 0 && t.connection(inbound: key(1000), now: 0) == nil)
+        }
+    }
+
     @Test func rstClosesWithTenSecondTimeout() {
         let t = ConnectionTracker()
         _ = t.inbound(key(), flags: .syn, now: 0, schedule: assign(real))

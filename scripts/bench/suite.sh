@@ -23,7 +23,8 @@
 #
 # Usage (root): scripts/bench/suite.sh [ROUNDS=3] [SECONDS=5]
 #   CANDIDATES="..." and WORKLOADS="..." choose (default: all, in the order above). NFQLB=binary, else the
-#   release build. OUT=FILE also writes the table there. Installs wrk, haproxy, nginx-light and conntrack
+#   release build. OUT=FILE also writes the table there; RESULTS=FILE keeps every measurement (default
+#   /tmp/nfqlb-suite-PID.tsv). Installs wrk, haproxy, nginx-light and conntrack
 #   if missing.
 #   Bounded: every measurement has a timeout; the lab is torn down on exit, also on failure.
 set -euo pipefail
@@ -58,10 +59,10 @@ lab_extra_teardown() {
 }
 lab_dr_up
 ip -n "${P}c" route add 198.51.100.0/24 via 192.0.2.254          # direct: through the router
-# Many short connections: a wide port range and TIME_WAIT reuse on the client and the balancer (HAProxy).
-for ns in "${P}c" "${P}b"; do
-    in_ns "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
-done
+# Many short connections: wide port ranges and TIME_WAIT reuse on the client and the balancer (HAProxy's
+# ports below 41000, FULLNAT's above).
+in_ns "${P}c" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+in_ns "${P}b" sysctl -qw net.ipv4.ip_local_port_range="1024 40999" net.ipv4.tcp_tw_reuse=1
 for i in 1 2 3; do
     r=${P}r$i
     in_ns "$r" "$NFQLB" real-server setup --vip "$vip" --mode tun >/dev/null   # VIP on lo, ARP; decap rules
@@ -110,7 +111,7 @@ nfqlb_config() {
     [ "$mode" = fullnat ] && extra="$extra, local-addresses: [198.51.100.1]"
     cat > "$file" <<YAML
 queues: $3
-fullnat-ports: 1024-65535
+fullnat-ports: 41000-65535
 max-connections: 1048576
 services:
   - { vip: $vip, port: 80, protocol: tcp, mode: $mode$extra,
@@ -258,8 +259,10 @@ print("%.0f - - loss:%.1f%%" % ((s["packets"] - s["lost_packets"]) / s["seconds"
     esac
 }
 
-results=$LAB_TMP/results.tsv
+# Kept after the lab is gone (a failed run still leaves the rounds it measured).
+results=${RESULTS:-${TMPDIR:-/tmp}/nfqlb-suite-$$.tsv}
 : > "$results"
+echo "suite: results in $results"
 for round in $(seq "$rounds"); do
     for candidate in "${candidates[@]}"; do
         up "$candidate"

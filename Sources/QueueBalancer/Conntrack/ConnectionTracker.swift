@@ -359,7 +359,7 @@ public final class ConnectionTracker: Sendable {
     public var tableBytes: (bytes: Int, capacity: Int) {
         stripes.reduce((0, 0)) { sum, stripe in
             stripe.table.withLock { table in
-                (sum.0 + table.capacity * MemoryLayout<ConnectionEntry>.stride + (table.slotMask + 1) * MemoryLayout<IndexSlot>.stride,
+                (sum.0 + table.capacity * MemoryLayout<ConnectionEntry>.stride + table.slotCount * MemoryLayout<IndexSlot>.stride,
                  sum.1 + table.capacity)
             }
         }

@@ -13,19 +13,71 @@ struct PortAllocatorID: Hashable, Sendable, CustomStringConvertible {
     var description: String { "allocator \(rawValue)" }
 }
 
-/// One tracked connection.
+/// One tracked connection, packed (96 bytes: docs/ARCHITECTURE.md, "Memory"): the four addresses a
+/// connection involves, their ports, and its state. Its two keys are rebuilt from them: inbound client -> VIP,
+/// reply real server -> reply destination (the client, or for FULLNAT the local address).
 struct ConnectionEntry {
-    var inbound: FlowKey
-    var reply: FlowKey
+    private var clientAddress: IPAddress
+    private var vipAddress: IPAddress
+    private var realAddress: IPAddress
+    private var replyAddress: IPAddress
     var expires: UInt64
     var real: RealServerID
+    var nextFree: Int32
+    private var clientPort: UInt16, vipPort: UInt16, realPort: UInt16, replyPort: UInt16
+    /// FULLNAT: the allocator of the local port (`reply.destination.port`), given back on removal; or `none`.
+    private var allocatorValue: UInt32
+    private var transportValue: TransportProtocol
     var state: ConnectionState
     var live: Bool
-    var nextFree: Int32
-    /// FULLNAT: the allocator of the local port (`reply.destination.port`), given back on removal.
-    var allocator: PortAllocatorID?
     /// The conntrack fast path carries the connection: the entry is not counted.
     var offloaded: Bool
+
+    private static let none = UInt32.max
+
+    init(inbound: FlowKey, reply: FlowKey, expires: UInt64, real: RealServerID, state: ConnectionState, live: Bool,
+         nextFree: Int32, allocator: PortAllocatorID?, offloaded: Bool) {
+        clientAddress = inbound.source.address
+        clientPort = inbound.source.port
+        vipAddress = inbound.destination.address
+        vipPort = inbound.destination.port
+        realAddress = reply.source.address
+        realPort = reply.source.port
+        replyAddress = reply.destination.address
+        replyPort = reply.destination.port
+        transportValue = inbound.transport
+        self.expires = expires
+        self.real = real
+        self.state = state
+        self.live = live
+        self.nextFree = nextFree
+        allocatorValue = allocator?.rawValue ?? Self.none
+        self.offloaded = offloaded
+    }
+
+    var inbound: FlowKey {
+        FlowKey(source: Endpoint(address: clientAddress, port: clientPort),
+                destination: Endpoint(address: vipAddress, port: vipPort), transport: transportValue)
+    }
+
+    var reply: FlowKey {
+        FlowKey(source: Endpoint(address: realAddress, port: realPort),
+                destination: Endpoint(address: replyAddress, port: replyPort), transport: transportValue)
+    }
+
+    var allocator: PortAllocatorID? {
+        allocatorValue == Self.none ? nil : PortAllocatorID(Int(allocatorValue))
+    }
+
+    /// Whether the key of `direction` is `key`, field by field (no key is built).
+    func matches(_ key: FlowKey, _ direction: ConnectionState.Direction) -> Bool {
+        guard transportValue == key.transport else { return false }
+        return direction == .inbound
+            ? clientPort == key.source.port && vipPort == key.destination.port
+                && clientAddress == key.source.address && vipAddress == key.destination.address
+            : realPort == key.source.port && replyPort == key.destination.port
+                && realAddress == key.source.address && replyAddress == key.destination.address
+    }
 
     func key(_ direction: ConnectionState.Direction) -> FlowKey {
         direction == .inbound ? inbound : reply
@@ -54,8 +106,10 @@ final class Stripe: Sendable {
     }
 }
 
-/// The entries of one stripe and their index (linear probing, backward-shift deletion, at most half full:
-/// the index has at least four slots per entry and each entry uses two, so every probe ends at an empty slot).
+/// The entries of one stripe and their index (linear probing, backward-shift deletion, at most two thirds
+/// full: the index has three slots per entry and each entry uses two, so every probe ends at an empty slot).
+/// A key's home slot is its 32-bit tag scaled to the slot count (multiply and shift), so the count need not
+/// be a power of two.
 ///
 /// Owns its memory (allocated once in `init`, freed in `deinit`): non-copyable, so that exactly one owner,
 /// the stripe's mutex, can free it. Every entry's real-server number is below the registry's capacity (the
@@ -64,7 +118,7 @@ struct StripeTable: ~Copyable {
     let entries: UnsafeMutablePointer<ConnectionEntry>
     let slots: UnsafeMutablePointer<IndexSlot>
     let capacity: Int
-    let slotMask: Int
+    let slotCount: Int
     /// Entries below this index have been used at least once; above it memory is untouched.
     private(set) var highWater = 0
     /// No entry expires before this time: ``expire(now:hasher:)`` does not scan earlier, so a full stripe under
@@ -84,9 +138,7 @@ struct StripeTable: ~Copyable {
         self.loads = loads
         pools = .allocate(capacity: max(1, poolCapacity))
         self.capacity = capacity
-        var slotCount = 4
-        while slotCount < capacity * 4 { slotCount <<= 1 }
-        slotMask = slotCount - 1
+        slotCount = max(4, capacity * 3)
         entries = .allocate(capacity: capacity)
         slots = .allocate(capacity: slotCount)
         slots.initialize(repeating: IndexSlot(hash: 0, reference: -1), count: slotCount)
@@ -112,17 +164,26 @@ struct StripeTable: ~Copyable {
 
     var isFull: Bool { used >= capacity }
 
+    /// The slot where the probe for `tag` starts.
+    private func home(_ tag: UInt32) -> Int { Int((UInt64(tag) &* UInt64(slotCount)) >> 32) }
+
+    /// The slot after `i`, wrapping.
+    private func following(_ i: Int) -> Int { i &+ 1 == slotCount ? 0 : i &+ 1 }
+
+    /// How far slot `i` is past slot `from`, wrapping.
+    private func distance(_ i: Int, from: Int) -> Int { i >= from ? i &- from : i &- from &+ slotCount }
+
     func find(_ key: FlowKey, hash: UInt64, direction: ConnectionState.Direction) -> Int? {
         let tag = UInt32(truncatingIfNeeded: hash)
-        var i = Int(tag) & slotMask
+        var i = home(tag)
         while true {
             let slot = slots[i]
             if slot.reference < 0 { return nil }
             if slot.hash == tag && Int(slot.reference & 1) == direction.rawValue {
                 let entry = Int(slot.reference >> 1)
-                if entries[entry].key(direction) == key { return entry }
+                if entries[entry].matches(key, direction) { return entry }
             }
-            i = (i &+ 1) & slotMask
+            i = following(i)
         }
     }
 
@@ -147,8 +208,8 @@ struct StripeTable: ~Copyable {
 
     func insert(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
         let tag = UInt32(truncatingIfNeeded: hash)
-        var i = Int(tag) & slotMask
-        while slots[i].reference >= 0 { i = (i &+ 1) & slotMask }
+        var i = home(tag)
+        while slots[i].reference >= 0 { i = following(i) }
         slots[i] = IndexSlot(hash: tag, reference: Int32(entry) << 1 | Int32(direction.rawValue))
     }
 
@@ -189,20 +250,19 @@ struct StripeTable: ~Copyable {
 
     private func unindex(_ entry: Int, hash: UInt64, direction: ConnectionState.Direction) {
         let reference = Int32(entry) << 1 | Int32(direction.rawValue)
-        var hole = Int(UInt32(truncatingIfNeeded: hash)) & slotMask
+        var hole = home(UInt32(truncatingIfNeeded: hash))
         while slots[hole].reference != reference {
             guard slots[hole].reference >= 0 else { return }
-            hole = (hole &+ 1) & slotMask
+            hole = following(hole)
         }
         // Backward-shift deletion: pull later members of the probe run into the hole when their home allows.
-        var next = (hole &+ 1) & slotMask
+        var next = following(hole)
         while slots[next].reference >= 0 {
-            let home = Int(slots[next].hash) & slotMask
-            if (next &- home) & slotMask >= (next &- hole) & slotMask {
+            if distance(next, from: home(slots[next].hash)) >= distance(next, from: hole) {
                 slots[hole] = slots[next]
                 hole = next
             }
-            next = (next &+ 1) & slotMask
+            next = following(next)
         }
         slots[hole].reference = -1
     }
