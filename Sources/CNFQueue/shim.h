@@ -56,5 +56,6 @@ static const int NFQLB_NLM_F_DUMP = NLM_F_DUMP;
 static const int NFQLB_NLM_F_CREATE = NLM_F_CREATE;
 static const int NFQLB_NLM_F_EXCL = NLM_F_EXCL;
 static const int NFQLB_NLA_F_NESTED = NLA_F_NESTED;
+static const int NFQLB_CT_TCP_FLAG_BE_LIBERAL = IP_CT_TCP_FLAG_BE_LIBERAL;
 
 #endif

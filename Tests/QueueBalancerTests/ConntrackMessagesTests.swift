@@ -15,17 +15,21 @@ import Testing
             (ConntrackLayout.tupleOriginal, CTA_TUPLE_ORIG.rawValue), (ConntrackLayout.tupleReply, CTA_TUPLE_REPLY.rawValue),
             (ConntrackLayout.protoInfo, CTA_PROTOINFO.rawValue), (ConntrackLayout.mark, CTA_MARK.rawValue),
             (ConntrackLayout.countersOriginal, CTA_COUNTERS_ORIG.rawValue), (ConntrackLayout.countersReply, CTA_COUNTERS_REPLY.rawValue),
-            (ConntrackLayout.id, CTA_ID.rawValue),
+            (ConntrackLayout.id, CTA_ID.rawValue), (ConntrackLayout.timeout, CTA_TIMEOUT.rawValue),
             (ConntrackLayout.tupleIP, CTA_TUPLE_IP.rawValue), (ConntrackLayout.tupleProto, CTA_TUPLE_PROTO.rawValue),
             (ConntrackLayout.ipv4Source, CTA_IP_V4_SRC.rawValue), (ConntrackLayout.ipv4Destination, CTA_IP_V4_DST.rawValue),
             (ConntrackLayout.ipv6Source, CTA_IP_V6_SRC.rawValue), (ConntrackLayout.ipv6Destination, CTA_IP_V6_DST.rawValue),
             (ConntrackLayout.protoNumber, CTA_PROTO_NUM.rawValue), (ConntrackLayout.protoSourcePort, CTA_PROTO_SRC_PORT.rawValue),
             (ConntrackLayout.protoDestinationPort, CTA_PROTO_DST_PORT.rawValue),
             (ConntrackLayout.protoInfoTCP, CTA_PROTOINFO_TCP.rawValue), (ConntrackLayout.tcpState, CTA_PROTOINFO_TCP_STATE.rawValue),
+            (ConntrackLayout.tcpFlagsOriginal, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL.rawValue),
+            (ConntrackLayout.tcpFlagsReply, CTA_PROTOINFO_TCP_FLAGS_REPLY.rawValue),
             (ConntrackLayout.counterPackets, CTA_COUNTERS_PACKETS.rawValue), (ConntrackLayout.counterBytes, CTA_COUNTERS_BYTES.rawValue),
         ]
         for (ours, kernel) in attributes { #expect(UInt32(ours) == kernel) }
         #expect(UInt32(ConntrackLayout.tcpEstablished) == TCP_CONNTRACK_ESTABLISHED.rawValue)
+        #expect(UInt32(ConntrackLayout.tcpSynReceived) == TCP_CONNTRACK_SYN_RECV.rawValue)
+        #expect(Int32(ConntrackLayout.tcpBeLiberal) == NFQLB_CT_TCP_FLAG_BE_LIBERAL)
         #expect(Int32(ConntrackLayout.flagDump) == NFQLB_NLM_F_DUMP && Int32(ConntrackLayout.flagCreate) == NFQLB_NLM_F_CREATE
                 && Int32(ConntrackLayout.flagExclusive) == NFQLB_NLM_F_EXCL && Int32(ConntrackLayout.nested) == NFQLB_NLA_F_NESTED)
         #expect(Int32(ConntrackLayout.done) == NLMSG_DONE && Int32(ConntrackLayout.error) == NLMSG_ERROR)
@@ -60,29 +64,52 @@ import Testing
                       counters: (UInt64, UInt64, UInt64, UInt64)? = nil) -> [UInt8] {
         let type = kind == .destroy ? ConntrackLayout.messageDelete : ConntrackLayout.messageNew
         let flags = kind == .new ? ConntrackLayout.flagCreate | ConntrackLayout.flagExclusive : 0
-        var message = ConntrackRequest(type, flags: flags, family: 2, sequence: 0)
-        message.tuple(ConntrackLayout.tupleOriginal, original)
-        message.tuple(ConntrackLayout.tupleReply, reply)
-        message.attribute(3, [0, 0, 0, 0x0E])                              // CTA_STATUS: skipped
-        if let state {
-            message.nest(ConntrackLayout.protoInfo) { info in
-                info.nest(ConntrackLayout.protoInfoTCP) { tcp in tcp.attribute(ConntrackLayout.tcpState, [state]) }
+        return ConntrackRequest { message in
+            message.begin(type, flags: flags, family: 2, sequence: 0)
+            message.tuple(ConntrackLayout.tupleOriginal, original)
+            message.tuple(ConntrackLayout.tupleReply, reply)
+            message.attribute(3, bigEndian32: 0x0E)                          // CTA_STATUS: skipped
+            if let state {
+                message.nest(ConntrackLayout.protoInfo) { info in
+                    info.nest(ConntrackLayout.protoInfoTCP) { tcp in tcp.attribute(ConntrackLayout.tcpState, byte: state) }
+                }
             }
+            if let counters {
+                message.nest(ConntrackLayout.countersOriginal) { c in
+                    c.attribute(ConntrackLayout.counterPackets, bigEndian64: counters.0)
+                    c.attribute(ConntrackLayout.counterBytes, bigEndian64: counters.1)
+                }
+                message.nest(ConntrackLayout.countersReply) { c in
+                    c.attribute(ConntrackLayout.counterPackets, bigEndian64: counters.2)
+                    c.attribute(ConntrackLayout.counterBytes, bigEndian64: counters.3)
+                }
+            }
+            message.attribute(ConntrackLayout.mark, bigEndian32: mark)
+            message.attribute(ConntrackLayout.id, bigEndian32: 0xABCD)
+            message.end()
+        }.bytes
+    }
+
+    /// DR's connection for a SYN: delete (no acknowledgement) then create, SYN_RECV, the reply tuple reversed.
+    @Test func halfOpenConnectionRequest() throws {
+        let request = ConntrackRequest { writer in
+            writer.delete(Self.flow, sequence: 1, flags: 0)
+            writer.createHalfOpen(Self.flow, mark: 0x1002, timeout: 60, sequence: 2)
         }
-        if let counters {
-            message.nest(ConntrackLayout.countersOriginal) { c in
-                c.attribute(ConntrackLayout.counterPackets, ConntrackRequest.be32(0) + ConntrackRequest.be32(UInt32(counters.0)))
-                c.attribute(ConntrackLayout.counterBytes, ConntrackRequest.be32(0) + ConntrackRequest.be32(UInt32(counters.1)))
-            }
-            message.nest(ConntrackLayout.countersReply) { c in
-                c.attribute(ConntrackLayout.counterPackets, ConntrackRequest.be32(0) + ConntrackRequest.be32(UInt32(counters.2)))
-                c.attribute(ConntrackLayout.counterBytes, ConntrackRequest.be32(0) + ConntrackRequest.be32(UInt32(counters.3)))
-            }
+        #expect(Array(request.bytes[4..<8]) == [0x02, 0x01, 0x01, 0x00], "CT_DELETE, REQUEST only")
+        let created = Array(request.bytes[72...])
+        #expect(Array(created[4..<8]) == [0x00, 0x01, 0x01, 0x06], "CT_NEW, REQUEST|CREATE|EXCL")
+        let entry = try #require(created.withUnsafeBytes(ConntrackEntry.parse))
+        #expect(entry.kind == .new && entry.original == Self.flow && entry.mark == 0x1002)
+        #expect(entry.reply == FlowKey(source: Self.flow.destination, destination: Self.flow.source, transport: .tcp))
+        #expect(entry.tcpState == ConntrackLayout.tcpSynReceived && !entry.isActive)
+        #expect(created.count <= ConntrackMessageWriter.largestMessage)
+        let v6 = ConntrackRequest { writer in
+            writer.createHalfOpen(FlowKey(source: Endpoint(address: ip("2001:db8::5"), port: 1),
+                                          destination: Endpoint(address: ip("2001:db8::10"), port: 2), transport: .tcp),
+                                  mark: 1, timeout: 60, sequence: 2)
         }
-        message.attribute(ConntrackLayout.mark, ConntrackRequest.be32(mark))
-        message.attribute(ConntrackLayout.id, ConntrackRequest.be32(0xABCD))
-        message.finish()
-        return message.bytes
+        #expect(v6.bytes.count <= ConntrackMessageWriter.largestMessage)
     }
 
     static let natReply = FlowKey(source: Endpoint(address: ip("198.51.100.11"), port: 8080),
@@ -109,9 +136,11 @@ import Testing
         }
         good[4] = 0x05                                                         // another message type
         #expect(good.withUnsafeBytes(ConntrackEntry.parse) == nil)
-        var noReply = ConntrackRequest(ConntrackLayout.messageNew, flags: 0, sequence: 0)
-        noReply.tuple(ConntrackLayout.tupleOriginal, Self.flow)
-        noReply.finish()
+        let noReply = ConntrackRequest { message in
+            message.begin(ConntrackLayout.messageNew, flags: 0, sequence: 0)
+            message.tuple(ConntrackLayout.tupleOriginal, Self.flow)
+            message.end()
+        }
         #expect(noReply.bytes.withUnsafeBytes(ConntrackEntry.parse) == nil, "an entry needs both tuples")
         var badLength = Self.event(.new, reply: Self.natReply, mark: 1, state: 1)
         badLength[20] = 0xFF                                                    // first attribute runs past the end

@@ -22,7 +22,8 @@
 # processes (nfqlb, haproxy) and of the whole machine, and the ratio to dnat's median.
 #
 # Usage (root): scripts/bench/suite.sh [ROUNDS=3] [SECONDS=5]
-#   CANDIDATES="..." and WORKLOADS="..." choose (default: all, in the order above). NFQLB=binary, else the
+#   CANDIDATES="..." and WORKLOADS="..." choose (default: all, in the order above). VERBOSE=1 prints nfqlb's
+#   counters and the balancer's conntrack statistics after each measurement. NFQLB=binary, else the
 #   release build. OUT=FILE also writes the table there; RESULTS=FILE keeps every measurement (default
 #   /tmp/nfqlb-suite-PID.tsv). Installs wrk, haproxy, nginx-light and conntrack
 #   if missing.
@@ -275,6 +276,10 @@ for round in $(seq "$rounds"); do
             cpu_all=$(awk -v a="$before_all" -v b="$(machine_ticks)" -v t="$ticks" 'BEGIN { printf "%.1f", (b - a) / t }')
             printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$candidate" "$workload" "$round" "$line" "$cpu_lb" "$cpu_all" >> "$results"
             echo "round $round $candidate $workload: $line cpu balancer ${cpu_lb}s machine ${cpu_all}s"
+            if [ -n "${VERBOSE:-}" ]; then
+                [ -n "$NFQLB_PID" ] && sleep 1.2 && echo "  nfqlb: $(grep -v ' 0$' "$NFQLB_STATS" | grep -v '{' | tr '\n' ' ')"
+                echo "  conntrack: $(in_ns "${P}b" conntrack -S 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); s[kv[1]] += kv[2] } } END { for (k in s) if (s[k]) printf "%s=%d ", k, s[k] }')"
+            fi
         done
         down "$candidate"
     done

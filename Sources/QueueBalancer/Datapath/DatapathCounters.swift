@@ -23,6 +23,9 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case offloadConnectionsDeleted
     /// Times the kernel dropped events for want of buffer space (each followed by a full re-read).
     case offloadEventsLost
+    /// DR on the conntrack fast path: kernel connections nfqlb created for a SYN, and creations that failed.
+    case offloadConntrackCreated
+    case offloadConntrackFailed
     /// New connections scheduled (a subset of `forwarded`).
     case connectionsCreated
     /// Connections removed because their timeout passed.
@@ -106,6 +109,8 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .offloadConnectionsClosed: "offload_connections_closed"
         case .offloadConnectionsDeleted: "offload_connections_deleted"
         case .offloadEventsLost: "offload_events_lost"
+        case .offloadConntrackCreated: "offload_conntrack_created"
+        case .offloadConntrackFailed: "offload_conntrack_failed"
         case .connectionsCreated: "connections_created"
         case .connectionsExpired: "connections_expired"
         case .droppedMalformed: "dropped_malformed"

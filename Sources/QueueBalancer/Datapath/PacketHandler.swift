@@ -28,6 +28,10 @@ public final class PacketHandler: PacketProcessor {
 
     public var queueFlags: QueueSocket.Flags { queueNeeds.gsoSuperPackets ? .gso : [] }
 
+    /// DR on the conntrack fast path creates the kernel's connection at the SYN (a reload may add such a
+    /// service, so every worker is ready for it).
+    public var createsKernelConnections: Bool { true }
+
     private let tables: TableSwap<ServiceTable>
     /// The config being served; the lock also serialises config changes.
     private let control: Mutex<BalancerConfig>

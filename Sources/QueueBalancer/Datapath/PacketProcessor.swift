@@ -18,6 +18,9 @@ public protocol PacketProcessor: Sendable {
     func housekeeping(now: UInt64, counters: DatapathCounters)
     /// Gauges for the statistics, as `name value` pairs.
     var gauges: [(name: String, value: UInt64)] { get }
+    /// Whether its verdicts may ask for kernel connections (``Verdict/acceptMarkedCreatingConnection(_:_:)``):
+    /// each worker then has a ``ConntrackWriter``.
+    var createsKernelConnections: Bool { get }
 }
 
 extension PacketProcessor {
@@ -31,4 +34,5 @@ extension PacketProcessor {
     public func leaveBatch(worker: Int) {}
     public func housekeeping(now: UInt64, counters: DatapathCounters) {}
     public var gauges: [(name: String, value: UInt64)] { [] }
+    public var createsKernelConnections: Bool { false }
 }

@@ -11,6 +11,10 @@ public enum Verdict: Equatable, Sendable {
     /// NF_REPEAT, packet unchanged, with this fwmark: the packet runs its hook's chain again, which saves the
     /// mark in the kernel's connection (the conntrack fast path, ``ConntrackOffload``).
     case repeatMarked(Fwmark)
+    /// NF_ACCEPT, packet unchanged, with this fwmark; and before it, the kernel's connection tracking gets an
+    /// entry for `flow` with the mark (DR on the conntrack fast path: the SYN passes untracked, and the
+    /// client's next packets find the connection nfqlb created, ``ConntrackWriter``).
+    case acceptMarkedCreatingConnection(Fwmark, FlowKey)
     /// NF_ACCEPT with the whole buffer as rewritten in place, marked ``Fwmark/translated``.
     case acceptRewritten
     /// NF_ACCEPT with the packet replaced by `length` bytes of the buffer from `offset` (an ICMP answer built

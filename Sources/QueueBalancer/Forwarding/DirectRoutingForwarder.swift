@@ -20,19 +20,25 @@ struct DirectRoutingForwarder: DirectReturnMethod {
 
     /// Offloaded, the kernel sees only the client's direction of a connection: its conntrack would call the
     /// client's first ACK after a SYN it saw invalid (it never sees the real server's SYN-ACK). So the SYN stays
-    /// untracked, and conntrack picks the connection up at its first ACK, already established (loose pickup,
-    /// `nf_conntrack_tcp_loose`, on by default). nfqlb then sees a connection's SYN and first ACK, and gives
-    /// both the same mark.
+    /// untracked, and nfqlb creates the kernel's connection itself with the SYN's verdict (SYN_RECV, with the
+    /// mark: ``ConntrackWriter``), which the client's ACK then finds and makes ESTABLISHED. Left to the kernel
+    /// (loose pickup at the first ACK, `nf_conntrack_tcp_loose`) the ACK and the request right behind it would
+    /// both be queued, each with a connection of its own, and the kernel drops the second (insert_failed).
     static func offloadRules(for service: VirtualService, marks: [ConntrackOffload.MarkKey: Fwmark],
                              config: BalancerConfig) -> [ChainRule] {
         guard service.transport == .tcp else { return [] }
-        return [ChainRule(chain: .raw, rule: "-d \(IptablesRules.host(service.vip)) -p tcp -m tcp --dport \(service.port) --tcp-flags SYN,ACK,RST SYN -m comment --comment \"nfqlb \(service.mode) \(service): SYN untracked, conntrack takes the connection up at its first ACK\" -j CT --notrack")]
+        return [ChainRule(chain: .raw, rule: "-d \(IptablesRules.host(service.vip)) -p tcp -m tcp --dport \(service.port) --tcp-flags SYN,ACK,RST SYN -m comment --comment \"nfqlb \(service.mode) \(service): SYN untracked, nfqlb creates its connection\" -j CT --notrack")]
     }
 
     func forward(_ bytes: UnsafeMutableRawBufferPointer, _ packet: IPPacket, of connection: ConnectionTracker.Connection,
                  counters: inout CounterBatch) -> Verdict {
         if offloaded {
             counters.count(.offloaded)
+            // The SYN passed untracked: nfqlb creates the kernel's connection. A later packet that still came
+            // here (before it existed) gets the mark saved in the connection the kernel made for it.
+            if packet.tcpFlags.contains(.syn) && !packet.tcpFlags.contains(.ack) {
+                return .acceptMarkedCreatingConnection(mark, connection.inbound)
+            }
             return .repeatMarked(mark)
         }
         counters.count(.forwarded)

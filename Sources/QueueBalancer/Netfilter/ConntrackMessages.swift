@@ -1,6 +1,6 @@
 /// ctnetlink, the kernel's conntrack over netlink (NFNL_SUBSYS_CTNETLINK), as far as the conntrack fast path
 /// needs it: the events of the kernel's connections (new, update, destroy), a dump of all of them, and the
-/// deletion of one connection. Parsed and built in Swift like the queue's messages
+/// deletion of one connection, and the creation of a DR connection by the datapath (``ConntrackWriter``). Parsed and built in Swift like the queue's messages
 /// (``NetlinkLayout``); the numbers are checked against the kernel's headers by the unit tests.
 enum ConntrackLayout {
     static let subsystem: UInt16 = 1              // NFNL_SUBSYS_CTNETLINK
@@ -12,6 +12,7 @@ enum ConntrackLayout {
 
     // enum ctattr_type
     static let tupleOriginal: UInt16 = 1, tupleReply: UInt16 = 2, protoInfo: UInt16 = 4, mark: UInt16 = 8
+    static let timeout: UInt16 = 7
     static let countersOriginal: UInt16 = 9, countersReply: UInt16 = 10, id: UInt16 = 12
     // enum ctattr_tuple, ctattr_ip, ctattr_l4proto
     static let tupleIP: UInt16 = 1, tupleProto: UInt16 = 2
@@ -19,9 +20,15 @@ enum ConntrackLayout {
     static let protoNumber: UInt16 = 1, protoSourcePort: UInt16 = 2, protoDestinationPort: UInt16 = 3
     // enum ctattr_protoinfo, ctattr_protoinfo_tcp, ctattr_counters
     static let protoInfoTCP: UInt16 = 1, tcpState: UInt16 = 1
+    static let tcpFlagsOriginal: UInt16 = 4, tcpFlagsReply: UInt16 = 5
+    /// IP_CT_TCP_FLAG_BE_LIBERAL: no window checks (struct nf_ct_tcp_flags: flags, then mask).
+    static let tcpBeLiberal: UInt8 = 0x08
     static let counterPackets: UInt16 = 1, counterBytes: UInt16 = 2
     /// enum tcp_conntrack: the state in which a connection counts as active (ActiveConn).
     static let tcpEstablished: UInt8 = 3
+    /// enum tcp_conntrack: the state nfqlb creates a DR connection in (the next packet, the client's ACK,
+    /// makes it ESTABLISHED).
+    static let tcpSynReceived: UInt8 = 2
 
     static let flagRequest: UInt16 = 0x1, flagMulti: UInt16 = 0x2, flagAck: UInt16 = 0x4
     static let flagExclusive: UInt16 = 0x200, flagCreate: UInt16 = 0x400, flagDump: UInt16 = 0x300
@@ -180,86 +187,198 @@ extension FlowKey {
                                      destination: Endpoint(address: IPAddress(high: 0, low: 0), port: 0), transport: .tcp)
 }
 
-/// Builds ctnetlink requests: a netlink header, the nfgenmsg header, then attributes, in a byte array (the
-/// control path: a request now and then, never per packet).
-struct ConntrackRequest {
-    private(set) var bytes: [UInt8] = []
+/// Writes ctnetlink messages into a caller's buffer, allocation-free: a netlink header, the nfgenmsg header,
+/// then attributes. The control path's requests (``ConntrackRequest``) and the datapath's (``ConntrackWriter``)
+/// are both written with it. The caller leaves room: ``largestMessage`` bytes per message at most.
+struct ConntrackMessageWriter {
+    private let base: UnsafeMutableRawPointer
+    let capacity: Int
+    private(set) var used = 0
+    private var start = 0
 
-    /// A request of `message` type with `flags` for `family` (0: every family), sequence `sequence`.
-    init(_ message: UInt16, flags: UInt16, family: UInt8 = 0, sequence: UInt32) {
-        append32(0)                                                   // length, set by `finish`
-        append16(ConntrackLayout.messageType(message))
-        append16(ConntrackLayout.flagRequest | flags)
-        append32(sequence)
-        append32(0)                                                   // port id: the kernel
-        bytes += [family, 0, 0, 0]                                    // nfgenmsg: family, version 0, res_id 0
+    /// The longest message nfqlb writes (an IPv6 connection: two tuples, protoinfo, timeout, mark).
+    static let largestMessage = 256
+
+    init(_ buffer: UnsafeMutableRawBufferPointer) {
+        base = buffer.baseAddress!
+        capacity = buffer.count
     }
 
-    /// Dump every connection of the kernel.
-    static func dump(sequence: UInt32) -> ConntrackRequest {
-        var request = ConntrackRequest(ConntrackLayout.messageGet, flags: ConntrackLayout.flagDump, sequence: sequence)
-        request.finish()
-        return request
+    var remaining: Int { capacity - used }
+
+    /// Starts a message of `message` type with `flags` for `family` (0: every family), sequence `sequence`.
+    mutating func begin(_ message: UInt16, flags: UInt16, family: UInt8 = 0, sequence: UInt32) {
+        start = used
+        put32(0)                                                      // length, set by `end`
+        put16(ConntrackLayout.messageType(message))
+        put16(ConntrackLayout.flagRequest | flags)
+        put32(sequence)
+        put32(0)                                                      // port id: the kernel
+        putBytes([family, 0, 0, 0])                                   // nfgenmsg: family, version 0, res_id 0
     }
 
-    /// Delete the connection whose original tuple is `original`.
-    static func delete(_ original: FlowKey, sequence: UInt32) -> ConntrackRequest {
-        let family = IPFamily(of: original.source.address)
-        var request = ConntrackRequest(ConntrackLayout.messageDelete, flags: ConntrackLayout.flagAck,
-                                       family: family == .v4 ? 2 : 10, sequence: sequence)   // AF_INET, AF_INET6
-        request.tuple(ConntrackLayout.tupleOriginal, original)
-        request.finish()
-        return request
+    /// Ends the message begun last: its length.
+    mutating func end() {
+        base.storeBytes(of: UInt32(used - start).littleEndian, toByteOffset: start, as: UInt32.self)
     }
 
-    private mutating func append16(_ value: UInt16) { bytes += withUnsafeBytes(of: value.littleEndian, Array.init) }
-    private mutating func append32(_ value: UInt32) { bytes += withUnsafeBytes(of: value.littleEndian, Array.init) }
-    static func be16(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
-    static func be32(_ value: UInt32) -> [UInt8] { withUnsafeBytes(of: value.bigEndian, Array.init) }
+    mutating func attribute(_ type: UInt16, bigEndian32 value: UInt32) {
+        header(type, 4)
+        base.storeBytes(of: value.bigEndian, toByteOffset: used, as: UInt32.self)
+        used += 4
+    }
 
-    mutating func attribute(_ type: UInt16, _ value: [UInt8]) {
-        append16(UInt16(4 + value.count))
-        append16(type)
-        bytes += value
-        while bytes.count % 4 != 0 { bytes.append(0) }
+    mutating func attribute(_ type: UInt16, bigEndian64 value: UInt64) {
+        header(type, 8)
+        base.storeBytes(of: value.bigEndian, toByteOffset: used, as: UInt64.self)
+        used += 8
+    }
+
+    mutating func attribute(_ type: UInt16, bigEndian16 value: UInt16) {
+        header(type, 2)
+        base.storeBytes(of: value.bigEndian, toByteOffset: used, as: UInt16.self)
+        used += 2
+        pad()
+    }
+
+    /// A two-byte attribute (struct nf_ct_tcp_flags).
+    mutating func attribute(_ type: UInt16, byte first: UInt8, _ second: UInt8) {
+        header(type, 2)
+        base.storeBytes(of: first, toByteOffset: used, as: UInt8.self)
+        base.storeBytes(of: second, toByteOffset: used + 1, as: UInt8.self)
+        used += 2
+        pad()
+    }
+
+    mutating func attribute(_ type: UInt16, byte value: UInt8) {
+        header(type, 1)
+        base.storeBytes(of: value, toByteOffset: used, as: UInt8.self)
+        used += 1
+        pad()
     }
 
     mutating func attribute(_ type: UInt16, address: IPAddress, family: IPFamily) {
-        var value = [UInt8](repeating: 0, count: family == .v4 ? 4 : 16)
-        value.withUnsafeMutableBytes { $0.store(address, family: family, at: 0) }
-        attribute(type, value)
+        let length = family == .v4 ? 4 : 16
+        header(type, length)
+        UnsafeMutableRawBufferPointer(start: base + used, count: length).store(address, family: family, at: 0)
+        used += length
+    }
+
+    /// A nested attribute holding what `body` writes.
+    mutating func nest(_ type: UInt16, _ body: (inout ConntrackMessageWriter) -> Void) {
+        let at = used
+        header(type | ConntrackLayout.nested, 0)
+        body(&self)
+        base.storeBytes(of: UInt16(used - at).littleEndian, toByteOffset: at, as: UInt16.self)
     }
 
     /// A CTA_TUPLE_* attribute: addresses, protocol and ports of `key`.
     mutating func tuple(_ type: UInt16, _ key: FlowKey) {
         let family = IPFamily(of: key.source.address)
-        nest(type) { request in
-            request.nest(ConntrackLayout.tupleIP) { request in
+        nest(type) { writer in
+            writer.nest(ConntrackLayout.tupleIP) { writer in
                 let (source, destination) = family == .v4
                     ? (ConntrackLayout.ipv4Source, ConntrackLayout.ipv4Destination)
                     : (ConntrackLayout.ipv6Source, ConntrackLayout.ipv6Destination)
-                request.attribute(source, address: key.source.address, family: family)
-                request.attribute(destination, address: key.destination.address, family: family)
+                writer.attribute(source, address: key.source.address, family: family)
+                writer.attribute(destination, address: key.destination.address, family: family)
             }
-            request.nest(ConntrackLayout.tupleProto) { request in
-                request.attribute(ConntrackLayout.protoNumber, [key.transport.rawValue])
-                request.attribute(ConntrackLayout.protoSourcePort, Self.be16(key.source.port))
-                request.attribute(ConntrackLayout.protoDestinationPort, Self.be16(key.destination.port))
+            writer.nest(ConntrackLayout.tupleProto) { writer in
+                writer.attribute(ConntrackLayout.protoNumber, byte: key.transport.rawValue)
+                writer.attribute(ConntrackLayout.protoSourcePort, bigEndian16: key.source.port)
+                writer.attribute(ConntrackLayout.protoDestinationPort, bigEndian16: key.destination.port)
             }
         }
     }
 
-    mutating func nest(_ type: UInt16, _ body: (inout ConntrackRequest) -> Void) {
-        let start = bytes.count
-        append16(0)
-        append16(type | ConntrackLayout.nested)
-        body(&self)
-        let length = UInt16(bytes.count - start)
-        bytes.withUnsafeMutableBytes { $0.storeBytes(of: length.littleEndian, toByteOffset: start, as: UInt16.self) }
+    /// Deletes the connection whose original tuple is `original`.
+    mutating func delete(_ original: FlowKey, sequence: UInt32, flags: UInt16) {
+        begin(ConntrackLayout.messageDelete, flags: flags, family: Self.family(original), sequence: sequence)
+        tuple(ConntrackLayout.tupleOriginal, original)
+        end()
     }
 
-    mutating func finish() {
-        let length = UInt32(bytes.count)
-        bytes.withUnsafeMutableBytes { $0.storeBytes(of: length.littleEndian, toByteOffset: 0, as: UInt32.self) }
+    /// Creates a TCP connection in state SYN_RECV for `original` (client -> VIP, replies VIP -> client) with
+    /// `mark`, expiring after `timeout` seconds unless a packet moves it on (DR on the conntrack fast path:
+    /// the client's ACK makes it ESTABLISHED). Both directions are "be liberal": the kernel sees neither the
+    /// handshake's window scaling nor the real server's packets, so its window checks would call a bulk
+    /// sender's segments invalid (as it does itself for a connection it picks up mid-stream).
+    mutating func createHalfOpen(_ original: FlowKey, mark: Fwmark, timeout: UInt32, sequence: UInt32) {
+        begin(ConntrackLayout.messageNew, flags: ConntrackLayout.flagCreate | ConntrackLayout.flagExclusive,
+              family: Self.family(original), sequence: sequence)
+        tuple(ConntrackLayout.tupleOriginal, original)
+        tuple(ConntrackLayout.tupleReply, FlowKey(source: original.destination, destination: original.source,
+                                                  transport: original.transport))
+        nest(ConntrackLayout.protoInfo) { writer in
+            writer.nest(ConntrackLayout.protoInfoTCP) { writer in
+                writer.attribute(ConntrackLayout.tcpState, byte: ConntrackLayout.tcpSynReceived)
+                writer.attribute(ConntrackLayout.tcpFlagsOriginal, byte: ConntrackLayout.tcpBeLiberal, ConntrackLayout.tcpBeLiberal)
+                writer.attribute(ConntrackLayout.tcpFlagsReply, byte: ConntrackLayout.tcpBeLiberal, ConntrackLayout.tcpBeLiberal)
+            }
+        }
+        attribute(ConntrackLayout.timeout, bigEndian32: timeout)
+        attribute(ConntrackLayout.mark, bigEndian32: mark.rawValue)
+        end()
+    }
+
+    private static func family(_ key: FlowKey) -> UInt8 {
+        IPFamily(of: key.source.address) == .v4 ? 2 : 10              // AF_INET, AF_INET6
+    }
+
+    private mutating func header(_ type: UInt16, _ length: Int) {
+        put16(UInt16(4 + length))
+        put16(type)
+    }
+
+    private mutating func pad() {
+        while used % 4 != 0 {
+            base.storeBytes(of: UInt8(0), toByteOffset: used, as: UInt8.self)
+            used += 1
+        }
+    }
+
+    private mutating func put16(_ value: UInt16) {
+        base.storeBytes(of: value.littleEndian, toByteOffset: used, as: UInt16.self)
+        used += 2
+    }
+
+    private mutating func put32(_ value: UInt32) {
+        base.storeBytes(of: value.littleEndian, toByteOffset: used, as: UInt32.self)
+        used += 4
+    }
+
+    private mutating func putBytes(_ bytes: InlineArray<4, UInt8>) {
+        for i in bytes.indices { base.storeBytes(of: bytes[i], toByteOffset: used + i, as: UInt8.self) }
+        used += bytes.count
+    }
+}
+
+/// One ctnetlink request of the control path, in a byte array: a dump, a deletion (a request now and then,
+/// never per packet).
+struct ConntrackRequest {
+    let bytes: [UInt8]
+
+    /// A message written by `body` (``ConntrackMessageWriter``: begin, attributes, end).
+    init(_ body: (inout ConntrackMessageWriter) -> Void) {
+        var storage = [UInt8](repeating: 0, count: 2 * ConntrackMessageWriter.largestMessage)
+        let used = storage.withUnsafeMutableBytes { raw in
+            var writer = ConntrackMessageWriter(raw)
+            body(&writer)
+            return writer.used
+        }
+        bytes = Array(storage[..<used])
+    }
+
+    /// Dump every connection of the kernel.
+    static func dump(sequence: UInt32) -> ConntrackRequest {
+        ConntrackRequest { writer in
+            writer.begin(ConntrackLayout.messageGet, flags: ConntrackLayout.flagDump, sequence: sequence)
+            writer.end()
+        }
+    }
+
+    /// Delete the connection whose original tuple is `original`, with an acknowledgement.
+    static func delete(_ original: FlowKey, sequence: UInt32) -> ConntrackRequest {
+        ConntrackRequest { $0.delete(original, sequence: sequence, flags: ConntrackLayout.flagAck) }
     }
 }

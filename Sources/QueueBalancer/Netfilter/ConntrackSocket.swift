@@ -75,20 +75,13 @@ final class ConntrackSocket {
         try ConntrackSocket(groups: 0, bufferBytes: 1 << 20)
     }
 
-    enum ReceiveResult {
-        /// This many bytes of messages in the buffer (0 after the timeout or an interrupt).
-        case bytes(Int)
-        /// ENOBUFS: the kernel dropped events.
-        case overrun
-        case failed(Errno)
-    }
-
-    /// Receives one datagram of event messages into `buffer`.
-    func receive(into buffer: UnsafeMutableRawBufferPointer) -> ReceiveResult {
-        let n = recv(fd.rawValue, buffer.baseAddress, buffer.count, 0)
-        if n >= 0 { return .bytes(n) }
+    /// Receives up to `batch.capacity` datagrams of event messages with one `recvmmsg(2)` (MSG_WAITFORONE: waits
+    /// for the first, up to the 200 ms timeout, then takes what is already queued).
+    func receive(into batch: ReceiveBatch) -> QueueSocket.ReceiveResult {
+        let n = nfqlb_recvmmsg(fd.rawValue, batch.headers, UInt32(batch.capacity), Int32(MSG_WAITFORONE), nil)
+        if n >= 0 { return .messages(Int(n)) }
         switch Errno.current {
-        case .resourceTemporarilyUnavailable, .wouldBlock, .interrupted: return .bytes(0)
+        case .resourceTemporarilyUnavailable, .wouldBlock, .interrupted: return .messages(0)
         case .noBufferSpace: return .overrun
         case let errno: return .failed(errno)
         }
@@ -175,6 +168,32 @@ final class ConntrackSocket {
             return false
         } catch {
             throw ConntrackError(operation: .deleting, errno: error)
+        }
+    }
+
+    /// Sends `bytes` (one or more requests) to the kernel, which carries them out before this returns.
+    func send(_ bytes: UnsafeRawBufferPointer) throws(Errno) {
+        while mnl_socket_sendto(socket, bytes.baseAddress, bytes.count) < 0 {
+            let errno = Errno.current
+            if errno != .interrupted { throw errno }
+        }
+    }
+
+    /// Reads, without waiting, the kernel's answers queued on this socket, into `buffer`: `body` gets each
+    /// error report's sequence number and error (0: an acknowledgement).
+    func drainReports(into buffer: UnsafeMutableRawBufferPointer, _ body: (UInt32, Int32) -> Void) {
+        while true {
+            let n = recv(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            if n < 0 {
+                if Errno.current == .interrupted { continue }
+                return                                                   // EAGAIN: nothing more (or ENOBUFS)
+            }
+            Self.forEachMessage(in: UnsafeRawBufferPointer(rebasing: buffer[0..<n])) { message in
+                guard message.loadUnaligned(fromByteOffset: 4, as: UInt16.self) == ConntrackLayout.error,
+                      message.count >= NetlinkLayout.headerLength + 4 else { return }
+                body(message.loadUnaligned(fromByteOffset: 8, as: UInt32.self),
+                     -message.loadUnaligned(fromByteOffset: NetlinkLayout.headerLength, as: Int32.self))
+            }
         }
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Synchronization
 
@@ -23,8 +24,10 @@ struct OffloadLedger {
     init(registry: RealServerRegistry) { self.registry = registry }
 
     enum Change: Equatable {
-        /// Not a connection of nfqlb's (no owner), or nothing changed.
+        /// Nothing changed, or not a connection of nfqlb's (no mark).
         case none
+        /// A connection with a mark that names no real server of `owners` (a config change may have added it).
+        case notOwned
         case opened(RealServerID)
         case changed(RealServerID)
         case closed(RealServerID)
@@ -53,7 +56,8 @@ struct OffloadLedger {
             connections[key]?.active = active
             return .changed(known.real)
         }
-        guard let real = owners.owner(of: entry) else { return .none }
+        guard entry.mark.rawValue & ConntrackOffload.markMask.rawValue != 0 else { return .none }
+        guard let real = owners.owner(of: entry) else { return .notOwned }
         connections[key] = Connection(real: real, active: active)
         registry[real].add(1, active: active)
         return .opened(real)
@@ -109,6 +113,9 @@ final class OffloadMonitor: @unchecked Sendable {
     /// Owned by the monitor's thread (the reason for `@unchecked Sendable`: nothing else touches it).
     private var ledger: OffloadLedger
 
+    /// How long the monitor lets events gather after a batch that did not fill its vectors.
+    static let gatherInterval = 0.002
+
     init(handler: PacketHandler, counters: DatapathCounters, bufferBytes: Int, logger: Logger) {
         self.handler = handler
         self.counters = counters
@@ -130,25 +137,27 @@ final class OffloadMonitor: @unchecked Sendable {
         }
         let found = resynchronize(requests)
         logger.info("conntrack fast path: following the kernel's connections", metadata: ["existing": "\(found)"])
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
-        defer { buffer.deallocate() }
+        let batch = ReceiveBatch(capacity: 64, messageSize: 8192)
         var owners = handler.offloadOwners
         var next = ContinuousClock.now + .seconds(1)
         while !stop.isRaised {
-            switch events.receive(into: buffer) {
-            case .bytes(let n) where n > 0:
-                ConntrackSocket.forEachMessage(in: UnsafeRawBufferPointer(rebasing: buffer[0..<n])) { message in
-                    guard let entry = ConntrackEntry.parse(message) else { return }
-                    var change = ledger.apply(entry, owners: owners)
-                    if change == .none, entry.kind != .destroy, entry.mark.rawValue & ConntrackOffload.markMask.rawValue != 0 {
-                        owners = handler.offloadOwners           // a config change may have added the owner
-                        change = ledger.apply(entry, owners: owners)
+            switch events.receive(into: batch) {
+            case .messages(let n):
+                for index in 0..<n {
+                    ConntrackSocket.forEachMessage(in: UnsafeRawBufferPointer(batch.message(index))) { message in
+                        guard let entry = ConntrackEntry.parse(message) else { return }
+                        var change = ledger.apply(entry, owners: owners)
+                        if change == .notOwned {
+                            owners = handler.offloadOwners           // a config change may have added the owner
+                            change = ledger.apply(entry, owners: owners)
+                        }
+                        count(change)
                     }
-                    count(change)
                 }
-                handler.offloadedConnections.store(ledger.count, ordering: .relaxed)
-            case .bytes:
-                break
+                if n > 0 { handler.offloadedConnections.store(ledger.count, ordering: .relaxed) }
+                // Counts may lag by a few milliseconds: let events gather rather than wake for each one (at
+                // thousands of connections a second, a wake-up per event costs more than the events).
+                if n > 0 && n < batch.capacity { Thread.sleep(forTimeInterval: Self.gatherInterval) }
             case .overrun:
                 counters.add(.offloadEventsLost)
                 owners = handler.offloadOwners
@@ -170,7 +179,7 @@ final class OffloadMonitor: @unchecked Sendable {
         switch change {
         case .opened: counters.add(.offloadConnectionsNew)
         case .closed: counters.add(.offloadConnectionsClosed)
-        case .changed, .none: break
+        case .changed, .none, .notOwned: break
         }
     }
 

@@ -49,7 +49,7 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
         let sendLimit = max(min(bufferBytes / 4, 1 << 20), 140_000)
         let threads = sockets.enumerated().map { index, socket in
             WorkerThread.start(QueueWorker(socket: socket, processor: processor, counters: counters, stop: stop,
-                                           sendLimit: sendLimit, index: index))
+                                           sendLimit: sendLimit, index: index, connections: connectionWriter()))
         }
         logger.info("running", metadata: metadata.merging([
             "queues": "\(queues.map(\.description).joined(separator: ","))",
@@ -67,6 +67,18 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
         step(statistics, housekeeping)
         sockets.forEach { $0.close() }
         logger.info("stopped", metadata: ["stats": "\(self.statistics().summary)"])
+    }
+
+    /// A worker's ``ConntrackWriter`` when the processor creates kernel connections; nil (with a warning) when
+    /// ctnetlink cannot be opened.
+    private func connectionWriter() -> ConntrackWriter? {
+        guard processor.createsKernelConnections else { return nil }
+        do {
+            return ConntrackWriter(socket: try ConntrackSocket.requests())
+        } catch {
+            logger.warning("DR connections on the conntrack fast path are left to the kernel's pickup", metadata: ["reason": "\(error)"])
+            return nil
+        }
     }
 
     private func step(_ statistics: StatisticsWriter?, _ housekeeping: () -> Void) {

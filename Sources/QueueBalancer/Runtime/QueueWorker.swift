@@ -22,14 +22,14 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
     static var messageSize: Int { 65536 + 1024 }
 
     init(socket: QueueSocket, processor: Processor, counters: DatapathCounters, stop: StopSignal, sendLimit: Int,
-         index: Int) {
+         index: Int, connections: ConntrackWriter? = nil) {
         self.index = index
         self.socket = socket
         self.processor = processor
         self.counters = counters
         self.stop = stop
         batch = ReceiveBatch(capacity: Self.batchSize, messageSize: Self.messageSize)
-        encoder = VerdictEncoder(queue: socket.queue, sendLimit: sendLimit)
+        encoder = VerdictEncoder(queue: socket.queue, sendLimit: sendLimit, connections: connections)
     }
 
     /// Runs until `stop` is raised (noticed within the socket's 200 ms receive timeout).

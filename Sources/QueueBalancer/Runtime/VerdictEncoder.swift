@@ -10,11 +10,18 @@ final class VerdictEncoder {
     private let raw4 = RawSendBatch(family: .v4)
     private let raw6 = RawSendBatch(family: .v6)
 
-    /// - Parameter sendLimit: the most bytes of verdicts in one send (well below the socket's send buffer: an
-    ///   EMSGSIZE send loses every verdict in it).
-    init(queue: QueueNumber, sendLimit: Int) {
+    /// The kernel connections the verdicts ask for (sent before the verdicts); without it a DR SYN's
+    /// connection is left to the kernel's pickup of the client's ACK.
+    private let connections: ConntrackWriter?
+
+    /// - Parameters:
+    ///   - sendLimit: the most bytes of verdicts in one send (well below the socket's send buffer: an EMSGSIZE
+    ///     send loses every verdict in it).
+    ///   - connections: where ``Verdict/acceptMarkedCreatingConnection(_:_:)`` collects its kernel connections.
+    init(queue: QueueNumber, sendLimit: Int, connections: ConntrackWriter? = nil) {
         self.queue = queue
         verdicts = VerdictWriter(limit: sendLimit)
+        self.connections = connections
     }
 
     /// Appends the kernel message for `verdict` about packet `id`, whose bytes are `packet` (and queues a raw
@@ -31,6 +38,10 @@ final class VerdictEncoder {
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark)
         case .repeatMarked(let mark):
             return verdicts.append(queue: queue, packetID: id, verdict: .repeat, mark: mark)
+        case .acceptMarkedCreatingConnection(let mark, let flow):
+            guard verdicts.append(queue: queue, packetID: id, verdict: .accept, mark: mark) else { return false }
+            connections?.create(flow, mark: mark, counters: &counters)
+            return true
         case .acceptRewritten:
             return verdicts.append(queue: queue, packetID: id, verdict: .accept, payload: packet, mark: .translated)
         case .acceptReplaced(let offset, let length):
@@ -65,6 +76,7 @@ final class VerdictEncoder {
 
     /// Sends what the batch produced: the raw packets, then the verdicts through `socket`.
     func flush(to socket: QueueSocket, counters: inout CounterBatch) {
+        connections?.flush(counters: &counters)                     // the connections exist before the packets go on
         let lost = raw4.flush() + raw6.flush()
         if lost > 0 { counters.count(.droppedRawSend, UInt64(lost)) }
         guard verdicts.count > 0 else { return }
