@@ -12,6 +12,8 @@
 #   nat fullnat dr tun              nfqlb on the Swift path (every packet through the queue)
 #   nat+offload fullnat+offload dr+offload   nfqlb with `offload: conntrack`
 #   nat/2q dr/2q                    the Swift path with two queues (one worker each)
+# (In this order by default: fullnat and fullnat+offload use the same local ports, and the real servers'
+# TIME_WAIT sockets from one would slow the other's handshakes if it ran right after.)
 # NAT candidates (dnat, nat) give the real servers a route back through the balancer; the others do not.
 # Workloads, from the client:
 #   conn       new TCP connections: wrk -t2 -c32, `Connection: close` (requests/s; latency p50/p99)
@@ -36,7 +38,7 @@ lab_unmask_signals "$@"
 rounds=${1:-3}
 seconds=${2:-5}
 [ "$rounds" -ge 1 ] && [ "$rounds" -le 9 ] && [ "$seconds" -ge 2 ] && [ "$seconds" -le 30 ] || fail "ROUNDS 1..9, SECONDS 2..30"
-candidates=(${CANDIDATES:-direct dnat haproxy nat nat+offload fullnat fullnat+offload dr dr+offload tun nat/2q dr/2q})
+candidates=(${CANDIDATES:-direct dnat haproxy nat fullnat dr tun nat+offload fullnat+offload dr+offload nat/2q dr/2q})
 workloads=(${WORKLOADS:-conn keepalive bulk udp})
 bash "$root/scripts/ensure-packages.sh" wrk haproxy nginx-light conntrack >/dev/null
 if [ -z "${NFQLB:-}" ]; then
