@@ -13,7 +13,8 @@
 #     then ignore router advertisements, so a balancer configured by SLAAC needs a static default route; and
 #     `down` writes the saved `all` value back, which resets every interface's own forwarding setting); with
 #     offloaded services net.netfilter.nf_conntrack_acct=1 (per-connection counters in conntrack's events)
-#     and nf_conntrack_tcp_loose=1 (DR: the kernel takes a connection up at its first ACK).
+#     and nf_conntrack_tcp_loose=1 (DR: the fallback when nfqlb cannot create a connection itself: the kernel
+#     takes it up at its first ACK).
 # With offloaded services `up` also keeps a copy of the config, so that `down` deletes the kernel connections
 # of those services (`nfqlb conntrack flush`) after removing the rules: nothing of nfqlb's stays behind.
 # `up` is idempotent: running it again (with the same or another config) replaces nfqlb's rules. Changed
