@@ -55,7 +55,7 @@ case "$mode" in
         fi
         in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" >/dev/null
         if [ "$mode" = tun ]; then
-            lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0 --vip "$vip"
+            lab_spawn "${P}r1" "$LAB_TMP/decap.log" "$NFQLB" decap --queue 0 --vip "$vip" --allow-source 198.51.100.1 --allow-source 2001:db8:5::1
             for _ in $(seq 100); do queue_bound "${P}r1" 0 && break; sleep 0.1; done
         fi ;;
 esac

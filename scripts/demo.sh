@@ -100,7 +100,7 @@ case "$mode" in
         for i in 1 2 3; do
             echo "r$i: nfqlb real-server setup --vip $vip --mode $mode"
             in_ns "${P}r$i" "$NFQLB" real-server setup --vip "$vip" --mode "$mode" | sed 's/^/    /'
-            if [ "$mode" = tun ]; then lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip"; fi
+            if [ "$mode" = tun ]; then lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip" --allow-source 198.51.100.1 --allow-source 2001:db8:5::1; fi
             mkdir -p "$LAB_TMP/www$i"; echo "r$i" > "$LAB_TMP/www$i/whoami"
             lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" "$LAB_PYTHON" -m http.server 80 --bind "$vip" --directory "$LAB_TMP/www$i"
         done

@@ -15,6 +15,10 @@ extension IPAddress: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
 
+extension IPPrefix: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 extension RealServerSetup.Mode: ExpressibleByArgument {}

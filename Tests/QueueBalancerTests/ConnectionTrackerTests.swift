@@ -36,6 +36,37 @@ import Testing
         #expect(t.snapshot().first?.expires == 4 + 120_000)
     }
 
+    /// DR and TUN connections (replies bypass the balancer) follow IPVS's input-only table: the client's FIN
+    /// is its side closing, FIN_WAIT (120 s), not CLOSE_WAIT (60 s) as when the server's FIN had been seen.
+    @Test func inputOnlyConnectionsFollowIPVSInputOnlyStates() {
+        let t = ConnectionTracker()
+        let dr: (FlowKey) -> ConnectionTracker.Assignment? = { [real] _ in
+            ConnectionTracker.Assignment(realServer: real, real: 0, inputOnly: true)
+        }
+        _ = t.inbound(key(), flags: .syn, now: 0, schedule: dr)
+        #expect(state(t) == .synReceived)
+        _ = t.inbound(key(), flags: .ack, now: 1, schedule: dr)
+        #expect(state(t) == .established)
+        _ = t.inbound(key(), flags: [.fin, .ack], now: 2, schedule: dr)
+        #expect(state(t) == .finWait)
+        #expect(t.snapshot().first?.expires == 2 + 120_000)
+        _ = t.inbound(key(), flags: [.fin, .ack], now: 3, schedule: dr)
+        #expect(state(t) == .finWait, "a retransmitted FIN keeps FIN_WAIT")
+        _ = t.inbound(key(), flags: .ack, now: 4, schedule: dr)
+        #expect(state(t) == .finWait)
+        // The same packets on a NAT connection (no reply seen): CLOSE_WAIT, as IPVS's two-direction table says.
+        let nat = ConnectionTracker()
+        for (flags, now) in [(TCPFlags.syn, UInt64(0)), (.ack, 1), ([.fin, .ack], 2)] {
+            _ = nat.inbound(key(), flags: flags, now: now, schedule: assign(real))
+        }
+        #expect(state(nat) == .closeWait)
+        // The table itself: where input-only differs from IPVS's INPUT part.
+        #expect(ConnectionState.synAck.next(after: .rst, direction: .inbound, inputOnly: true) == .close)
+        #expect(ConnectionState.synAck.next(after: .rst, direction: .inbound) == .synReceived)
+        #expect(ConnectionState.finWait.next(after: .fin, direction: .inbound, inputOnly: true) == .finWait)
+        #expect(ConnectionState.finWait.next(after: .fin, direction: .inbound) == .timeWait)
+    }
+
     /// The table's memory per connection it can hold: a packed 96-byte entry and three 8-byte index slots.
     @Test func aConnectionTakesAtMost128Bytes() {
         #expect(MemoryLayout<ConnectionEntry>.stride == 96)
@@ -127,7 +158,12 @@ import Testing
         for port in 0..<8 {
             #expect(t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, real: 0, created: true))
         }
-        #expect(t.inbound(key(2000), flags: .syn, now: 1, schedule: assign(real)) == .full)
+        // Refused before scheduling: the scheduler is not asked (its round-robin position, a persistence
+        // template would otherwise move for a connection that never exists).
+        var asked = 0
+        #expect(t.inbound(key(2000), flags: .syn, now: 1) { _ in asked += 1; return nil } == .full)
+        #expect(t.inbound(key(2001, .udp), flags: [], now: 1) { _ in asked += 1; return nil } == .full)
+        #expect(asked == 0)
         // SYN_RECV times out after 60 s; the full stripe expires before refusing.
         #expect(t.inbound(key(2000), flags: .syn, now: 60_001, schedule: assign(real)) == .forward(real, real: 0, created: true))
         #expect(t.count == 1)

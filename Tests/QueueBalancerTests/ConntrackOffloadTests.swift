@@ -72,6 +72,25 @@ import Testing
         #expect(handler.tracker.expire(now: ConnectionTracker.handoffTimeout) == 2)
     }
 
+    /// Offloaded services leave the queues copying headers only; a reply that reaches the queue anyway (its
+    /// kernel entry deleted while nfqlb's hand-off entry lives) would be rewritten and sent on as a 160-byte
+    /// cut of itself. The handler refuses any verdict that sends the copy on.
+    @Test func aHeaderCopyIsNeverSentOnAsThePacket() {
+        let handler = PacketHandler(config: BalancerConfig(queues: [0], services: [Self.service(.nat)]),
+                                    tracker: ConnectionTracker(), now: 0)
+        #expect(handler.headersOnly)
+        var counters = CounterBatch()
+        #expect(handler.run(PacketBuilder().build(), now: 0, counters: &counters).0 == .repeatMarked(0x1000))
+        var reply = PacketBuilder()
+        reply.source = [198, 51, 100, 11]; reply.sourcePort = 8080
+        reply.destination = [192, 0, 2, 2]; reply.destinationPort = 40000
+        reply.tcpFlags = 0x12
+        reply.payload = Array(repeating: 7, count: 1000)
+        let cut = Array(reply.build().prefix(Int(PacketHandler.headerCopyRange)))
+        #expect(handler.run(cut, now: 1, counters: &counters).0 == .drop)
+        #expect(counters[.droppedHeaderCopy] == 1)
+    }
+
     /// NAT marks may move on a reload (they pick a first packet's DNAT rule only); `offload` may not change.
     @Test func reloadMovesNATMarksButKeepsOffload() throws {
         // A service on the Swift path beside it: the queues copy whole packets.

@@ -36,6 +36,18 @@ import Testing
         #expect(counters[.connectionsCreated] == 4 && counters[.forwarded] == 5 && counters[.replied] == 0)
     }
 
+    /// DR sees the client's packets only: its connections use IPVS's input-only TCP states.
+    @Test func clientFINMeansFINWait() {
+        let handler = PacketHandler(config: drConfig(), tracker: ConnectionTracker())
+        var counters = CounterBatch()
+        for flags: UInt8 in [0x02, 0x10, 0x11] {
+            var packet = PacketBuilder()
+            packet.tcpFlags = flags
+            _ = handler.run(packet.build(), counters: &counters)
+        }
+        #expect(handler.tracker.snapshot().map(\.state) == [.finWait])
+    }
+
     @Test func rulesQueueOnlyTheClientDirectionAndRoutesFollowTheMarks() {
         let config = drConfig()
         let rules = IptablesRules.restoreInput(for: config)

@@ -32,4 +32,33 @@ import Testing
         try StatisticsWriter(path: path).write(statistics)
         #expect(try String(contentsOfFile: path, encoding: .utf8) == statistics.text)
     }
+
+    /// A symlink planted where the old writer put its temporary file (`PATH.tmp`), or at the path itself,
+    /// must not make the writer (root) write through it: the victim keeps its bytes, the path becomes a
+    /// regular file of mode 0644 with the statistics, and no temporary file is left behind.
+    @Test func statisticsFileIsNotWrittenThroughSymlinks() throws {
+        let directory = NSTemporaryDirectory() + "nfqlb-stats-dir-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let victim = directory + "/victim", path = directory + "/stats"
+        try "victim".write(toFile: victim, atomically: false, encoding: .utf8)
+        #expect(symlink(victim, path + ".tmp") == 0)
+        #expect(symlink(victim, path) == 0)
+        let statistics = Statistics(counters: DatapathCounters(), gauges: [], kernel: KernelQueueStats())
+        try StatisticsWriter(path: path).write(statistics)
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "victim")
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        #expect(attributes[.type] as? FileAttributeType == .typeRegular)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o644)
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == statistics.text)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == ["stats", "stats.tmp", "victim"])
+    }
+
+    @Test func statisticsWriteFailureNamesThePath() {
+        let path = "/nonexistent-\(UUID().uuidString)/stats"
+        let statistics = Statistics(counters: DatapathCounters(), gauges: [], kernel: KernelQueueStats())
+        #expect { try StatisticsWriter(path: path).write(statistics) } throws: { error in
+            "\(error)".hasPrefix("cannot write \(path): ")
+        }
+    }
 }

@@ -101,6 +101,18 @@ import Testing
         #expect(MaglevScheduler.tableSize(servers: 1000) == 100_003)
     }
 
+    /// A size that is not prime once made filling loop forever (a server's permutation cycled through a few
+    /// slots); it is raised to the next prime, and every entry gets a server.
+    @Test func maglevRaisesATableSizeThatIsNotPrime() {
+        for (requested, size) in [(65536, 65537), (1, 2), (100, 101), (4, 5)] {
+            let mh = MaglevScheduler(loads: loads([1, 1, 1]), tableSize: requested)
+            #expect(mh.table.count == size && mh.table.allSatisfy { $0 >= 0 }, "\(requested)")
+        }
+        #expect(MaglevScheduler.populate(weights: [1, 3], names: [Endpoint(address: IPAddress(ipv4: 1), port: 80),
+                                                                  Endpoint(address: IPAddress(ipv4: 2), port: 80)],
+                                         size: 1000).count == 1009)
+    }
+
     @Test func failoverAndOverflowOrder() {
         #expect(WeightedFailoverScheduler(loads: loads([5, 10, 7])).pick(for: flow()) == 1)
         #expect(WeightedFailoverScheduler(loads: loads([5, 0, 7])).pick(for: flow()) == 2)

@@ -104,4 +104,52 @@ import Testing
         #expect(notTunnel.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) } == .accept)
         #expect(counters[.passedOtherProtocol] == 1)
     }
+
+    /// `--allow-source`: only the balancers' tunnels are opened, in both families; and both families open only
+    /// TCP, UDP and their ICMP (IPv4 once let any inner protocol through).
+    @Test func decapsulatorOpensTunnelsFromAllowedSourcesOnly() {
+        func tunnel4(from source: [UInt8], inner: [UInt8]) -> [UInt8] {
+            [0x45, 0] + be16(UInt16(inner.count + 20)) + [0, 0, 0x40, 0, 64, 4, 0, 0] + source + [198, 51, 100, 11] + inner
+        }
+        func tunnel6(from source: [UInt8], inner: [UInt8]) -> [UInt8] {
+            [0x60, 0, 0, 0] + be16(UInt16(inner.count)) + [41, 64] + source + ip("2001:db8:5::11").bytes + inner
+        }
+        let decap = Decapsulator(vips: [ip("203.0.113.10"), ip("2001:db8:f::10")],
+                                 allowedSources: [IPPrefix("198.51.100.0/30")!, IPPrefix("2001:db8:5::1")!])
+        var counters = CounterBatch()
+        func verdict(_ packet: [UInt8]) -> Verdict {
+            var bytes = packet
+            return bytes.withUnsafeMutableBytes { decap.handle($0, now: 0, counters: &counters) }
+        }
+        let inner4 = PacketBuilder().build(), inner6 = PacketBuilder.v6().build()
+        #expect(verdict(tunnel4(from: [198, 51, 100, 1], inner: inner4)) == .acceptReplaced(offset: 20, length: inner4.count))
+        #expect(verdict(tunnel4(from: [198, 51, 100, 66], inner: inner4)) == .drop)
+        #expect(verdict(tunnel6(from: ip("2001:db8:5::1").bytes, inner: inner6)) == .acceptReplaced(offset: 40, length: inner6.count))
+        #expect(verdict(tunnel6(from: ip("2001:db8:5::2").bytes, inner: inner6)) == .drop)
+        // An IPv4 balancer address does not open IPv6 tunnels, nor the reverse.
+        #expect(verdict(tunnel6(from: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 198, 51, 100, 1], inner: inner6)) == .drop)
+        #expect(counters[.droppedTunnelSource] == 3 && counters[.decapsulated] == 2)
+        // Inner protocols: GRE (47) inside IPv4 is refused like any other non-TCP/UDP/ICMP; ICMP passes.
+        var gre = PacketBuilder(); gre.transport = 47
+        #expect(verdict(tunnel4(from: [198, 51, 100, 2], inner: gre.build())) == .drop)
+        #expect(counters[.droppedTunnelHeader] == 1)
+        var echo = PacketBuilder(); echo.transport = 1; echo.icmp = (type: 8, code: 0, rest: [0, 1, 0, 1], quoted: [])
+        let icmp = echo.build()
+        #expect(verdict(tunnel4(from: [198, 51, 100, 2], inner: icmp)) == .acceptReplaced(offset: 20, length: icmp.count))
+        // Without --allow-source every outer source is accepted (the command warns).
+        #expect(Decapsulator(vips: [ip("203.0.113.10")]).allowedSources.isEmpty)
+    }
+
+    @Test func prefixesParseAndMatchTheirOwnFamily() {
+        #expect(IPPrefix("198.51.100.7/24")?.description == "198.51.100.0/24")
+        #expect(IPPrefix("2001:db8:5::1")?.description == "2001:db8:5::1/128")
+        #expect(IPPrefix("198.51.100.1")?.contains(ip("198.51.100.1")) == true)
+        #expect(IPPrefix("198.51.100.1")?.contains(ip("198.51.100.2")) == false)
+        #expect(IPPrefix("0.0.0.0/0")?.contains(ip("2001:db8::1")) == false)
+        #expect(IPPrefix("::/0")?.contains(ip("2001:db8::1")) == true)
+        #expect(IPPrefix("::/0")?.contains(ip("192.0.2.1")) == false)
+        for bad in ["198.51.100.0/33", "2001:db8::/129", "x/24", "198.51.100.0/", "198.51.100.0/-1", "1/2/3"] {
+            #expect(IPPrefix(bad) == nil, "\(bad)")
+        }
+    }
 }

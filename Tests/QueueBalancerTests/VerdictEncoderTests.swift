@@ -82,4 +82,24 @@ import Testing
         #expect(!packet.withUnsafeBytes { encoder.encode(.acceptRewritten, id: 2, packet: $0, counters: &counters) })
         #expect(encoder.verdicts.used == used && encoder.verdicts.count == 1)
     }
+
+    /// `add` sends the batch when it is full and tries again; a verdict that fits no batch (a 65,535-byte
+    /// rewritten packet: the attribute length is 16 bits) becomes a drop counted in `dropped_verdict_size`,
+    /// not in `dropped_malformed` (the packet was well formed and already has its verdict counter).
+    @Test func aVerdictTooLargeForAnyBatchBecomesADrop() {
+        var counters = CounterBatch()
+        let encoder = VerdictEncoder(queue: 0, sendLimit: 140_000)
+        var sends = 0
+        let small = PacketBuilder().build()
+        small.withUnsafeBytes { encoder.add(.acceptRewritten, id: 1, packet: $0, counters: &counters) { _ in sends += 1 } }
+        #expect(sends == 0 && encoder.verdicts.count == 1)
+        let huge = [UInt8](repeating: 0x45, count: 65_535)
+        huge.withUnsafeBytes {
+            encoder.add(.acceptRewritten, id: 2, packet: $0, counters: &counters) { _ in sends += 1; encoder.verdicts.reset() }
+        }
+        #expect(sends == 1 && encoder.verdicts.count == 1)
+        let a = attributes(encoder)
+        #expect(a.map(\.type) == [NetlinkLayout.attributeVerdictHeader] && a[0].value == [0, 0, 0, 0, 0, 0, 0, 2])
+        #expect(counters[.droppedVerdictSize] == 1 && counters[.droppedMalformed] == 0)
+    }
 }

@@ -62,7 +62,7 @@ done
 grep -q "nothing to change" <<<"$(in_ns "${P}r1" "$NFQLB" real-server setup --vip "$vip" --mode "$mode")" || fail "real-server setup is not idempotent"
 if [ "$mode" = tun ]; then
     for i in 1 2 3; do
-        lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip" --stats-file "$LAB_TMP/decap$i.stats"
+        lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip" --allow-source 198.51.100.1 --allow-source 2001:db8:5::1 --stats-file "$LAB_TMP/decap$i.stats"
         decap_pid[$i]=$LAB_LAST_PID
     done
     for i in 1 2 3; do

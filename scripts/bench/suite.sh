@@ -19,13 +19,14 @@
 #   conn       new TCP connections: wrk -t2 -c32, `Connection: close` (requests/s; latency p50/p99)
 #   keepalive  wrk -t2 -c32 on kept-alive connections (requests/s; latency p50/p99)
 #   bulk       iperf3 -P 4 (Mbit/s)
-#   udp        iperf3 -u -l 64 -b 0 (64-byte datagrams delivered per second, loss)
+#   udp        iperf3 -u -l 64 -b 0 (64-byte datagrams delivered per second, loss); UDP_BITRATE=40M offers a
+#              fixed load instead of "as fast as the sender can" (where the loss then says who keeps up)
 # For each candidate and workload: the median of the rounds, min-max, the CPU seconds of the balancer's
 # processes (nfqlb, haproxy) and of the whole machine, and the ratio to dnat's median.
 #
 # Usage (root): scripts/bench/suite.sh [ROUNDS=3] [SECONDS=5]
 #   CANDIDATES="..." and WORKLOADS="..." choose (default: all, in the order above). VERBOSE=1 prints nfqlb's
-#   counters and the balancer's conntrack statistics after each measurement. NFQLB=binary, else the
+#   counters, the balancer's conntrack statistics and r1's UDP receive counters after each measurement. NFQLB=binary, else the
 #   release build. OUT=FILE also writes the table there; RESULTS=FILE keeps every measurement (default
 #   /tmp/nfqlb-suite-PID.tsv). Installs wrk, haproxy, nginx-light and conntrack
 #   if missing.
@@ -185,7 +186,7 @@ HAP
             if [ "$mode" = tun ]; then
                 decap_pids=()
                 for i in 1 2 3; do
-                    lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip"
+                    lab_spawn "${P}r$i" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$vip" --allow-source 198.51.100.1
                     decap_pids+=("$LAB_LAST_PID")
                     for _ in $(seq 100); do queue_bound "${P}r$i" 0 && break; sleep 0.1; done
                 done
@@ -252,7 +253,7 @@ PY
             out=$(in_ns "${P}c" timeout $((seconds + 20)) iperf3 -c "$host" -P 4 -t "$seconds" -J 2>/dev/null) || { echo "0 - - failed"; return; }
             "$LAB_PYTHON" -c 'import json,sys; print("%.0f - - -" % (json.loads(sys.argv[1])["end"]["sum_received"]["bits_per_second"] / 1e6))' "$out" ;;
         udp)
-            out=$(in_ns "${P}c" timeout $((seconds + 20)) iperf3 -c "$host" -u -l 64 -b 0 -t "$seconds" -J 2>/dev/null) || {
+            out=$(in_ns "${P}c" timeout $((seconds + 20)) iperf3 -c "$host" -u -l 64 -b "${UDP_BITRATE:-0}" -t "$seconds" -J 2>/dev/null) || {
                 echo "udp: $("$LAB_PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1]).get("error"))' "$out" 2>/dev/null)" >&2
                 echo "0 - - failed"; return; }
             "$LAB_PYTHON" -c '
@@ -281,6 +282,7 @@ for round in $(seq "$rounds"); do
             if [ -n "${VERBOSE:-}" ]; then
                 [ -n "$NFQLB_PID" ] && sleep 1.2 && echo "  nfqlb: $(grep -v ' 0$' "$NFQLB_STATS" | grep -v '{' | tr '\n' ' ')"
                 echo "  conntrack: $(in_ns "${P}b" conntrack -S 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); s[kv[1]] += kv[2] } } END { for (k in s) if (s[k]) printf "%s=%d ", k, s[k] }')"
+                echo "  r1 udp (since the lab started): $(in_ns "${P}r1" nstat -az UdpInDatagrams UdpRcvbufErrors UdpInErrors 2>/dev/null | awk 'NR > 1 { printf "%s=%s ", $1, $2 }')"
             fi
         done
         down "$candidate"

@@ -31,15 +31,19 @@ public enum ConnectionState: UInt8, Sendable, CaseIterable, CustomStringConverti
         case reply = 1
     }
 
-    /// The next TCP state after a packet with `flags` travelling `direction`, following IPVS's state table for
-    /// connections whose both directions pass the balancer (ip_vs_proto_tcp.c, "tcp_states"). RST wins over SYN,
-    /// SYN over FIN, FIN over ACK, as in IPVS's `tcp_state_idx`.
-    public func next(after flags: TCPFlags, direction: Direction) -> ConnectionState {
+    /// The next TCP state after a packet with `flags` travelling `direction`, following IPVS's state tables
+    /// (ip_vs_proto_tcp.c, "tcp_states"): for connections whose both directions pass the balancer (NAT,
+    /// FULLNAT), or with `inputOnly` for those whose replies go straight to the client (DR, TUN; IPVS's
+    /// "INPUT-ONLY" part, used for connections without output). Without replies a client's FIN means its side
+    /// is closing (FIN_WAIT), not that the server closed first (CLOSE_WAIT), and a FIN in FIN_WAIT keeps
+    /// FIN_WAIT. RST wins over SYN, SYN over FIN, FIN over ACK, as in IPVS's `tcp_state_idx`.
+    public func next(after flags: TCPFlags, direction: Direction, inputOnly: Bool = false) -> ConnectionState {
         let event: Int
         if flags.contains(.rst) { event = 3 } else if flags.contains(.syn) { event = 0 }
         else if flags.contains(.fin) { event = 1 } else if flags.contains(.ack) { event = 2 } else { return self }
         guard self != .udp else { return self }
-        return ConnectionState.table[direction.rawValue][event][Int(rawValue)]
+        let part = direction == .reply ? 1 : inputOnly ? 2 : 0
+        return ConnectionState.table[part][event][Int(rawValue)]
     }
 
     private static let (sNO, sES, sSS, sSR, sFW, sTW, sCL, sCW, sLA, sLI, sSA): (
@@ -47,7 +51,7 @@ public enum ConnectionState: UInt8, Sendable, CaseIterable, CustomStringConverti
         ConnectionState, ConnectionState, ConnectionState, ConnectionState, ConnectionState
     ) = (.none, .established, .synSent, .synReceived, .finWait, .timeWait, .close, .closeWait, .lastAck, .listen, .synAck)
 
-    // [direction][event: syn, fin, ack, rst][current state: NO ES SS SR FW TW CL CW LA LI SA]
+    // [inbound | reply | inbound input-only][event: syn, fin, ack, rst][current state: NO ES SS SR FW TW CL CW LA LI SA]
     private static let table: [[[ConnectionState]]] = [
         [ // inbound
             [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],
@@ -60,6 +64,12 @@ public enum ConnectionState: UInt8, Sendable, CaseIterable, CustomStringConverti
             [sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW],
             [sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES],
             [sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL],
+        ],
+        [ // inbound, input only (DR, TUN): FIN in ES and FW gives FW; RST in SA gives CL
+            [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],
+            [sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW],
+            [sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES],
+            [sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL],
         ],
     ]
 }

@@ -64,6 +64,8 @@ public final class ConnectionTracker: Sendable {
         /// The conntrack fast path: the kernel carries the connection; the entry only remembers the choice for
         /// the packets queued before the kernel took over (``handoffTimeout``), and is not counted.
         var offloaded = false
+        /// DR, TUN: replies do not pass the balancer; TCP states follow IPVS's input-only table.
+        var inputOnly = false
     }
 
     /// How long an offloaded connection's entry outlives its last queued packet, whatever its state: long
@@ -195,7 +197,7 @@ public final class ConnectionTracker: Sendable {
                 // black-holed until they go idle.
                 let moves = !isTCP && (lifecycle == .draining || lifecycle == .removed)
                 if entry.expires > now && !restarts && !moves && lifecycle != .removed {
-                    let state = isTCP ? entry.state.next(after: flags, direction: .inbound) : .udp
+                    let state = isTCP ? entry.state.next(after: flags, direction: .inbound, inputOnly: entry.inputOnly) : .udp
                     table.changeState(found, to: state)
                     table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
                     if entry.allocator != nil {
@@ -209,8 +211,11 @@ public final class ConnectionTracker: Sendable {
                 if lifecycle == .removed && isTCP && !freshSYN && entry.expires > now { return .realServerRemoved }
             }
             if isTCP && !flags.isInitialSYN { return .noConnection }
-            guard let assignment = schedule(key) else { return .noRealServer }
+            // Room first: a connection refused for want of it must leave the schedulers (round-robin position,
+            // persistence templates) as they were.
             if table.isFull { _ = table.expire(now: now, hasher: hasher) }
+            if table.isFull { return .full }
+            guard let assignment = schedule(key) else { return .noRealServer }
             var local = key.source
             if let translation = assignment.local {
                 guard let port = table.takePort(translation.allocator) else { return .portsExhausted }
@@ -229,11 +234,12 @@ public final class ConnectionTracker: Sendable {
                 if let translation = assignment.local { table.givePort(translation.allocator, local.port) }
                 return .full
             }
-            let state: ConnectionState = isTCP ? ConnectionState.none.next(after: flags, direction: .inbound) : .udp
+            let state: ConnectionState = isTCP
+                ? ConnectionState.none.next(after: flags, direction: .inbound, inputOnly: assignment.inputOnly) : .udp
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: reply, expires: now &+ lifetime(state, offloaded: assignment.offloaded),
                 real: assignment.real, state: state, live: true, nextFree: -1, allocator: assignment.local?.allocator,
-                offloaded: assignment.offloaded)
+                offloaded: assignment.offloaded, inputOnly: assignment.inputOnly)
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
             table.setExpiry(slot, table.entries[slot].expires)

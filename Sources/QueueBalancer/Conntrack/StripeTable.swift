@@ -29,14 +29,25 @@ struct ConnectionEntry {
     private var allocatorValue: UInt32
     private var transportValue: TransportProtocol
     var state: ConnectionState
-    var live: Bool
-    /// The conntrack fast path carries the connection: the entry is not counted.
-    var offloaded: Bool
+    /// `live`, `offloaded` and `inputOnly` in one byte (the entry stays at 96 bytes).
+    private var flags: UInt8
 
     private static let none = UInt32.max
+    private static let liveFlag: UInt8 = 1, offloadedFlag: UInt8 = 2, inputOnlyFlag: UInt8 = 4
+
+    /// The slot holds a connection (else it is on the free list).
+    var live: Bool {
+        get { flags & Self.liveFlag != 0 }
+        set { flags = newValue ? flags | Self.liveFlag : flags & ~Self.liveFlag }
+    }
+    /// The conntrack fast path carries the connection: the entry is not counted.
+    var offloaded: Bool { flags & Self.offloadedFlag != 0 }
+    /// DR and TUN: the balancer sees the client's packets only, so TCP states follow IPVS's input-only table
+    /// (``ConnectionState/next(after:direction:inputOnly:)``).
+    var inputOnly: Bool { flags & Self.inputOnlyFlag != 0 }
 
     init(inbound: FlowKey, reply: FlowKey, expires: UInt64, real: RealServerID, state: ConnectionState, live: Bool,
-         nextFree: Int32, allocator: PortAllocatorID?, offloaded: Bool) {
+         nextFree: Int32, allocator: PortAllocatorID?, offloaded: Bool, inputOnly: Bool = false) {
         clientAddress = inbound.source.address
         clientPort = inbound.source.port
         vipAddress = inbound.destination.address
@@ -49,10 +60,9 @@ struct ConnectionEntry {
         self.expires = expires
         self.real = real
         self.state = state
-        self.live = live
+        flags = (live ? Self.liveFlag : 0) | (offloaded ? Self.offloadedFlag : 0) | (inputOnly ? Self.inputOnlyFlag : 0)
         self.nextFree = nextFree
         allocatorValue = allocator?.rawValue ?? Self.none
-        self.offloaded = offloaded
     }
 
     var inbound: FlowKey {

@@ -3,8 +3,8 @@ import Synchronization
 /// Everything the datapath counts, both families alike. Each packet's verdict is counted with its reason
 /// (forwarded, replied, a `dropped_` or `passed_` reason, an ICMP or tunnel outcome). Some counters say more
 /// about a packet already counted: `connections_created`, `with_ip_options`, and what fails after the
-/// forwarding decision: `dropped_verdict_send`, `dropped_raw_send`, and `dropped_malformed` for a packet
-/// forwarded to a tunnel whose outer header cannot count its length.
+/// forwarding decision: `dropped_verdict_send`, `dropped_verdict_size`, `dropped_header_copy`,
+/// `dropped_raw_send`.
 public enum DatapathCounter: Int, CaseIterable, Sendable {
     /// Packets received from the kernel queues.
     case received
@@ -57,15 +57,23 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case tunnelTooBig
     /// Real server: tunnelled packets decapsulated (accepted as their inner packet).
     case decapsulated
-    /// Real server: tunnelled packets that cannot be decapsulated in place, because the kernel keeps the outer
-    /// transport offset: an IPv4 outer or inner header with options (IHL != 5), an inner IPv6 packet with an
-    /// extension header or other than TCP, UDP and ICMPv6 (dropped).
+    /// Real server: tunnelled packets nfqlb does not open: an inner packet other than TCP, UDP and its family's
+    /// ICMP (an IPv6 one with an extension header among them), or one that cannot be decapsulated in place
+    /// because the kernel keeps the outer transport offset: an IPv4 outer or inner header with options
+    /// (IHL != 5) (dropped).
     case droppedTunnelHeader
     /// Real server: tunnelled packets whose inner packet is not for a configured VIP or comes from a
     /// loopback, unspecified or multicast source (dropped).
     case droppedTunnelSpoofed
+    /// Real server: tunnelled packets from an outer source outside `nfqlb decap --allow-source` (dropped).
+    case droppedTunnelSource
     /// Dropped: the verdict could not be delivered to the kernel (counted per packet in the failed send).
     case droppedVerdictSend
+    /// Dropped: the verdict would carry a rewritten packet larger than a netlink attribute can (65,531 bytes).
+    case droppedVerdictSize
+    /// Dropped: the queues copy headers only (every service DR or offloaded) and the packet's verdict would
+    /// have sent the copy on as the packet (a reply of an offloaded NAT connection reaching the queue).
+    case droppedHeaderCopy
     /// Dropped: a packet for a raw socket (TUN between families, on either side) was refused by the kernel or no
     /// raw socket could be opened (also counted where its verdict was decided).
     case droppedRawSend
@@ -125,8 +133,11 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .tunnelTooBig: "tunnel_too_big"
         case .decapsulated: "decapsulated"
         case .droppedTunnelHeader: "dropped_tunnel_header"
+        case .droppedTunnelSource: "dropped_tunnel_source"
         case .droppedTunnelSpoofed: "dropped_tunnel_spoofed"
         case .droppedVerdictSend: "dropped_verdict_send"
+        case .droppedVerdictSize: "dropped_verdict_size"
+        case .droppedHeaderCopy: "dropped_header_copy"
         case .droppedRawSend: "dropped_raw_send"
         case .icmpForwarded: "icmp_forwarded"
         case .icmpReplied: "icmp_replied"

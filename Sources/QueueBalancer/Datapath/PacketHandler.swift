@@ -16,7 +16,7 @@ public final class PacketHandler: PacketProcessor {
     /// The real servers' numbers, weights, lifecycle and counts (the tracker's).
     public var registry: RealServerRegistry { tracker.registry }
     /// What the queues deliver, fixed for the handler's life (they are bound with it): headers only when every
-    /// service is DR, GSO super-packets when every service's method can take them (none yet).
+    /// service is DR or offloaded, GSO super-packets when every service's method can take them (not TUN).
     let queueNeeds: QueueNeeds
     /// Whether the queues copy headers only (``copyRange`` is ``headerCopyRange``).
     public var headersOnly: Bool { !queueNeeds.wholePackets }
@@ -125,7 +125,15 @@ public final class PacketHandler: PacketProcessor {
     public func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64,
                        counters: inout CounterBatch) -> Verdict {
         // No reference counting on the shared table: it lives while this batch's generation is announced.
-        tables.withCurrent { table in handle(bytes, info: info, now: now, table: table, counters: &counters) }
+        let verdict = tables.withCurrent { table in handle(bytes, info: info, now: now, table: table, counters: &counters) }
+        // Headers-only copies (every service DR or offloaded): no verdict may send the copy on as the packet.
+        // The rules queue nothing that would need it, but a packet that gets here anyway (a reply of an
+        // offloaded NAT connection whose kernel entry was deleted, stale rules) is dropped, not cut short.
+        if headersOnly && verdict.carriesPacketBytes {
+            counters.count(.droppedHeaderCopy)
+            return .drop
+        }
+        return verdict
     }
 
     private func handle(_ bytes: UnsafeMutableRawBufferPointer, info: PacketInfo, now: UInt64, table: ServiceTable,
@@ -198,9 +206,10 @@ public final class PacketHandler: PacketProcessor {
         }
         guard let index = chosen else { return nil }
         let number = service.numbers[index]
+        let forwarder = table.forwarders[number.index]
         return ConnectionTracker.Assignment(realServer: service.reals[index], real: number,
-                                            local: table.forwarders[number.index].localAddress(for: flow),
-                                            offloaded: service.offloaded)
+                                            local: forwarder.localAddress(for: flow),
+                                            offloaded: service.offloaded, inputOnly: !forwarder.seesReplies)
     }
 
     /// Every client packet keeps its network's template alive (IPVS: while the template controls connections),

@@ -31,3 +31,14 @@ public enum Verdict: Equatable, Sendable {
     /// packet), leave through a raw socket to `destination`.
     case sendReplaced(offset: Int, length: Int, destination: IPAddress)
 }
+
+extension Verdict {
+    /// Whether the verdict hands (part of) the queued buffer back as a packet: wrong when the queue copied
+    /// headers only (``PacketHandler/headersOnly``), since the packet would leave cut short.
+    var carriesPacketBytes: Bool {
+        switch self {
+        case .accept, .drop, .acceptMarked, .repeatMarked, .acceptMarkedCreatingConnection: false
+        case .acceptRewritten, .acceptReplaced, .acceptEncapsulated, .sendEncapsulated, .sendReplaced: true
+        }
+    }
+}

@@ -63,8 +63,9 @@ struct TunnelForwarder: DirectReturnMethod {
         let outer = IPFamily(of: real)
         guard let header = TunnelHeader(encapsulating: UnsafeRawBufferPointer(bytes), innerFamily: family,
                                         innerLength: length, outer: outer, source: path.source, destination: real) else {
-            // Longer than the outer header can count: no verdict could carry it, no raw socket send it.
-            counters.count(outer == family ? .droppedMalformed : .droppedRawSend)
+            // Longer than the outer header can count: no verdict could carry it, no raw socket send it (the
+            // packet's own counter was decided already; these say why it went no further).
+            counters.count(outer == family ? .droppedVerdictSize : .droppedRawSend)
             return .drop
         }
         return outer == family ? .acceptEncapsulated(header) : .sendEncapsulated(header)

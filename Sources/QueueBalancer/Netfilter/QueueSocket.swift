@@ -1,5 +1,6 @@
 import CNFQueue
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// A number of an NFQUEUE (`iptables -j NFQUEUE --queue-num N`).
@@ -133,8 +134,7 @@ public final class QueueSocket {
             throw Errno.invalidArgument
         }
         header.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
-        QueueSocket.sequence &+= 1
-        let sequence = QueueSocket.sequence
+        let sequence = QueueSocket.nextSequence()
         header.pointee.nlmsg_seq = sequence
         fill(header)
         guard mnl_socket_sendto(socket, header, Int(header.pointee.nlmsg_len)) >= 0 else {
@@ -177,8 +177,17 @@ public final class QueueSocket {
         }
     }
 
-    /// Sequence numbers of config messages (any non-zero value tells our acknowledgement apart).
-    nonisolated(unsafe) private static var sequence: UInt32 = UInt32(truncatingIfNeeded: time(nil)) | 1
+    /// Sequence numbers of config messages (any non-zero value tells our acknowledgement apart). Queues are
+    /// bound from several threads at once (one per queue), hence atomic.
+    private static let sequence = Atomic<UInt32>(UInt32(truncatingIfNeeded: time(nil)) | 1)
+
+    /// A sequence number no other config message of this process is using (never 0).
+    static func nextSequence() -> UInt32 {
+        while true {
+            let value = sequence.wrappingAdd(1, ordering: .relaxed).newValue
+            if value != 0 { return value }
+        }
+    }
 
     /// Unbinds the queue (the kernel then drops what it still holds for it) and closes the socket.
     public func close() {

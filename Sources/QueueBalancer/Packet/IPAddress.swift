@@ -172,3 +172,42 @@ extension IPAddress {
         return !(high == 0 && low <= 1) && high >> 56 != 0xFF && !isIPv4
     }
 }
+
+extension IPAddress {
+    /// The address with all but the first `bits` of its 128 bits cleared (an IPv4 address counts from bit 96:
+    /// pass 96 + its prefix length).
+    func keepingFirst(_ bits: Int) -> IPAddress {
+        func mask(_ n: Int) -> UInt64 { n <= 0 ? 0 : n >= 64 ? .max : ~(UInt64.max >> UInt64(n)) }
+        return IPAddress(high: high & mask(bits), low: low & mask(bits - 64))
+    }
+}
+
+/// An address prefix, `ADDRESS/LENGTH` (a bare address is the host itself: /32 or /128). An IPv4 prefix
+/// contains IPv4 addresses only, an IPv6 prefix IPv6 addresses only.
+public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
+    /// The network address (host bits cleared).
+    public let network: IPAddress
+    /// The prefix length in the address's own family (0...32 or 0...128).
+    public let length: Int
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let address = IPAddress(String(parts[0])) else { return nil }
+        let maximum = address.isIPv4 ? 32 : 128
+        var length = maximum
+        if parts.count == 2 {
+            guard let n = Int(parts[1]), (0...maximum).contains(n), parts[1].allSatisfy(\.isASCII) else { return nil }
+            length = n
+        }
+        self.length = length
+        network = address.keepingFirst(address.isIPv4 ? 96 + length : length)
+    }
+
+    /// Whether `address` lies in the prefix (and is of its family).
+    public func contains(_ address: IPAddress) -> Bool {
+        guard address.isIPv4 == network.isIPv4 else { return false }
+        return address.keepingFirst(network.isIPv4 ? 96 + length : length) == network
+    }
+
+    public var description: String { "\(network)/\(length)" }
+}

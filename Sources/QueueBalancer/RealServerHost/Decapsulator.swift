@@ -10,18 +10,33 @@
 /// both (40 bytes). Other packets are dropped and counted; packets that are not tunnelled pass.
 ///
 /// The inner packet is delivered locally without another routing or martian check (the verdict is given at
-/// INPUT), so only inner packets addressed to one of the configured VIPs, from an ordinary unicast source, are
-/// let through: anyone who can reach the real server could otherwise tunnel packets to its local-only services
-/// (`dropped_tunnel_spoofed`).
+/// INPUT), so in both families alike only these are let through: tunnels from an allowed outer source (the
+/// balancers, ``allowedSources``; `dropped_tunnel_source`), inner packets of TCP, UDP or the family's ICMP
+/// (`dropped_tunnel_header`), addressed to one of the configured VIPs from an ordinary unicast source
+/// (`dropped_tunnel_spoofed`). Anyone who can reach the real server could otherwise tunnel packets to its
+/// local-only services, or to the VIP with a forged client address.
 public struct Decapsulator: PacketProcessor {
     let vips: [IPAddress]
+    /// Outer sources whose tunnels are opened; empty: any (the command warns).
+    public let allowedSources: [IPPrefix]
 
     /// Whole packets: the inner packet is the verdict.
     public var copyRange: UInt32 { QueueSocket.wholePackets }
 
-    /// - Parameter vips: the VIPs this real server serves.
-    public init(vips: [IPAddress]) {
+    /// - Parameters:
+    ///   - vips: the VIPs this real server serves.
+    ///   - allowedSources: the balancers' addresses (outer sources); empty accepts tunnels from anywhere.
+    public init(vips: [IPAddress], allowedSources: [IPPrefix] = []) {
         self.vips = vips
+        self.allowedSources = allowedSources
+    }
+
+    /// Whether a tunnel from `source`, read from an outer header of `family`, is opened at all (an IPv4-mapped
+    /// address in an IPv6 header is no IPv4 balancer).
+    private func allows(_ source: IPAddress, _ family: IPFamily) -> Bool {
+        if allowedSources.isEmpty { return true }
+        guard source.isIPv4 == (family == .v4) else { return false }
+        return allowedSources.contains { $0.contains(source) }
     }
 
     /// Its queue has no GSO: `info` is always empty.
@@ -39,14 +54,18 @@ public struct Decapsulator: PacketProcessor {
     private func ipv4(_ raw: UnsafeRawBufferPointer, _ counters: inout CounterBatch) -> Verdict {
         guard let outer = IPv4Header(raw) else { counters.count(.droppedMalformed); return .drop }
         let outerLength = outer.totalLength
-        switch outer.protocolNumber {
-        case .ipv6:
+        guard outer.protocolNumber == .ipv4 || outer.protocolNumber == .ipv6 else {
+            counters.count(.passedOtherProtocol)
+            return .accept
+        }
+        guard allows(outer.source, .v4) else { counters.count(.droppedTunnelSource); return .drop }
+        if outer.protocolNumber == .ipv6 {
             let outerHeader = outer.headerLength
             guard outerHeader >= IPv4Header.minimumLength, outerLength <= raw.count, outerLength >= outerHeader else {
                 counters.count(.droppedMalformed); return .drop
             }
             return acrossFamilies(raw, at: outerHeader, end: outerLength, &counters)
-        case .ipv4:
+        } else {
             let minimum = IPv4Header.minimumLength
             guard outerLength <= raw.count, outerLength >= 2 * minimum else { counters.count(.droppedMalformed); return .drop }
             let inner = IPv4Header(UnsafeRawBufferPointer(rebasing: raw[minimum..<outerLength]))!
@@ -56,11 +75,8 @@ public struct Decapsulator: PacketProcessor {
             guard innerLength >= minimum, innerLength <= outerLength - minimum else {
                 counters.count(.droppedMalformed); return .drop
             }
-            return deliver(inner.source, inner.destination, .v4, .acceptReplaced(offset: minimum, length: innerLength),
-                           &counters)
-        default:
-            counters.count(.passedOtherProtocol)
-            return .accept
+            return deliver(inner.source, inner.destination, inner.protocolNumber, .v4,
+                           .acceptReplaced(offset: minimum, length: innerLength), &counters)
         }
     }
 
@@ -69,10 +85,14 @@ public struct Decapsulator: PacketProcessor {
         let outerLength = outer.totalLength
         guard outerLength <= raw.count else { counters.count(.droppedMalformed); return .drop }
         // The tunnelled packet right after the fixed header; an outer extension header would move the offset.
-        switch outer.nextHeader {
-        case .ipv4:
+        guard outer.nextHeader == .ipv4 || outer.nextHeader == .ipv6 else {
+            counters.count(.passedOtherProtocol)
+            return .accept
+        }
+        guard allows(outer.source, .v6) else { counters.count(.droppedTunnelSource); return .drop }
+        if outer.nextHeader == .ipv4 {
             return acrossFamilies(raw, at: IPv6Header.minimumLength, end: outerLength, &counters)
-        case .ipv6:
+        } else {
             let length = IPv6Header.minimumLength
             guard outerLength >= 2 * length,
                   let inner = IPv6Header(UnsafeRawBufferPointer(rebasing: raw[length..<outerLength])), inner.version == 6 else {
@@ -80,16 +100,9 @@ public struct Decapsulator: PacketProcessor {
             }
             let innerLength = inner.totalLength
             guard innerLength <= outerLength - length else { counters.count(.droppedMalformed); return .drop }
-            // TCP, UDP, or ICMPv6 (an error about a connection, sent on by the balancer): no extension header.
-            guard inner.nextHeader == .tcp || inner.nextHeader == .udp || inner.nextHeader == .icmpv6 else {
-                counters.count(.droppedTunnelHeader)
-                return .drop
-            }
-            return deliver(inner.source, inner.destination, .v6, .acceptReplaced(offset: length, length: innerLength),
-                           &counters)
-        default:
-            counters.count(.passedOtherProtocol)
-            return .accept
+            // No extension header (the transport offset stays the outer's): the protocol check in `deliver`.
+            return deliver(inner.source, inner.destination, inner.nextHeader, .v6,
+                           .acceptReplaced(offset: length, length: innerLength), &counters)
         }
     }
 
@@ -105,23 +118,28 @@ public struct Decapsulator: PacketProcessor {
             let length = ip.totalLength
             guard ip.headerLength >= IPv4Header.minimumLength, length >= IPv4Header.minimumLength,
                   length <= inner.count else { counters.count(.droppedMalformed); return .drop }
-            return deliver(ip.source, ip.destination, .v4, .sendReplaced(offset: offset, length: length, destination: ip.destination),
-                           &counters)
+            return deliver(ip.source, ip.destination, ip.protocolNumber, .v4,
+                           .sendReplaced(offset: offset, length: length, destination: ip.destination), &counters)
         case 6:
             guard let ip = IPv6Header(inner), ip.totalLength <= inner.count else {
                 counters.count(.droppedMalformed); return .drop
             }
-            return deliver(ip.source, ip.destination, .v6, .sendReplaced(offset: offset, length: ip.totalLength, destination: ip.destination),
-                           &counters)
+            return deliver(ip.source, ip.destination, ip.nextHeader, .v6,
+                           .sendReplaced(offset: offset, length: ip.totalLength, destination: ip.destination), &counters)
         default:
             counters.count(.droppedMalformed)
             return .drop
         }
     }
 
-    /// The one delivery rule: only to a configured VIP, only from an ordinary source.
-    private func deliver(_ source: IPAddress, _ destination: IPAddress, _ family: IPFamily, _ verdict: Verdict,
-                         _ counters: inout CounterBatch) -> Verdict {
+    /// The one delivery rule, both families alike: TCP, UDP or the family's ICMP (an error about a connection,
+    /// sent on by the balancer), only to a configured VIP, only from an ordinary source.
+    private func deliver(_ source: IPAddress, _ destination: IPAddress, _ transport: IPProtocolNumber,
+                         _ family: IPFamily, _ verdict: Verdict, _ counters: inout CounterBatch) -> Verdict {
+        guard transport == .tcp || transport == .udp || transport == (family == .v4 ? .icmp : .icmpv6) else {
+            counters.count(.droppedTunnelHeader)
+            return .drop
+        }
         guard vips.contains(destination), source.isOrdinarySource(in: family) else {
             counters.count(.droppedTunnelSpoofed)
             return .drop

@@ -62,13 +62,8 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
             local.count(.received)
             let verdict = processor.handle(message.payload, info: message.info, now: now, counters: &local)
             let packet = UnsafeRawBufferPointer(message.payload)
-            if !encoder.encode(verdict, id: message.packetID, packet: packet, counters: &local) {
-                encoder.flush(to: socket, counters: &local)
-                if !encoder.encode(verdict, id: message.packetID, packet: packet, counters: &local) {
-                    // Larger than a whole send (the netlink attribute length is 16 bits): drop rather than strand.
-                    local.count(.droppedMalformed)
-                    encoder.encode(.drop, id: message.packetID, packet: packet, counters: &local)
-                }
+            encoder.add(verdict, id: message.packetID, packet: packet, counters: &local) { counters in
+                encoder.flush(to: socket, counters: &counters)
             }
         }
         encoder.flush(to: socket, counters: &local)

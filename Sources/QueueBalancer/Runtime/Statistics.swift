@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 
 /// What a running nfqlb reports: every ``DatapathCounter``, the processor's gauges and the kernel's own
 /// counters for its queues, as `name value` pairs in a fixed order.
@@ -20,16 +21,38 @@ public struct Statistics: Sendable {
     public var summary: String { values.filter { $0.value != 0 && !$0.name.contains("{") }.map { "\($0.name) \($0.value)" }.joined(separator: ", ") }
 }
 
-/// Writes the statistics file (`--stats-file`): the whole file replaced at once (a temporary file renamed over
-/// it), so that a reader never sees half of it.
+/// Writes the statistics file (`--stats-file`): the whole file replaced at once, so that a reader never sees
+/// half of it. The new text goes to a temporary file that `mkstemp` creates in the same directory under a
+/// random name (`O_CREAT|O_EXCL`: never an existing file, never through a symlink someone planted in a shared
+/// directory), made readable by all (0644) and renamed over the path (`rename` replaces a symlink at the
+/// path itself, it does not follow it).
 public struct StatisticsWriter: Sendable {
     public let path: String
 
     public init(path: String) { self.path = path }
 
     public func write(_ statistics: Statistics) throws {
-        let temporary = path + ".tmp"
-        try statistics.text.write(toFile: temporary, atomically: false, encoding: .utf8)
-        guard rename(temporary, path) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        var template = Array((path + ".XXXXXX").utf8CString)
+        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard descriptor >= 0 else { throw StatisticsWriteError(path: path, errno: Errno(rawValue: errno)) }
+        let temporary = String(cString: template)
+        let file = FileDescriptor(rawValue: descriptor)
+        do {
+            try file.closeAfter {
+                _ = try file.writeAll(statistics.text.utf8)
+                guard fchmod(descriptor, 0o644) == 0 else { throw Errno(rawValue: errno) }
+            }
+            guard rename(temporary, path) == 0 else { throw Errno(rawValue: errno) }
+        } catch {
+            unlink(temporary)
+            throw StatisticsWriteError(path: path, errno: error as? Errno ?? .ioError)
+        }
     }
+}
+
+/// The statistics file could not be written.
+public struct StatisticsWriteError: Error, CustomStringConvertible {
+    public let path: String
+    public let errno: Errno
+    public var description: String { "cannot write \(path): \(errno)" }
 }

@@ -72,6 +72,19 @@ final class VerdictEncoder {
         }
     }
 
+    /// Appends `verdict`, first sending the batch so far through `send` when the buffer is too full for it. A
+    /// verdict that fits no batch at all (a rewritten packet beyond the 16-bit netlink attribute length) is
+    /// replaced by a drop, counted in `dropped_verdict_size` (the packet's own verdict counter stays as it
+    /// was decided), rather than leaving the packet stranded in the kernel's queue.
+    func add(_ verdict: Verdict, id: UInt32, packet: UnsafeRawBufferPointer, counters: inout CounterBatch,
+             send: (inout CounterBatch) -> Void) {
+        if encode(verdict, id: id, packet: packet, counters: &counters) { return }
+        send(&counters)
+        if encode(verdict, id: id, packet: packet, counters: &counters) { return }
+        counters.count(.droppedVerdictSize)
+        encode(.drop, id: id, packet: packet, counters: &counters)
+    }
+
     private func raw(_ family: IPFamily) -> RawSendBatch { family == .v4 ? raw4 : raw6 }
 
     /// Sends what the batch produced: the raw packets, then the verdicts through `socket`.

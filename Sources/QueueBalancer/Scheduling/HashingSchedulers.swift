@@ -72,15 +72,19 @@ public struct MaglevScheduler: Scheduler {
         self.loads = loads
         self.fallback = fallback
         self.includePort = includePort
-        let size = tableSize > 0 ? tableSize : MaglevScheduler.tableSize(servers: loads.count)
+        let size = tableSize > 0 ? MaglevScheduler.prime(atLeast: tableSize) : MaglevScheduler.tableSize(servers: loads.count)
         // Without endpoint names (tests, weights only) servers are named by position.
         let keys = names ?? loads.indices.map { Endpoint(address: IPAddress(ipv4: UInt32($0)), port: 0) }
         table = MaglevScheduler.populate(weights: loads.map(\.weight), names: keys, size: size)
     }
 
     /// The smallest prime >= max(65537, 100 x servers).
-    public static func tableSize(servers: Int) -> Int {
-        var n = max(defaultTableSize, 100 * servers)
+    public static func tableSize(servers: Int) -> Int { prime(atLeast: max(defaultTableSize, 100 * servers)) }
+
+    /// The smallest prime >= max(n, 2). The table's size must be prime: with any other size a server's
+    /// permutation (offset + j x skip mod M) may cycle through a few slots only, and filling would never end.
+    public static func prime(atLeast n: Int) -> Int {
+        var n = max(n, 2)
         while !isPrime(n) { n += 1 }
         return n
     }
@@ -93,8 +97,10 @@ public struct MaglevScheduler: Scheduler {
     }
 
     /// Fills the table: in each round every server takes `weight / gcd` turns, each turn claiming the next
-    /// free slot of its permutation (offset + j * skip mod M, from two hashes of its name).
-    public static func populate(weights: [UInt32], names: [Endpoint], size: Int) -> [Int32] {
+    /// free slot of its permutation (offset + j * skip mod M, from two hashes of its name). A `size` that is
+    /// not prime is raised to the next prime (the table returned has that many entries).
+    public static func populate(weights: [UInt32], names: [Endpoint], size requested: Int) -> [Int32] {
+        let size = prime(atLeast: requested)
         var table = [Int32](repeating: -1, count: size)
         let g = weights.filter { $0 > 0 }.reduce(UInt64(0)) { gcd($0, UInt64($1)) }
         guard g > 0 else { return table }

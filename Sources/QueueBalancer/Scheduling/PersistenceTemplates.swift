@@ -29,9 +29,7 @@ public final class PersistenceTemplates: Sendable {
 
     /// The client network of `address` (the address with the host bits cleared).
     public func network(_ address: IPAddress) -> IPAddress {
-        let bits = address.isIPv4 ? 96 + min(prefixLength, 32) : min(prefixLength, 128)
-        func mask(_ n: Int) -> UInt64 { n <= 0 ? 0 : n >= 64 ? .max : ~(UInt64.max >> UInt64(n)) }
-        return IPAddress(high: address.high & mask(bits), low: address.low & mask(bits - 64))
+        address.keepingFirst(address.isIPv4 ? 96 + min(prefixLength, 32) : min(prefixLength, 128))
     }
 
     private func hash(_ client: IPAddress) -> UInt64 {
