@@ -43,6 +43,12 @@ let package = Package(
             name: "nfqlb-bench",
             dependencies: ["QueueBalancer"]
         ),
+        // Fuzz targets (packets, kernel messages, the config file): libFuzzer's entry point when built with
+        // -sanitize=fuzzer -DFUZZING, else a replayer of saved inputs (scripts/fuzz.sh).
+        .executableTarget(
+            name: "nfqlb-fuzz",
+            dependencies: ["QueueBalancer"]
+        ),
         .testTarget(
             name: "QueueBalancerTests",
             dependencies: ["QueueBalancer", "CNFQueue"]

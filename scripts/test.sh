@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every nfqlb test on a fresh Debian machine, as root: installs the packages the build and the
 # namespace labs need, builds, then runs `swift test` (unit tests, and the end-to-end tests in network
-# namespaces, which need root), then checks that the release build's packet path allocates nothing.
+# namespaces, which need root), then checks that the release build's packet path allocates nothing, runs the
+# concurrency tests under ThreadSanitizer, and fuzzes the packet, netlink and config parsers (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,3 +14,12 @@ swift test "$@"
 
 # The shipped (release) packet path must not allocate: counted with an LD_PRELOAD malloc counter.
 scripts/check-allocations.sh release
+
+# The code shared between threads under ThreadSanitizer (its own build directory; -DTSAN swaps nfqlb's
+# `Lock` for a pthread mutex TSan can see). Any report fails the run.
+swift build --build-tests --sanitize=thread --scratch-path .build-tsan -Xswiftc -DTSAN
+TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}" swift test --sanitize=thread --scratch-path .build-tsan -Xswiftc -DTSAN \
+    --skip-build --filter 'ConcurrencyTests|TableSwapTests|ConnectionTrackerTests|QueueSocketTests|LifecycleTests|ConntrackOffloadTests|RuntimeTests'
+
+# Each fuzz target for FUZZ_SECONDS (default 60) under AddressSanitizer; a crash fails the run.
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -9,7 +9,7 @@ import Testing
     /// answer is matched by it) and never be 0. A plain static counter lost increments under this race.
     @Test func configSequenceNumbersAreUniqueAcrossThreads() {
         let threads = 4, each = 5_000
-        let all = Mutex<[UInt32]>([])
+        let all = Lock<[UInt32]>([])
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             var mine: [UInt32] = []
             mine.reserveCapacity(each)

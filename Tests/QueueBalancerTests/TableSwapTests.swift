@@ -19,7 +19,7 @@ import Testing
     }
 
     final class Log: Sendable {
-        let released = Mutex<Set<Int>>([])
+        let released = Lock<Set<Int>>([])
         var ids: Set<Int> { released.withLock { $0 } }
     }
 

@@ -122,7 +122,7 @@ public final class ConnectionTracker: Sendable {
     private let hasher: FlowHasher
     private let timeouts: ConnectionTimeouts
     /// FULLNAT: the key of every port allocator, by index (control path only).
-    private let allocatorKeys = Mutex<[PortAllocatorKey]>([])
+    private let allocatorKeys = Lock<[PortAllocatorKey]>([])
 
     /// The tracker `config` asks for: `max-connections`, `timeouts`, the FULLNAT port allocators and
     /// `fullnat-ports`.

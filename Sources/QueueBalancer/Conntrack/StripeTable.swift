@@ -107,12 +107,12 @@ struct IndexSlot {
 
 /// One lock stripe: a mutex around a fixed-size table.
 final class Stripe: Sendable {
-    let table: Mutex<StripeTable>
+    let table: Lock<StripeTable>
     let poolCapacity: Int
 
     init(capacity: Int, poolCapacity: Int, loads: [RealServerLoad]) {
         self.poolCapacity = poolCapacity
-        table = Mutex(StripeTable(capacity: capacity, poolCapacity: poolCapacity, loads: loads))
+        table = Lock(StripeTable(capacity: capacity, poolCapacity: poolCapacity, loads: loads))
     }
 }
 

@@ -34,7 +34,7 @@ public final class PacketHandler: PacketProcessor {
 
     private let tables: TableSwap<ServiceTable>
     /// The config being served; the lock also serialises config changes.
-    private let control: Mutex<BalancerConfig>
+    private let control: Lock<BalancerConfig>
 
     /// - Parameters:
     ///   - tracker: the connection table, and through it the real-server registry.
@@ -49,7 +49,7 @@ public final class PacketHandler: PacketProcessor {
         let table = (try? ServiceTable(config: config, previous: nil, tracker: tracker, tunnelPaths: tunnelPaths, now: now))
             ?? ServiceTable.empty(capacity: tracker.registry.capacity)
         tables = TableSwap(table, readers: workers)
-        control = Mutex(config)
+        control = Lock(config)
     }
 
     /// The config being served.

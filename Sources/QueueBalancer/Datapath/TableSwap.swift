@@ -22,7 +22,7 @@ final class TableSwap<Table: AnyObject & Sendable>: Sendable {
     /// Per reader: the oldest generation it may be reading, or `.max` between batches.
     private let readers: [ReaderSlot]
     /// Replaced objects maybe still read, with the generation each was current in.
-    private let retired = Mutex<[(generation: UInt64, table: Unmanaged<Table>)]>([])
+    private let retired = Lock<[(generation: UInt64, table: Unmanaged<Table>)]>([])
 
     final class ReaderSlot: Sendable {
         let generation = Atomic<UInt64>(.max)

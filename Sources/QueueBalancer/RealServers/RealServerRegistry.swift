@@ -27,7 +27,7 @@ public final class RealServerRegistry: Sendable {
     /// The live state of every number, by ``RealServerID/index`` (shared with the tracker, which counts, and the
     /// schedulers).
     public let loads: [RealServerLoad]
-    private let state: Mutex<State>
+    private let state: Lock<State>
 
     /// What identifies a real server: its virtual service, its endpoint and how packets reach it.
     public struct Key: Hashable, Sendable, CustomStringConvertible {
@@ -101,7 +101,7 @@ public final class RealServerRegistry: Sendable {
     /// A registry of `capacity` numbers.
     public init(capacity: Int = RealServerRegistry.defaultCapacity) {
         loads = (0..<capacity).map { _ in RealServerLoad(weight: 0) }
-        state = Mutex(State(slots: Array(repeating: Slot(), count: capacity), free: (0..<UInt32(capacity)).map(RealServerID.init(rawValue:))))
+        state = Lock(State(slots: Array(repeating: Slot(), count: capacity), free: (0..<UInt32(capacity)).map(RealServerID.init(rawValue:))))
     }
 
     public var capacity: Int { loads.count }

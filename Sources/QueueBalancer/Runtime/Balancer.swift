@@ -19,7 +19,7 @@ public final class Balancer: Sendable {
     private let tunnelPaths: [IPAddress: TunnelPath]
     /// While ``run(stop:statsFile:)`` runs: its stop signal, and the conntrack fast path's monitor thread once
     /// a service is offloaded (started by `run`, or by the config change that adds the first such service).
-    private let running = Mutex<(stop: StopSignal, monitor: WorkerThread?)?>(nil)
+    private let running = Lock<(stop: StopSignal, monitor: WorkerThread?)?>(nil)
 
     /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:workers:now:)``.
     public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
