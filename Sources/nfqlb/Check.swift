@@ -14,7 +14,7 @@ struct Check: ParsableCommand {
 
     func run() throws {
         let config = try options.load()
-        print("\(options.config): ok, \(config.services.count) service(s) on queue(s) \(config.queues.map(String.init).joined(separator: ","))")
+        print("\(options.config): ok, \(config.services.count) service(s) on queue(s) \(config.queues.map(String.init).joined(separator: ","))\(config.synQueue.map { ", new TCP connections on queue \($0)" } ?? "")")
         for service in config.services {
             let reals = service.reals.map { "\($0.endpoint) w\($0.weight)" }.joined(separator: ", ")
             print("  \(service) \(service.mode) \(service.scheduler): \(reals)")

@@ -35,6 +35,22 @@ import Testing
         #expect(config.timeouts.timeout(.finWait) == 120_000)
     }
 
+    /// `syn-queue`: TCP SYNs of the Swift path's services go first to their own queue, everything else to
+    /// `queues`; the SYN queue is bound too, and may not be one of `queues`.
+    @Test func synQueueTakesTheOpeningSYNs() throws {
+        let config = try ConfigLoader.parse(yaml: "syn-queue: 2\n" + ConfigTests.valid)
+        #expect(config.synQueue == 2 && config.allQueues == [0, 1, 2])
+        let rules = IptablesRules.restoreInput(for: config).split(separator: "\n")
+        let syn = rules.firstIndex { $0.contains("--dport 80 --tcp-flags SYN,ACK,RST,FIN SYN") && $0.hasSuffix("-j NFQUEUE --queue-num 2") }
+        let rest = rules.firstIndex { $0.contains("-p tcp -m tcp --dport 80 -m comment") && $0.hasSuffix("-j NFQUEUE --queue-balance 0:1") }
+        #expect(syn != nil && rest != nil && syn! < rest!, "the SYN rule comes first")
+        #expect(!rules.contains { $0.contains("-p udp") && $0.contains("--queue-num 2") }, "UDP has no SYN")
+        #expect(throws: ConfigError(file: "<config>", line: 1, reason: "syn-queue 1 must be a queue of its own, not one of queues")) {
+            try ConfigLoader.parse(yaml: "syn-queue: 1\n" + ConfigTests.valid)
+        }
+        #expect(IptablesRules.restoreInput(for: try ConfigLoader.parse(yaml: ConfigTests.valid)).contains("--tcp-flags") == false)
+    }
+
     /// One refused configuration: its name (shown by the test runner), the YAML, the line and the reason.
     struct Refusal: CustomTestStringConvertible, Sendable {
         var name: String

@@ -87,6 +87,7 @@ import Testing
             for port in UInt16(1000)..<1300 {
                 let outcome = t.inbound(key(port), flags: .syn, now: UInt64(round), schedule: assign(real))
                 #expect(outcome == .forward(real, real: 0, created: true), "round \(round) port \(port)")
+                _ = t.inbound(key(port), flags: .ack, now: UInt64(round), schedule: assign(real))   // established
             }
             #expect(t.count == 300)
             #expect(t.inbound(key(2000), flags: .syn, now: 0, schedule: assign(real)) == .full)
@@ -157,6 +158,7 @@ import Testing
         let t = ConnectionTracker(configuration: .init(capacity: 8, stripes: 1))
         for port in 0..<8 {
             #expect(t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real)) == .forward(real, real: 0, created: true))
+            _ = t.inbound(key(UInt16(1000 + port)), flags: .ack, now: 0, schedule: assign(real))
         }
         // Refused before scheduling: the scheduler is not asked (its round-robin position, a persistence
         // template would otherwise move for a connection that never exists).
@@ -164,9 +166,32 @@ import Testing
         #expect(t.inbound(key(2000), flags: .syn, now: 1) { _ in asked += 1; return nil } == .full)
         #expect(t.inbound(key(2001, .udp), flags: [], now: 1) { _ in asked += 1; return nil } == .full)
         #expect(asked == 0)
-        // SYN_RECV times out after 60 s; the full stripe expires before refusing.
-        #expect(t.inbound(key(2000), flags: .syn, now: 60_001, schedule: assign(real)) == .forward(real, real: 0, created: true))
+        // ESTABLISHED times out after 900 s; the full stripe expires before refusing.
+        #expect(t.inbound(key(2000), flags: .syn, now: 900_001, schedule: assign(real)) == .forward(real, real: 0, created: true))
         #expect(t.count == 1)
+    }
+
+    /// A SYN flood fills the table with half-open connections: a new SYN then evicts one of them (never an
+    /// established connection) instead of being refused until they time out 60 s later.
+    @Test func aFullTableEvictsHalfOpenConnectionsOnly() {
+        let t = ConnectionTracker(configuration: .init(capacity: 8, stripes: 1))
+        for port in 0..<6 {                                  // six half-open (the flood)
+            _ = t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real))
+        }
+        for port in 6..<8 {                                  // two established (real clients)
+            _ = t.inbound(key(UInt16(1000 + port)), flags: .syn, now: 0, schedule: assign(real))
+            _ = t.inbound(key(UInt16(1000 + port)), flags: .ack, now: 0, schedule: assign(real))
+        }
+        for port in 0..<20 {
+            #expect(t.inbound(key(UInt16(2000 + port)), flags: .syn, now: 1, schedule: assign(other)) == .forward(other, real: 1, created: true))
+        }
+        #expect(t.count == 8 && t.evictions.load(ordering: .relaxed) == 20)
+        for port in 6..<8 {
+            #expect(t.connection(inbound: key(UInt16(1000 + port)), now: 1)?.real == 0, "established connections stay")
+        }
+        // Once every entry is established, a SYN is refused.
+        for port in 2014..<2020 { _ = t.inbound(key(UInt16(port)), flags: .ack, now: 1, schedule: assign(other)) }
+        #expect(t.inbound(key(3000), flags: .syn, now: 1, schedule: assign(other)) == .full)
     }
 
     @Test func replyTupleConflictIsRefused() {

@@ -51,30 +51,7 @@ lab_nat_up
 lab_start_http_servers
 lab_start_udp_echo
 
-# Line echo on 198.51.100.1X:7000 in each real server: answers each line with "rX:<line>".
-cat > "$LAB_TMP/line_echo.py" <<'PY'
-import socketserver, sys
-name, address = sys.argv[1], sys.argv[2]
-class Echo(socketserver.StreamRequestHandler):
-    def handle(self):
-        for line in self.rfile:
-            self.wfile.write(name.encode() + b":" + line)
-            self.wfile.flush()
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer.daemon_threads = True
-socketserver.ThreadingTCPServer((address, 7000), Echo).serve_forever()
-PY
-for i in 1 2 3; do
-    lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_TMP/line_echo.py" "r$i" "198.51.100.1$i"
-done
-for i in 1 2 3; do
-    for _ in $(seq 50); do
-        in_ns "${P}r$i" "$LAB_PYTHON" -c "import socket; socket.create_connection(('198.51.100.1$i', 7000), 1).close()" \
-            2>/dev/null && continue 2
-        sleep 0.1
-    done
-    fail "line echo r$i did not listen within 5 s"
-done
+lab_start_line_echo
 pass "lab up: client ${P}c, balancer ${P}b, real servers ${P}r1..3 (HTTP :8080, UDP :5353, line echo :7000)"
 
 # write_config FILE R1_LINE: three NAT services over r1..r3; R1_LINE is r1's entry (with its port and weight)

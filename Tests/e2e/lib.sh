@@ -409,6 +409,36 @@ PY
     done
 }
 
+# lab_start_line_echo: a line echo on 198.51.100.1X:7000 in each real server, answering each line with
+# "rX:<line>" (one thread per connection).
+lab_start_line_echo() {
+    local i _
+    cat > "$LAB_TMP/line_echo.py" <<'PY'
+import socketserver, sys
+name, address = sys.argv[1], sys.argv[2]
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(name.encode() + b":" + line)
+            self.wfile.flush()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.daemon_threads = True
+socketserver.ThreadingTCPServer.request_queue_size = 512
+socketserver.ThreadingTCPServer((address, 7000), Echo).serve_forever()
+PY
+    for i in 1 2 3; do
+        lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_TMP/line_echo.py" "r$i" "198.51.100.1$i"
+    done
+    for i in 1 2 3; do
+        for _ in $(seq 50); do
+            in_ns "${P}r$i" "$LAB_PYTHON" -c "import socket; socket.create_connection(('198.51.100.1$i', 7000), 1).close()" \
+                2>/dev/null && continue 2
+            sleep 0.1
+        done
+        fail "line echo r$i did not listen within 5 s"
+    done
+}
+
 # csum_errors NS: checksum errors counted by NS's stack (absolute values, nstat history untouched).
 csum_errors() {
     in_ns "$1" nstat -asz | awk '

@@ -15,6 +15,13 @@ public struct BalancerConfig: Sendable, Equatable {
     public var fwmarkBase: Fwmark = 0x1000
     /// FULLNAT local ports (`fullnat-ports`); must not overlap the kernel's `ip_local_port_range`.
     public var fullnatPorts: ClosedRange<UInt16> = 61000...65535
+    /// `syn-queue`: an NFQUEUE of its own (not one of ``queues``) for the TCP SYNs that open connections on
+    /// the Swift path, with one more worker; their later packets stay on ``queues``. A SYN flood then fills
+    /// this queue only, and the established connections' packets keep their own.
+    public var synQueue: UInt16?
+
+    /// Every queue nfqlb binds: ``queues``, then ``synQueue``.
+    public var allQueues: [UInt16] { queues + (synQueue.map { [$0] } ?? []) }
 
     public init(queues: [UInt16], services: [VirtualService]) {
         self.queues = queues

@@ -16,6 +16,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// Schema (see README "Configuration"):
 /// ```yaml
 /// queues: [0]                 # required; consecutive NFQUEUE numbers
+/// syn-queue: 1                 # optional: a queue of its own for TCP SYNs (new connections)
 /// fwmark-base: 4096           # optional: first fwmark / routing table of the DR real servers
 /// fullnat-ports: 61000-65535  # optional: FULLNAT local ports, outside ip_local_port_range
 /// max-connections: 262144     # optional
@@ -138,7 +139,7 @@ private struct Reader {
     func balancer(_ root: Node) throws(ConfigError) -> BalancerConfig {
         let top = try mapping(root, "the configuration", allowed: [
             "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts", "fwmark-base",
-            "fullnat-ports",
+            "fullnat-ports", "syn-queue",
         ])
         let queuesNode = try required(top, "queues", in: "the configuration", at: root)
         guard case .sequence(let queueList) = queuesNode, !queueList.isEmpty else {
@@ -187,6 +188,11 @@ private struct Reader {
                 throw fail(node, "fullnat-ports '\(text)' is not a range FIRST-LAST within 1024-65535")
             }
             config.fullnatPorts = UInt16(low)...UInt16(high)
+        }
+        if let node = top["syn-queue"] {
+            let q = UInt16(try integer(node, "syn-queue", 0...65535))
+            guard !queues.contains(q) else { throw fail(node, "syn-queue \(q) must be a queue of its own, not one of queues") }
+            config.synQueue = q
         }
         if let node = top["timeouts"] {
             let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])

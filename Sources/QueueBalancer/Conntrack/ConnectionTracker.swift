@@ -123,6 +123,8 @@ public final class ConnectionTracker: Sendable {
     private let timeouts: ConnectionTimeouts
     /// FULLNAT: the key of every port allocator, by index (control path only).
     private let allocatorKeys = Lock<[PortAllocatorKey]>([])
+    /// Half-open connections removed to make room for new ones in full stripes (``StripeTable/evictHalfOpen(hasher:)``).
+    let evictions = Atomic<UInt64>(0)
 
     /// The tracker `config` asks for: `max-connections`, `timeouts`, the FULLNAT port allocators and
     /// `fullnat-ports`.
@@ -214,6 +216,9 @@ public final class ConnectionTracker: Sendable {
             // Room first: a connection refused for want of it must leave the schedulers (round-robin position,
             // persistence templates) as they were.
             if table.isFull { _ = table.expire(now: now, hasher: hasher) }
+            if table.isFull && isTCP && table.evictHalfOpen(hasher: hasher) {
+                evictions.wrappingAdd(1, ordering: .relaxed)
+            }
             if table.isFull { return .full }
             guard let assignment = schedule(key) else { return .noRealServer }
             var local = key.source

@@ -137,6 +137,8 @@ struct StripeTable: ~Copyable {
     private(set) var earliestExpiry: UInt64 = .max
     private var freeHead: Int32 = -1
     private(set) var used = 0
+    /// Where ``evictHalfOpen(hasher:)`` looks next: it sweeps the entries round and round.
+    private var evictionCursor = 0
     /// FULLNAT: this stripe's free local ports, one ring per port allocator (room for `poolCapacity`).
     let pools: UnsafeMutablePointer<PortRing>
     private(set) var poolCount = 0
@@ -281,6 +283,27 @@ struct StripeTable: ~Copyable {
     mutating func setExpiry(_ entry: Int, _ expires: UInt64) {
         entries[entry].expires = expires
         if expires < earliestExpiry { earliestExpiry = expires }
+    }
+
+    /// How many entries one eviction looks at, at most.
+    static let evictionProbes = 16
+
+    /// A full stripe makes room for a new connection by removing a half-open one (SYN_RECV: the client never
+    /// completed its handshake; IPVS's `drop_entry` defence drops the same states): the first such entry among
+    /// the next ``evictionProbes`` from a cursor that sweeps the stripe, so the cost is bounded and a genuine
+    /// half-open connection lives a whole sweep (the stripe's capacity over the rate of new connections)
+    /// before its turn. Established connections are never evicted. True when one was removed.
+    mutating func evictHalfOpen(hasher: FlowHasher) -> Bool {
+        guard highWater > 0 else { return false }
+        for _ in 0..<Swift.min(Self.evictionProbes, highWater) {
+            let i = evictionCursor
+            evictionCursor = i &+ 1 >= highWater ? 0 : i &+ 1
+            if entries[i].live && entries[i].state == .synReceived {
+                remove(i, hasher: hasher)
+                return true
+            }
+        }
+        return false
     }
 
     mutating func expire(now: UInt64, hasher: FlowHasher) -> Int {

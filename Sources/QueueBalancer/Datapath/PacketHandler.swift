@@ -103,6 +103,7 @@ public final class PacketHandler: PacketProcessor {
     public var gauges: [(name: String, value: UInt64)] {
         var gauges: [(name: String, value: UInt64)] = [
             ("connections_active", UInt64(tracker.count)),
+            ("connections_evicted", tracker.evictions.load(ordering: .relaxed)),
             ("offload_connections", UInt64(max(0, offloadedConnections.load(ordering: .relaxed)))),
         ]
         for server in registry.servers() {

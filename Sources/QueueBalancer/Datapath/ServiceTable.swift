@@ -138,6 +138,7 @@ public struct ConfigUpdateError: Error, Equatable, CustomStringConvertible {
             guard same else { throw ConfigUpdateError(reason: "\(name) cannot change while nfqlb runs: restart it") }
         }
         try fixed("queues", old.queues == new.queues)
+        try fixed("syn-queue", old.synQueue == new.synQueue)
         try fixed("max-connections", old.maxConnections == new.maxConnections)
         try fixed("queue-length", old.queueLength == new.queueLength)
         try fixed("socket-buffer-mb", old.socketBufferMiB == new.socketBufferMiB)

@@ -57,6 +57,15 @@ public enum IptablesRules {
         }
         for service in services {
             let proto = service.transport.description
+            if let synQueue = config.synQueue, service.transport == .tcp {
+                // First: a connection's opening SYN to its own queue (a rule that ends in NFQUEUE ends the chain).
+                let match = "-d \(host(service.vip)) -p tcp -m tcp --dport \(service.port) --tcp-flags SYN,ACK,RST,FIN SYN"
+                let comment = "nfqlb \(service.mode) \(service): new connections to the SYN queue"
+                if seen.insert(match).inserted {
+                    lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j CT --notrack")
+                    lines.append("-A \(chain) \(match) -m comment --comment \"\(comment)\" -j \(queueTarget([synQueue]))")
+                }
+            }
             add(QueueRule(match: "-d \(host(service.vip)) -p \(proto) -m \(proto) --dport \(service.port)",
                           comment: "nfqlb \(service.mode) \(service): client to VIP"))
             service.mode.method.replyRules(for: service, config: config).forEach(add)

@@ -27,8 +27,8 @@ public final class Balancer: Sendable {
         self.logger = logger
         self.tunnelPaths = tunnelPaths
         handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config), tunnelPaths: tunnelPaths,
-                                workers: config.queues.count)
-        runtime = QueueRuntime(processor: handler, queues: config.queues, queueLength: config.queueLength,
+                                workers: config.allQueues.count)
+        runtime = QueueRuntime(processor: handler, queues: config.allQueues, queueLength: config.queueLength,
                                socketBufferMiB: config.socketBufferMiB, logger: logger)
     }
 
