@@ -9,8 +9,11 @@ struct Run: ParsableCommand {
         discussion: """
         Binds one NFQUEUE per configured queue (needs CAP_NET_ADMIN) and balances the \
         configured services. The iptables rules must be installed first \
-        (scripts/iptables-setup.sh up FILE). On SIGINT/SIGTERM the queues are unbound \
-        and the counters are logged.
+        (scripts/iptables-setup.sh up FILE). On SIGINT/SIGTERM the queues are unbound, \
+        the counters are logged, and the tracked connections are saved to the state \
+        file, from which the next `nfqlb run` takes them back: a restart within their \
+        timeouts keeps them (while nfqlb is down the kernel drops their packets, and \
+        TCP retransmits).
 
         SIGHUP re-reads the config file and applies it without a restart: connections \
         to real servers that stay are untouched; a real server left out drains for its \
@@ -33,6 +36,16 @@ struct Run: ParsableCommand {
 
     @Option(help: ArgumentHelp("Write the counters to this file every second and on exit.", valueName: "path"))
     var statsFile: String?
+
+    @Option(help: ArgumentHelp("""
+        Where the tracked connections and persistence templates are saved on SIGTERM and taken back at \
+        start, so a restart within their timeouts breaks none (default: /run/nfqlb/netns-INODE/state, \
+        removed by iptables-setup.sh down).
+        """, valueName: "path"))
+    var stateFile: String?
+
+    @Flag(help: "Neither save nor restore connections across a restart.")
+    var noStateFile = false
 
     @Flag(help: "Start even when the NFQLB-PREROUTING jump is not installed.")
     var skipRulesCheck = false
@@ -58,7 +71,8 @@ struct Run: ParsableCommand {
             throw failure("\(error)")
         }
         installSignalHandlers()
-        let balancer = Balancer(config: config, logger: logger, tunnelPaths: tunnelPaths)
+        let balancer = Balancer(config: config, logger: logger, tunnelPaths: tunnelPaths,
+                                stateFile: noStateFile ? nil : stateFile ?? BalancerState.defaultPath)
         let path = options.config
         let reloader = Thread {
             while !stopSignal.isRaised {

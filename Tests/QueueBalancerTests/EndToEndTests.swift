@@ -62,6 +62,15 @@ struct EndToEndTests {
         if mode == "fullnat" { #expect(output.contains("fullnat peer: ")) }
     }
 
+    /// The Swift path across a restart: a slow upload and a UDP flow go on while nfqlb is stopped (it saves
+    /// its connections to the state file) and started again (it takes them back).
+    @Test(arguments: ["nat", "fullnat"])
+    func connectionsSurviveARestart(mode: String) throws {
+        let output = try EndToEnd.run("restart", environment: ["MODE": mode])
+        #expect(output.contains("ok: restart: the upload and the UDP flow went on through a restart of nfqlb"), "\(mode)")
+        #expect(output.contains("udp flow: ") && output.contains(" connections restored"), "\(mode)")
+    }
+
     /// Two queues: the two directions of each connection land on different workers sharing one table.
     @Test func twoQueuesShareOneConnectionTable() throws {
         let output = try EndToEnd.run("multiqueue")
@@ -111,8 +120,9 @@ struct DirectReturnEndToEndTests {
 
     /// DR: marked packets steered to the real server's MAC by policy routing.
     @Test func directRoutingBalancesAndRepliesBypassTheBalancer() throws {
-        let output = try EndToEnd.run("dr", script: "direct-return.sh")
-        for line in ["distribution dr r1=10 r2=10 r3=10", "copy range: 160 bytes", "gso super-packets: "] + Self.common {
+        let output = try EndToEnd.run("dr", script: "direct-return.sh", environment: ["RESTART": "1"])
+        for line in ["distribution dr r1=10 r2=10 r3=10", "copy range: 160 bytes", "gso super-packets: ",
+                     "ok: restart: the upload and the UDP flow went on through a restart of nfqlb"] + Self.common {
             #expect(output.contains(line))
         }
     }
@@ -133,8 +143,9 @@ struct DirectReturnEndToEndTests {
     /// TUN: IPIP to the real servers, `nfqlb decap` there; the 3 MiB upload with DF over a 1500-byte path
     /// completes through the ICMP "fragmentation needed" answers.
     @Test func tunnelBalancesDecapsulatesAndHandlesThePathMTU() throws {
-        let output = try EndToEnd.run("tun", script: "direct-return.sh")
+        let output = try EndToEnd.run("tun", script: "direct-return.sh", environment: ["RESTART": "1"])
         for line in ["distribution tun r1=10 r2=10 r3=10", "tunnel too big answered:",
+                     "ok: restart: the upload and the UDP flow went on through a restart of nfqlb",
                      "decapsulated on every real server, none dropped"] + Self.common {
             #expect(output.contains(line))
         }

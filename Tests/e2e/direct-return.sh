@@ -8,6 +8,7 @@
 # client directly through the router, never through the balancer.
 #
 # Usage: NFQLB=/abs/path/to/nfqlb [LAB_FAMILY=6] Tests/e2e/direct-return.sh dr|tun      (root)
+#        RESTART=1 also restarts nfqlb under a slow upload and a UDP flow (lib.sh restart_check)
 # With LAB_FAMILY=6 the VIP and the real servers are IPv6 (lib.sh): DR by IPv6 policy routing, TUN as
 # IPv6-in-IPv6 with ICMPv6 "packet too big" for the upload. With LAB_CROSS=1 (tun only) the real servers are
 # addressed in the other family: IPv4 in IPv6 (or IPv6 in IPv4), sent and delivered through raw sockets.
@@ -172,6 +173,9 @@ PY
 echo "$udp"
 [ "$udp" = "distribution udp r1=10 r2=10 r3=10" ] || fail "udp: $udp"
 
+if [ -z "$offload" ] && [ -n "${RESTART:-}" ]; then
+    restart_check "$LAB_TMP/lb.yaml" "$vip"
+fi
 if [ -n "$offload" ]; then
     # 30 HTTP requests, a download, an upload, 30 UDP flows; then a restart and a drain.
     offload_counts_check "$LAB_TMP/lb.yaml" 62 3145728
@@ -192,14 +196,14 @@ if [ -n "$offload" ]; then
         fail "offload: offloaded=$offloaded forwarded=$(stat_value forwarded): the kernel should carry all but the first packets"
     echo "offloaded first packets: $offloaded of $(stat_value received) queued"
 else
-    [ "$(stat_value forwarded)" -gt 0 ] || fail "nfqlb forwarded nothing"
+    [ "$(stat_total forwarded)" -gt 0 ] || fail "nfqlb forwarded nothing"
 fi
 for counter in dropped_malformed dropped_no_real_server dropped_verdict_send dropped_raw_send kernel_messages kernel_queue_dropped kernel_user_dropped; do
     [ "$(stat_value $counter)" = 0 ] || fail "$counter = $(stat_value $counter)"
 done
 # DR's queue takes GSO super-packets (a mark needs no payload: they go on whole); TUN's cannot (an outer header
 # in front of a super-packet), so its queue has no GSO and sees single packets only.
-gso=$(stat_value gso_packets)
+gso=$(stat_total gso_packets)
 if [ -n "$offload" ]; then
     :   # the kernel carries the bulk: no super-packet need reach nfqlb
 elif [ "$mode" = dr ]; then
@@ -220,7 +224,7 @@ echo "direct return: balancer handled no reply"
 if [ "$mode" = tun ]; then
     # The upload's full-size segments (1500 bytes with DF) do not fit the 1500-byte path once wrapped: the
     # balancer answered with ICMP "fragmentation needed" and the client went on with smaller segments.
-    too_big=$(stat_value tunnel_too_big)
+    too_big=$(stat_total tunnel_too_big)
     [ "${too_big:-0}" -gt 0 ] || fail "tun: no packet needed the fragmentation-needed path (tunnel_too_big=$too_big)"
     echo "tunnel too big answered: $too_big"
     for i in 1 2 3; do

@@ -493,9 +493,12 @@ nfqlb_start() {
     fi
     NFQLB_LOG=$LAB_TMP/nfqlb.log
     NFQLB_STATS=$LAB_TMP/stats
+    # A fresh start forgets the previous nfqlb's connections; a restart (NFQLB_SETUP=keep) takes them back.
+    [ "${NFQLB_SETUP:-}" = keep ] || rm -f "$LAB_TMP/nfqlb.state"
     rm -f "$NFQLB_STATS"
     echo "=== nfqlb run --config $config" >> "$NFQLB_LOG"
-    lab_spawn "${P}b" "$LAB_TMP/nfqlb.out" "$NFQLB" run --config "$config" --stats-file "$NFQLB_STATS"
+    lab_spawn "${P}b" "$LAB_TMP/nfqlb.out" "$NFQLB" run --config "$config" --stats-file "$NFQLB_STATS" \
+        --state-file "$LAB_TMP/nfqlb.state"
     NFQLB_PID=$LAB_LAST_PID
     for _ in $(seq 100); do
         if ! kill -0 "$NFQLB_PID" 2>/dev/null; then
@@ -527,6 +530,13 @@ $(cat "$LAB_TMP/nfqlb.out")"
 
 # stat_value NAME: a counter from the stats file nfqlb writes ("name value" per line); empty when absent.
 stat_value() { awk -v n="$1" '$1 == n { print $2 }' "$NFQLB_STATS" 2>/dev/null; }
+# stat_total NAME: the counter over both runs when restart_check restarted nfqlb (its first run's final stats).
+stat_total() {
+    local now before
+    now=$(stat_value "$1")
+    before=$(awk -v n="$1" '$1 == n { print $2 }' "$LAB_TMP/stats-before-restart" 2>/dev/null || true)
+    echo $(( ${now:-0} + ${before:-0} ))
+}
 
 # nfqlb_reload RUNNING NEW: copies NEW over the running config file RUNNING, sends SIGHUP and waits (bounded:
 # 10 s) for nfqlb's log to say the configuration changed.
@@ -600,6 +610,58 @@ PY
 
 # offload_restart_check CONFIG HOST: a 4-second upload to HOST:9000 while nfqlb stops and starts again under
 # the same rules: the kernel carries it through, and the new nfqlb counts it among the connections it found.
+# restart_check CONFIG HOST: the Swift path across a restart (`--state-file`). A slow upload to HOST:9000 (a
+# chunk every 50 ms for 5 s) and a UDP flow to HOST:53 (a datagram every 100 ms, one socket) run while nfqlb is
+# stopped (SIGTERM: it saves its connections) and started again with the same config (it takes them back).
+# Required: the upload arrives whole, without a reset; the flow's answers all come from one real server and go
+# on after the restart; the new nfqlb restored at least 2 connections. Prints the gap (SIGTERM to the new
+# queue bound) and what was lost meanwhile.
+restart_check() {
+    local config=$1 host=$2 upload_pid udp_pid status=0 t0 t1 restored
+    lab_slow_upload "$host" 5 "$LAB_TMP/restart-upload.log"
+    upload_pid=$LAB_LAST_PID
+    cat > "$LAB_TMP/udp_flow.py" <<'PY'
+import socket, sys, time
+host, seconds = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, 53))
+s.settimeout(0.09)
+servers, answered, sent, last = {}, 0, 0, 0.0
+end = time.time() + seconds
+while time.time() < end:
+    s.send(b"flow%d" % sent); sent += 1
+    try:
+        data = s.recv(2048)
+        name = data.decode().partition(":")[0]
+        servers[name] = servers.get(name, 0) + 1
+        answered += 1; last = time.time()
+    except socket.timeout:
+        pass
+    time.sleep(0.1)
+print("udp flow: %d sent, %d answered, servers %s, last answer %.1f s before the end"
+      % (sent, answered, ",".join(sorted(servers)), end - last))
+sys.exit(0 if len(servers) == 1 and end - last < 1.0 else 1)
+PY
+    lab_spawn "${P}c" "$LAB_TMP/restart-udp.log" timeout 20 "$LAB_PYTHON" "$LAB_TMP/udp_flow.py" "$host" 6
+    udp_pid=$LAB_LAST_PID
+    sleep 1.5
+    t0=$(date +%s.%N)
+    nfqlb_stop
+    cp "$NFQLB_STATS" "$LAB_TMP/stats-before-restart"
+    NFQLB_SETUP=keep nfqlb_start "$config"
+    t1=$(date +%s.%N)
+    wait "$upload_pid" || status=$?
+    lab_forget_pid "$upload_pid"
+    [ "$status" = 0 ] || fail "restart: the upload through the VIP broke: $(cat "$LAB_TMP/restart-upload.log")"
+    wait "$udp_pid" || status=$?
+    lab_forget_pid "$udp_pid"
+    [ "$status" = 0 ] || fail "restart: the UDP flow moved or stopped: $(cat "$LAB_TMP/restart-udp.log")"
+    restored=$(grep 'state restored' "$LAB_TMP/nfqlb.out" | tail -n 1 | grep -o ' connections=[0-9]*' | cut -d= -f2 || true)
+    [ "${restored:-0}" -ge 2 ] || fail "restart: the new nfqlb restored no connections: $(grep -i state "$LAB_TMP/nfqlb.out")"
+    echo "restart: gap $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s; $(cat "$LAB_TMP/restart-upload.log"); $(cat "$LAB_TMP/restart-udp.log"); $restored connections restored"
+    pass "restart: the upload and the UDP flow went on through a restart of nfqlb"
+}
+
 offload_restart_check() {
     local config=$1 host=$2 pid status=0 existing
     lab_slow_upload "$host" 4 "$LAB_TMP/slow.log"

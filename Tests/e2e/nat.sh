@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of nfqlb's LVS NAT mode in a lab of network namespaces (topology: see lib.sh).
 #
-# Usage: NFQLB=/abs/path/to/nfqlb [LAB_FAMILY=6] Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|fullnat|all]
+# Usage: NFQLB=/abs/path/to/nfqlb [LAB_FAMILY=6] Tests/e2e/nat.sh [rr|wrr|download|udp|local-vip|multiqueue|fullnat|offload|restart|all]
 #        (root; default: all). With LAB_FAMILY=6 every address below is its IPv6 counterpart (lib.sh): the VIP
 #        2001:db8:f::10, the real servers 2001:db8:5::1X, the local address 2001:db8:5::1.
 #
@@ -16,6 +16,8 @@
 #   fullnat   rr, download, upload, udp in FULLNAT mode, real servers without a route back; their peers: the LIP
 #   multiqueue rr and download with queues [0, 1]: the two directions on different queues, one table
 #   local-vip rr and udp with the VIP also configured on the balancer's lo (needs accept_local=1)
+#   restart   (MODE=nat|fullnat) a slow upload and a UDP flow while nfqlb is stopped and started again: both
+#             go on (the connections saved to the state file and taken back; lib.sh restart_check)
 #   all       rr, download, udp with one nfqlb; then nfqlb is stopped and restarted with the wrr config
 #
 # Every scenario also checks: no new TCP/UDP checksum errors in the client and the real servers; nfqlb stops on
@@ -36,7 +38,7 @@ lab_unmask_signals "$@"
 
 scenario=${1:-all}
 case "$scenario" in
-    rr|wrr|download|udp|local-vip|multiqueue|fullnat|offload|all) ;;
+    rr|wrr|download|udp|local-vip|multiqueue|fullnat|offload|restart|all) ;;
     *) echo "usage: NFQLB=/path/to/nfqlb $0 [rr|wrr|download|udp|local-vip|multiqueue|fullnat|offload|all]" >&2; exit 2 ;;
 esac
 [ -n "${NFQLB:-}" ] || fail "set NFQLB to the absolute path of the nfqlb binary"
@@ -328,6 +330,15 @@ case "$scenario" in
         DRAIN=2 WITHOUT_THIRD=1 write_config "$LAB_TMP/offload-no-r3.yaml" rr 1 1 1
         offload_drain_check "$OFFLOAD_CONFIG" "$LAB_TMP/offload-r3.yaml" "$LAB_TMP/offload-no-r3.yaml" \
             "$LAB_VIP" "$(url_host "${LAB_RIP[2]}"):9000" ;;
+    restart)
+        # The Swift path across a restart: connections saved on SIGTERM, taken back at start (MODE=fullnat:
+        # with the real servers' routes back removed).
+        if [ "${MODE:-nat}" = fullnat ]; then
+            for i in 1 2 3; do ip -n "${P}r$i" -4 route del default; ip -n "${P}r$i" -6 route del default; done
+        fi
+        write_config "$LAB_TMP/restart.yaml" rr 1 1 1
+        nfqlb_start "$LAB_TMP/restart.yaml"
+        restart_check "$LAB_TMP/restart.yaml" "$LAB_VIP" ;;
     multiqueue)
         # Two queues with --queue-balance 0:1: the kernel hashes addresses only, so a connection's two
         # directions land on different queues and two workers share one connection table.

@@ -104,6 +104,68 @@ public final class ConnectionTracker: Sendable {
         case conflict
     }
 
+    /// One connection as ``BalancerState`` saves it across a restart: both keys, state, expiry (ms of the
+    /// monotonic clock, which runs on across processes), its real server, and whether its reply destination
+    /// is a FULLNAT local address and port.
+    struct Saved: Sendable, Equatable {
+        var inbound: FlowKey
+        var reply: FlowKey
+        var state: ConnectionState
+        var expires: UInt64
+        var real: RealServerID
+        var translated: Bool
+        var inputOnly: Bool
+    }
+
+    /// Every live connection on the Swift path (offloaded hand-off entries are the kernel's), for
+    /// ``BalancerState``. Takes each stripe lock once.
+    func saved() -> [Saved] {
+        var result: [Saved] = []
+        for stripe in stripes {
+            stripe.table.withLock { table in
+                for i in 0..<table.highWater where table.entries[i].live && !table.entries[i].offloaded {
+                    let e = table.entries[i]
+                    result.append(Saved(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
+                                        real: e.real, translated: e.allocator != nil, inputOnly: e.inputOnly))
+                }
+            }
+        }
+        return result
+    }
+
+    /// Puts a saved connection back, as real server `real` of this process's registry (the caller mapped the
+    /// saved number through the server's identity). A FULLNAT connection takes its own local port back from
+    /// the allocator of its (local address, real server). False when it cannot be (its stripe is full, its key
+    /// is taken, its port is not free, no allocator can be made). Control path, before the queues are bound.
+    func restore(_ saved: Saved, real: RealServerID) -> Bool {
+        let key = saved.inbound
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
+        var allocator: PortAllocatorID?
+        if saved.translated {
+            allocator = portAllocator(for: PortAllocatorKey(local: saved.reply.destination.address, real: saved.reply.source,
+                                                            transport: key.transport))
+            if allocator == nil { return false }
+        }
+        let keyHash = hasher.hash(key), replyHash = hasher.hash(saved.reply)
+        return stripe.table.withLock { table -> Bool in
+            guard table.find(key, hash: keyHash, direction: .inbound) == nil,
+                  table.find(saved.reply, hash: replyHash, direction: .reply) == nil else { return false }
+            if let allocator, !table.takePort(allocator, saved.reply.destination.port) { return false }
+            guard let slot = table.allocate() else {
+                if let allocator { table.givePort(allocator, saved.reply.destination.port) }
+                return false
+            }
+            table.entries[slot] = ConnectionEntry(
+                inbound: key, reply: saved.reply, expires: saved.expires, real: real, state: saved.state, live: true,
+                nextFree: -1, allocator: allocator, offloaded: false, inputOnly: saved.inputOnly)
+            table.insert(slot, hash: keyHash, direction: .inbound)
+            table.insert(slot, hash: replyHash, direction: .reply)
+            table.setExpiry(slot, saved.expires)
+            table.count(slot, 1)
+            return true
+        }
+    }
+
     /// A read-only copy of one connection, for tests and inspection.
     struct Snapshot: Sendable, Equatable {
         var inbound: FlowKey
@@ -128,10 +190,13 @@ public final class ConnectionTracker: Sendable {
 
     /// The tracker `config` asks for: `max-connections`, `timeouts`, the FULLNAT port allocators and
     /// `fullnat-ports`.
-    public convenience init(config: BalancerConfig, registry: RealServerRegistry = RealServerRegistry()) {
-        self.init(configuration: Configuration(capacity: config.maxConnections, timeouts: config.timeouts,
-                                               portAllocators: config.portAllocators, localPorts: config.fullnatPorts),
-                  registry: registry)
+    /// `hashSeed`: the flow hash's seed, when it must be a saved tracker's (``BalancerState``); else random.
+    public convenience init(config: BalancerConfig, registry: RealServerRegistry = RealServerRegistry(),
+                            hashSeed: UInt64? = nil) {
+        var configuration = Configuration(capacity: config.maxConnections, timeouts: config.timeouts,
+                                          portAllocators: config.portAllocators, localPorts: config.fullnatPorts)
+        if let hashSeed { configuration.hashSeed = hashSeed }
+        self.init(configuration: configuration, registry: registry)
     }
 
     /// A tracker with the default ``Configuration``.

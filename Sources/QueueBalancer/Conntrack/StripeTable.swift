@@ -172,6 +172,9 @@ struct StripeTable: ~Copyable {
 
     func takePort(_ allocator: PortAllocatorID) -> UInt16? { pools[allocator.index].take() }
 
+    /// Takes this particular port (a restored connection's); false when it is not free in this stripe.
+    func takePort(_ allocator: PortAllocatorID, _ port: UInt16) -> Bool { pools[allocator.index].remove(port) }
+
     func givePort(_ allocator: PortAllocatorID, _ port: UInt16) { pools[allocator.index].give(port) }
 
     var isFull: Bool { used >= capacity }
@@ -346,6 +349,21 @@ struct PortRing: ~Copyable {
         head = head + 1 == capacity ? 0 : head + 1
         count -= 1
         return port
+    }
+
+    /// Takes `port` out of the free ports wherever it is (a restored connection's port); false when it is not
+    /// free. Moves the head's port into its place: order matters less than not handing the port out twice.
+    mutating func remove(_ port: UInt16) -> Bool {
+        for offset in 0..<count {
+            var i = head + offset
+            if i >= capacity { i -= capacity }
+            if storage[i] == port {
+                storage[i] = storage[head]
+                _ = take()
+                return true
+            }
+        }
+        return false
     }
 
     mutating func give(_ port: UInt16) {

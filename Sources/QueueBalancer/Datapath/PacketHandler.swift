@@ -94,6 +94,72 @@ public final class PacketHandler: PacketProcessor {
         tables.reclaim()
     }
 
+    /// The state to keep across a restart (``BalancerState``): the Swift path's live connections, the live
+    /// persistence templates, and the identity of each real server they name. Call after the workers stopped.
+    func savedState(now: UInt64) -> BalancerState {
+        var index: [RealServerID: UInt32] = [:]
+        var servers: [RealServerRegistry.Key] = []
+        let keys = Dictionary(registry.servers().map { ($0.number, $0.key) }, uniquingKeysWith: { first, _ in first })
+        func reference(_ number: RealServerID) -> UInt32? {
+            if let known = index[number] { return known }
+            guard let key = keys[number] else { return nil }
+            index[number] = UInt32(servers.count)
+            servers.append(key)
+            return UInt32(servers.count - 1)
+        }
+        var connections: [(saved: ConnectionTracker.Saved, server: UInt32)] = []
+        for var saved in tracker.saved() where saved.expires > now {
+            guard let server = reference(saved.real) else { continue }
+            saved.real = RealServerID(rawValue: 0)       // this process's number: the server index says who
+            connections.append((saved, server))
+        }
+        var templates: [BalancerState.Template] = []
+        for service in tables.table.services {
+            guard let saved = service.templates?.saved(now: now) else { continue }
+            for (slot, real, word) in saved {
+                guard let server = reference(real) else { continue }
+                templates.append(BalancerState.Template(vip: service.key.vip, port: service.key.port,
+                                                        transport: service.key.transport, slot: UInt32(slot),
+                                                        server: server, word: word))
+            }
+        }
+        return BalancerState(generation: BalancerState.generation(of: config), bootID: BalancerState.currentBootID(),
+                             hashSeed: tracker.configuration.hashSeed, servers: servers, connections: connections,
+                             templates: templates)
+    }
+
+    /// What ``restore(_:now:)`` put back and what it could not.
+    struct RestoreReport: Equatable {
+        var connections = 0
+        var templates = 0
+        /// Connections and templates of real servers the configuration no longer has.
+        var orphaned = 0
+        /// Connections that could not be put back (expired, no room, their FULLNAT port taken).
+        var failed = 0
+    }
+
+    /// Puts saved connections and templates back, mapping each saved real server to this process's number
+    /// for the same server of the same service. The tracker must hash with the saved seed. Before the queues
+    /// are bound.
+    func restore(_ state: BalancerState, now: UInt64) -> RestoreReport {
+        var report = RestoreReport()
+        let numbers = state.servers.map { registry.number(of: $0) }
+        for (saved, server) in state.connections {
+            guard let number = numbers[Int(server)] else { report.orphaned += 1; continue }
+            if saved.expires > now && tracker.restore(saved, real: number) { report.connections += 1 } else { report.failed += 1 }
+        }
+        let services = tables.table.services
+        for template in state.templates {
+            guard let number = numbers[Int(template.server)] else { report.orphaned += 1; continue }
+            guard let service = services.first(where: {
+                $0.key.vip == template.vip && $0.key.port == template.port && $0.key.transport == template.transport
+            }), let templates = service.templates else { report.orphaned += 1; continue }
+            templates.restore(slot: Int(template.slot), real: number, word: template.word)
+            report.templates += 1
+        }
+        return report
+    }
+
     /// Kernel connections on the conntrack fast path, as ``OffloadMonitor`` last counted them.
     let offloadedConnections = Atomic<Int>(0)
 

@@ -37,6 +37,14 @@ public final class RealServerRegistry: Sendable {
         public var real: Endpoint
         public var mode: ForwardingMode
 
+        public init(vip: IPAddress, port: UInt16, transport: TransportProtocol, real: Endpoint, mode: ForwardingMode) {
+            self.vip = vip
+            self.port = port
+            self.transport = transport
+            self.real = real
+            self.mode = mode
+        }
+
         public init(service: VirtualService, real: RealServer) {
             vip = service.vip
             port = service.port

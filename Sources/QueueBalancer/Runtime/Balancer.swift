@@ -20,14 +20,35 @@ public final class Balancer: Sendable {
     /// While ``run(stop:statsFile:)`` runs: its stop signal, and the conntrack fast path's monitor thread once
     /// a service is offloaded (started by `run`, or by the config change that adds the first such service).
     private let running = Lock<(stop: StopSignal, monitor: WorkerThread?)?>(nil)
+    /// Where the connections are saved on stop and were restored from (`--state-file`).
+    private let stateFile: String?
 
     /// A balancer for `config`; `tunnelPaths` as for ``PacketHandler/init(config:tracker:tunnelPaths:workers:now:)``.
-    public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:]) {
+    /// With a `stateFile`, the connections and persistence templates a previous nfqlb saved there on SIGTERM
+    /// are taken back (``BalancerState``), and ``run(stop:statsFile:)`` saves them there when it stops.
+    public init(config: BalancerConfig, logger: Logger, tunnelPaths: [IPAddress: TunnelPath] = [:],
+                stateFile: String? = nil) {
         self.config = config
         self.logger = logger
         self.tunnelPaths = tunnelPaths
-        handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config), tunnelPaths: tunnelPaths,
-                                workers: config.allQueues.count)
+        self.stateFile = stateFile
+        var saved: BalancerState?
+        if let stateFile {
+            do {
+                saved = try BalancerState.take(from: stateFile, for: config)
+            } catch {
+                logger.warning("state file ignored: connections of the previous run are not restored", metadata: [
+                    "path": "\(stateFile)", "reason": "\(error)"])
+            }
+        }
+        handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config, hashSeed: saved?.hashSeed),
+                                tunnelPaths: tunnelPaths, workers: config.allQueues.count)
+        if let saved, let stateFile {
+            let report = handler.restore(saved, now: monotonicMilliseconds())
+            logger.info("state restored", metadata: [
+                "path": "\(stateFile)", "connections": "\(report.connections)", "templates": "\(report.templates)",
+                "dropped-real-servers-gone": "\(report.orphaned)", "dropped-expired-or-unplaceable": "\(report.failed)"])
+        }
         runtime = QueueRuntime(processor: handler, queues: config.allQueues, queueLength: config.queueLength,
                                socketBufferMiB: config.socketBufferMiB, logger: logger)
     }
@@ -82,6 +103,21 @@ public final class Balancer: Sendable {
             "services": "\(config.services.map(\.description).joined(separator: " "))",
         ]) {
             reportPortExhaustion()
+        }
+        saveState()
+    }
+
+    /// After the workers stopped: the connections and templates to the state file, for the next nfqlb.
+    private func saveState() {
+        guard let stateFile else { return }
+        let state = handler.savedState(now: monotonicMilliseconds())
+        do {
+            try state.write(to: stateFile)
+            logger.info("state saved for the next start", metadata: [
+                "path": "\(stateFile)", "connections": "\(state.connections.count)", "templates": "\(state.templates.count)"])
+        } catch {
+            logger.error("state not saved: connections will not survive the restart", metadata: [
+                "path": "\(stateFile)", "error": "\(error)"])
         }
     }
 

@@ -22,30 +22,17 @@ public struct Statistics: Sendable {
 }
 
 /// Writes the statistics file (`--stats-file`): the whole file replaced at once, so that a reader never sees
-/// half of it. The new text goes to a temporary file that `mkstemp` creates in the same directory under a
-/// random name (`O_CREAT|O_EXCL`: never an existing file, never through a symlink someone planted in a shared
-/// directory), made readable by all (0644) and renamed over the path (`rename` replaces a symlink at the
-/// path itself, it does not follow it).
+/// half of it, and never written through a symlink (``replaceFileAtomically(_:with:mode:)``); readable by all.
 public struct StatisticsWriter: Sendable {
     public let path: String
 
     public init(path: String) { self.path = path }
 
     public func write(_ statistics: Statistics) throws {
-        var template = Array((path + ".XXXXXX").utf8CString)
-        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard descriptor >= 0 else { throw StatisticsWriteError(path: path, errno: Errno(rawValue: errno)) }
-        let temporary = String(cString: template)
-        let file = FileDescriptor(rawValue: descriptor)
         do {
-            try file.closeAfter {
-                _ = try file.writeAll(statistics.text.utf8)
-                guard fchmod(descriptor, 0o644) == 0 else { throw Errno(rawValue: errno) }
-            }
-            guard rename(temporary, path) == 0 else { throw Errno(rawValue: errno) }
+            try replaceFileAtomically(path, with: statistics.text.utf8, mode: 0o644)
         } catch {
-            unlink(temporary)
-            throw StatisticsWriteError(path: path, errno: error as? Errno ?? .ioError)
+            throw StatisticsWriteError(path: path, errno: error)
         }
     }
 }

@@ -76,4 +76,24 @@ public final class PersistenceTemplates: Sendable {
         // A concurrent writer for another network may win the slot; then this template is simply not kept.
         slots[target].store(word, ordering: .relaxed)
     }
+
+    /// The live templates at `now` as (slot, server number, the rest of the word), for ``BalancerState``.
+    func saved(now: UInt64) -> [(slot: Int, real: RealServerID, word: UInt64)] {
+        let seconds = now / 1000
+        var result: [(slot: Int, real: RealServerID, word: UInt64)] = []
+        for i in 0..<slots.count {
+            let word = slots[i].load(ordering: .relaxed)
+            let number = (word >> 32) & 0xFFFF
+            guard number != 0, word & 0xFFFF_FFFF > seconds else { continue }
+            result.append((i, RealServerID(rawValue: UInt32(number - 1)), word & ~(UInt64(0xFFFF) << 32)))
+        }
+        return result
+    }
+
+    /// Puts a saved template back in its slot, bound to `real` (this process's number for its server). The
+    /// slot is fixed by the network's hash, which does not depend on the process.
+    func restore(slot: Int, real: RealServerID, word: UInt64) {
+        guard slot >= 0, slot < slots.count, real.rawValue < 0xFFFF else { return }
+        slots[slot].store(word & ~(UInt64(0xFFFF) << 32) | UInt64(real.rawValue + 1) << 32, ordering: .relaxed)
+    }
 }
