@@ -15,6 +15,10 @@ swift test "$@"
 # The shipped (release) packet path must not allocate: counted with an LD_PRELOAD malloc counter.
 scripts/check-allocations.sh release
 
+# An upgrade keeps connections: the debug build's nfqlb saves them, the release build takes them back.
+swift build -c release --product nfqlb
+NFQLB="$PWD/.build/debug/nfqlb" NFQLB_NEXT="$PWD/.build/release/nfqlb" MODE=nat bash Tests/e2e/nat.sh restart
+
 # The code shared between threads under ThreadSanitizer (its own build directory; -DTSAN swaps nfqlb's
 # `Lock` for a pthread mutex TSan can see). Any report fails the run.
 swift build --build-tests --sanitize=thread --scratch-path .build-tsan -Xswiftc -DTSAN

@@ -10,9 +10,10 @@
 #             flood to 10 s after it. The config has `syn-queue: 1`: the flood fills the SYN queue, and the
 #             established connections' packets keep queue 0 to themselves.
 #   malformed for MALFORMED_SECONDS (default 30): packets written straight onto the client's link (AF_PACKET,
-#             so the client's own stack fixes nothing), at the VIP: the parser's kinds of bad packets that get
-#             past the balancer's IP input checks, random bytes after a valid IP header, and random TCP/UDP
-#             headers with valid checksums; the legitimate client goes on as above.
+#             so the client's own stack fixes nothing), at the VIPs: the parser's kinds of bad packets that get
+#             past the balancer's IP input checks (IPv4; IPv6: a routing header with segments left, AH, nine
+#             extension headers, hop-by-hop not first, a first fragment), random bytes after a valid IP
+#             header, and random TCP/UDP headers with valid checksums; the legitimate client goes on as above.
 #
 # Prints (EndToEndTests looks for the "ok:" lines; the figures go to the README):
 #   flood: N SYNs in S s (R/s); table full: N; ...
@@ -60,6 +61,7 @@ services:
   - { vip: 203.0.113.10, port: 7000, protocol: tcp, mode: nat, scheduler: wlc,
       reals: [ { address: 198.51.100.11, port: 7000 }, { address: 198.51.100.12, port: 7000 }, { address: 198.51.100.13, port: 7000 } ] }
   - { vip: 203.0.113.10, port: 53, protocol: udp, mode: nat, reals: [ { address: 198.51.100.11, port: 5353 } ] }
+  - { vip: "2001:db8:f::10", port: 7000, protocol: tcp, mode: nat, reals: [ { address: "2001:db8:5::11", port: 7000 } ] }
 YAML
 nfqlb_start "$LAB_TMP/nfqlb.yaml"
 rss() { awk '/^VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$NFQLB_PID/status"; }
@@ -236,12 +238,41 @@ def kinds():
         p[6:8] = struct.pack("!H", 0x2000 | rnd.randint(1, 100)); p[10:12] = b"\0\0"; p[10:12] = struct.pack("!H", csum(bytes(p[:20])))
         return bytes(p)
     return bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 100)))   # not even an IP header
+vip6 = socket.inet_pton(socket.AF_INET6, "2001:db8:f::10")
+def tcp6(source, flags=0x02):
+    seg = struct.pack("!HHIIBBHHH", rnd.randint(1024, 65535), 7000, rnd.getrandbits(32), 0, 0x50, flags, 65535, 0, 0)
+    pseudo = source + vip6 + struct.pack("!IxxxB", len(seg), 6)
+    return seg[:16] + struct.pack("!H", csum(pseudo + seg)) + seg[18:]
+def ext(next_header, body):   # an extension header padded to 8 bytes
+    raw = bytes([next_header, 0]) + body
+    raw += b"\0" * (-len(raw) % 8)
+    return bytes([raw[0], len(raw) // 8 - 1]) + raw[2:]
+def kinds6():
+    source = socket.inet_pton(socket.AF_INET6, "2001:db8:c::%x" % rnd.randint(0x10, 0xfff0))
+    k = rnd.randrange(6)
+    if k == 0:   # a routing header with segments left (nfqlb does not follow source routes)
+        first, headers = 43, bytes([6, 2, 0, 1, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, "2001:db8:f::10")
+    elif k == 1: # AH in front of TCP
+        first, headers = 51, bytes([6, 4, 0, 0]) + b"\0" * 20
+    elif k == 2: # nine destination-options headers
+        first, headers = 60, b"".join(ext(60 if i < 8 else 6, b"\x01\x04\0\0\0\0") for i in range(9))
+    elif k == 3: # hop-by-hop after another header (it must come first)
+        first, headers = 60, ext(0, b"\x01\x04\0\0\0\0") + ext(6, b"\x01\x04\0\0\0\0")
+    elif k == 4: # a first fragment that is not the whole packet
+        first, headers = 44, bytes([6, 0, 0, 1]) + struct.pack("!I", rnd.getrandbits(32))
+    else:        # TCP, random flags, valid checksum
+        return struct.pack("!IHBB16s16s", 0x60000000, 20, 6, 64, source, vip6) + tcp6(source, rnd.getrandbits(8))
+    body = headers + tcp6(source)
+    return struct.pack("!IHBB16s16s", 0x60000000, len(body), first, 64, source, vip6) + body
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
 sent, start = 0, time.time()
 while time.time() - start < seconds:
     for _ in range(rate // 100):
-        s.send(dst_mac + src_mac + b"\x08\x00" + kinds())
+        if rnd.randrange(4) == 0:
+            s.send(dst_mac + src_mac + b"\x86\xdd" + kinds6())
+        else:
+            s.send(dst_mac + src_mac + b"\x08\x00" + kinds())
         sent += 1
     time.sleep(max(0, start + sent / rate - time.time()))
 print(sent)
@@ -273,9 +304,10 @@ verdict_check() {
     local received sum
     received=$(stat_value received)
     sum=$(awk '$1 ~ /^(forwarded|replied|offloaded|dropped_(malformed|fragment|unsupported_headers|no_connection|no_real_server|table_full|conflict|ports_exhausted|real_server_removed|tunnel_header|tunnel_source|tunnel_spoofed)|tunnel_too_big|decapsulated|icmp_forwarded|icmp_replied|passed_(icmp|other_protocol|unmatched))$/ { s += $2 } END { print s + 0 }' "$NFQLB_STATS")
-    echo "nfqlb received $received packets, verdict counters sum to $sum: $(grep -E '^(dropped_malformed|dropped_fragment|dropped_no_connection|passed_icmp|passed_unmatched|icmp_forwarded|dropped_table_full) ' "$NFQLB_STATS" | tr '\n' ' ')"
+    echo "nfqlb received $received packets, verdict counters sum to $sum: $(grep -E '^(dropped_malformed|dropped_fragment|dropped_unsupported_headers|dropped_no_connection|passed_icmp|passed_unmatched|icmp_forwarded|dropped_table_full) ' "$NFQLB_STATS" | tr '\n' ' ')"
     [ "$received" = "$sum" ] && [ "$received" -gt 0 ] || fail "received $received but the verdict counters sum to $sum"
-    [ "$(stat_value dropped_malformed)" -gt 0 ] || fail "no malformed packet reached nfqlb: the test sent nothing it could count"
+    [ "$(stat_value dropped_malformed)" -gt 0 ] && [ "$(stat_value dropped_unsupported_headers)" -gt 0 ] ||
+        fail "no malformed packet (or no IPv6 one) reached nfqlb: the test sent nothing it could count"
     pass "every packet counted once; nfqlb stopped cleanly"
 }
 

@@ -615,7 +615,7 @@ PY
 # stopped (SIGTERM: it saves its connections) and started again with the same config (it takes them back).
 # Required: the upload arrives whole, without a reset; the flow's answers all come from one real server and go
 # on after the restart; the new nfqlb restored at least 2 connections. Prints the gap (SIGTERM to the new
-# queue bound) and what was lost meanwhile.
+# queue bound) and what was lost meanwhile. With NFQLB_NEXT=BINARY the restart is an upgrade to that build.
 restart_check() {
     local config=$1 host=$2 upload_pid udp_pid status=0 t0 t1 restored
     lab_slow_upload "$host" 5 "$LAB_TMP/restart-upload.log"
@@ -648,6 +648,11 @@ PY
     t0=$(date +%s.%N)
     nfqlb_stop
     cp "$NFQLB_STATS" "$LAB_TMP/stats-before-restart"
+    if [ -n "${NFQLB_NEXT:-}" ]; then
+        # An upgrade: another build of nfqlb takes the connections back.
+        NFQLB=$NFQLB_NEXT
+        echo "upgrade: restarted as $NFQLB_NEXT"
+    fi
     NFQLB_SETUP=keep nfqlb_start "$config"
     t1=$(date +%s.%N)
     wait "$upload_pid" || status=$?
