@@ -29,6 +29,7 @@ struct Nfqlb: ParsableCommand {
           scripts/iptables-setup.sh down         # remove them again
         On DR and TUN real servers: nfqlb real-server setup --vip VIP --mode dr|tun
         """,
-        subcommands: [Run.self, Check.self, Rules.self, ConntrackCommand.self, RealServerCommand.self, Decap.self]
+        subcommands: [Run.self, Check.self, Rules.self, ConntrackCommand.self, RealServerCommand.self, Decap.self,
+                      ImportCommand.self, Save.self]
     )
 }
