@@ -104,9 +104,9 @@ public final class ConnectionTracker: Sendable {
         case conflict
     }
 
-    /// One connection as ``BalancerState`` saves it across a restart: both keys, state, expiry (ms of the
-    /// monotonic clock, which runs on across processes), its real server, and whether its reply destination
-    /// is a FULLNAT local address and port.
+    /// A copy of one connection, for inspection and for ``BalancerState`` to save across a restart: both keys,
+    /// state, expiry (ms of the monotonic clock, which runs on across processes), its real server, whether its
+    /// reply destination is a FULLNAT local address and port, and its flags.
     struct Saved: Sendable, Equatable {
         var inbound: FlowKey
         var reply: FlowKey
@@ -115,23 +115,13 @@ public final class ConnectionTracker: Sendable {
         var real: RealServerID
         var translated: Bool
         var inputOnly: Bool
+        /// A conntrack fast path hand-off entry (the kernel holds the connection; never saved).
+        var offloaded = false
     }
 
     /// Every live connection on the Swift path (offloaded hand-off entries are the kernel's), for
-    /// ``BalancerState``. Takes each stripe lock once.
-    func saved() -> [Saved] {
-        var result: [Saved] = []
-        for stripe in stripes {
-            stripe.table.withLock { table in
-                for i in 0..<table.highWater where table.entries[i].live && !table.entries[i].offloaded {
-                    let e = table.entries[i]
-                    result.append(Saved(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
-                                        real: e.real, translated: e.allocator != nil, inputOnly: e.inputOnly))
-                }
-            }
-        }
-        return result
-    }
+    /// ``BalancerState``.
+    func saved() -> [Saved] { snapshot().filter { !$0.offloaded } }
 
     /// Puts a saved connection back, as real server `real` of this process's registry (the caller mapped the
     /// saved number through the server's identity). A FULLNAT connection takes its own local port back from
@@ -164,15 +154,6 @@ public final class ConnectionTracker: Sendable {
             table.count(slot, 1)
             return true
         }
-    }
-
-    /// A read-only copy of one connection, for tests and inspection.
-    struct Snapshot: Sendable, Equatable {
-        var inbound: FlowKey
-        var reply: FlowKey
-        var state: ConnectionState
-        var expires: UInt64
-        var real: RealServerID
     }
 
     public let configuration: Configuration
@@ -445,15 +426,16 @@ public final class ConnectionTracker: Sendable {
         stripes.reduce(0) { total, stripe in total + stripe.table.withLock { $0.used } }
     }
 
-    /// A copy of every live connection (not for the packet path).
-    func snapshot() -> [Snapshot] {
-        var result: [Snapshot] = []
+    /// A copy of every live connection (not for the packet path; each stripe lock taken once).
+    func snapshot() -> [Saved] {
+        var result: [Saved] = []
         for stripe in stripes {
             stripe.table.withLock { table in
                 for i in 0..<table.highWater where table.entries[i].live {
                     let e = table.entries[i]
-                    result.append(Snapshot(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
-                                           real: e.real))
+                    result.append(Saved(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
+                                        real: e.real, translated: e.allocator != nil, inputOnly: e.inputOnly,
+                                        offloaded: e.offloaded))
                 }
             }
         }
