@@ -19,6 +19,21 @@ import Testing
             stripes: stripes, hashSeed: 42, portAllocators: config.portAllocators, localPorts: config.fullnatPorts)))
     }
 
+    /// A local address's ports are shared out among the lock stripes by their hash: every stripe must get a
+    /// fair share whatever the seed, or clients whose endpoint hashes to a stripe without ports cannot connect
+    /// (seen: with some seeds a stripe got none, `dropped_ports_exhausted` on a client's first connection).
+    @Test func everyStripeGetsItsShareOfTheLocalPorts() {
+        let local = ip("198.51.100.1")
+        for s in UInt64(0)..<1000 {
+            let hasher = FlowHasher(seed: s &* 0x9E37_79B9_7F4A_7C15)
+            var counts = [Int](repeating: 0, count: 64)
+            for port in UInt16(61000)...65535 {
+                counts[Int(truncatingIfNeeded: hasher.hash(Endpoint(address: local, port: port), .tcp)) & 63] += 1
+            }
+            #expect(counts.min()! >= 30, "seed \(s): shares \(counts.min()!)...\(counts.max()!) of 4,536 ports")
+        }
+    }
+
     @Test(arguments: [6 as UInt8, 17])
     func bothEndsRewrittenAndMappedBack(transport: UInt8) {
         var config = config()

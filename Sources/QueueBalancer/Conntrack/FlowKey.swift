@@ -20,9 +20,21 @@ struct FlowHasher: Sendable {
     }
 
     /// Hash of one endpoint: selects the lock stripe, so both directions of a connection meet in one stripe.
+    /// Its low bits pick the stripe, so they must be spread for every seed: `mix` alone left them nearly fixed
+    /// when only the port varies (a FULLNAT local address's ports then crowded into few stripes, and clients
+    /// of the others found no port), hence the final avalanche (MurmurHash3's fmix64).
     func hash(_ endpoint: Endpoint, _ transport: TransportProtocol) -> UInt64 {
         let h = FlowHasher.mix(endpoint.address.high ^ seed, endpoint.address.low)
-        return FlowHasher.mix(h, UInt64(endpoint.port) << 8 | UInt64(transport.rawValue))
+        return FlowHasher.avalanche(FlowHasher.mix(h, UInt64(endpoint.port) << 8 | UInt64(transport.rawValue)))
+    }
+
+    static func avalanche(_ x: UInt64) -> UInt64 {
+        var h = x
+        h ^= h >> 33
+        h &*= 0xFF51_AFD7_ED55_8CCD
+        h ^= h >> 33
+        h &*= 0xC4CE_B9FE_1A85_EC53
+        return h ^ (h >> 33)
     }
 
     /// Hash of a whole flow key: selects the slot inside a stripe's index.
