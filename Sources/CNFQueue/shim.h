@@ -38,6 +38,21 @@ static inline int nfqlb_sendmmsg(int fd, struct nfqlb_mmsghdr *vec, unsigned int
     return (int)syscall(SYS_sendmmsg, fd, vec, vlen, flags);
 }
 
+/// accept4(2) through syscall(2) (_GNU_SOURCE-only in glibc).
+static inline int nfqlb_accept4(int fd, int flags) {
+    return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, flags);
+}
+
+/// The uid of a Unix socket's peer, from SO_PEERCRED (struct ucred is _GNU_SOURCE-only; same layout).
+/// 0 on success, -1 with errno set.
+static inline int nfqlb_peer_uid(int fd, uint32_t *uid) {
+    struct { int32_t pid; uint32_t uid; uint32_t gid; } credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *uid = credentials.uid;
+    return 0;
+}
+
 /// errno as a function: Swift cannot read the thread-local macro reliably from every module.
 static inline int nfqlb_errno(void) { return errno; }
 

@@ -7,7 +7,9 @@ struct ConfigOptions: ParsableArguments {
     var config: String
 
     /// Loads the config, or prints `nfqlb: file:line: reason` and exits with status 2.
-    func load() throws -> BalancerConfig {
+    func load() throws -> BalancerConfig { try Self.load(config) }
+
+    static func load(_ config: String) throws -> BalancerConfig {
         do {
             return try ConfigLoader.load(path: config)
         } catch {

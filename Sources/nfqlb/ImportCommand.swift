@@ -46,30 +46,45 @@ struct ImportCommand: ParsableCommand {
 
 struct Save: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a configuration in another format (ipvsadm-save -n rules).",
+        abstract: "Print the running configuration, live changes included, as YAML or ipvsadm-save rules.",
         discussion: """
-        The way back from nfqlb import ipvsadm. Settings ipvsadm has no words for \
-        (fullnat, offload, drain, tunnel-source, mh-table-size) are refused with the \
-        service they belong to (exit status 2):
+        Without --config, asks the running nfqlb (control socket) for the configuration it \
+        serves: the config file with the live changes made since (nfqlb service, nfqlb real), \
+        ready to become the new config file. With --config, converts that file instead. \
+        ipvsadm has no words for some settings (fullnat, offload, drain, tunnel-source, \
+        mh-table-size): --format ipvsadm refuses them with their service (exit status 2).
+          nfqlb save > /etc/nfqlb/lb.yaml.new
+          nfqlb save --format ipvsadm
           nfqlb save --config lb.yaml --format ipvsadm
         """
     )
 
     enum Format: String, ExpressibleByArgument, CaseIterable {
-        case ipvsadm
+        case yaml, ipvsadm
     }
 
-    @OptionGroup var options: ConfigOptions
+    @Option(name: .shortAndLong, help: ArgumentHelp("Convert this config file instead of asking the running nfqlb.", valueName: "file"))
+    var config: String?
+
+    @OptionGroup var control: ControlOptions
 
     @Option(help: "The output format.")
-    var format: Format = .ipvsadm
+    var format: Format = .yaml
 
     func run() throws {
-        let config = try options.load()
-        do {
-            print(try Ipvsadm.save(config), terminator: "")
-        } catch {
-            throw failure("\(error)", status: 2)
+        if let config {
+            let loaded = try ConfigOptions.load(config)
+            do {
+                switch format {
+                case .ipvsadm: print(try Ipvsadm.save(loaded), terminator: "")
+                case .yaml: print(ConfigDocument.yaml(ConfigDocument.document(loaded), header: "\(config), as nfqlb reads it"), terminator: "")
+                }
+            } catch {
+                throw failure("\(error)", status: 2)
+            }
+            return
         }
+        let result = try control.call("save", ["format": .string(format.rawValue)])
+        print(result["text"]?.string ?? "", terminator: "")
     }
 }

@@ -27,9 +27,14 @@ struct Nfqlb: ParsableCommand {
           scripts/iptables-setup.sh up lb.yaml   # install the rules and routes
           nfqlb run --config lb.yaml             # balance until SIGINT/SIGTERM
           scripts/iptables-setup.sh down         # remove them again
+        While it runs (control socket; ipvsadm's flags):
+          nfqlb list -n --stats                  # ipvsadm -Ln --stats
+          nfqlb real edit -t VIP:PORT -r RIP:PORT -w 0
+          nfqlb reload                           # SIGHUP, with the outcome
         On DR and TUN real servers: nfqlb real-server setup --vip VIP --mode dr|tun
         """,
         subcommands: [Run.self, Check.self, Rules.self, ConntrackCommand.self, RealServerCommand.self, Decap.self,
-                      ImportCommand.self, Save.self]
+                      List.self, ServiceCommand.self, RealCommand.self, Zero.self, Reload.self, Save.self,
+                      ImportCommand.self]
     )
 }

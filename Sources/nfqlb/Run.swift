@@ -15,14 +15,18 @@ struct Run: ParsableCommand {
         timeouts keeps them (while nfqlb is down the kernel drops their packets, and \
         TCP retransmits).
 
-        SIGHUP re-reads the config file and applies it without a restart: connections \
-        to real servers that stay are untouched; a real server left out drains for its \
-        service's `drain` seconds (weight 0 first for a gentle removal). A config that \
-        fails to load, or changes what needs a restart (queues, sizes, timeouts, \
-        fullnat-ports, the order of DR real servers), is refused with the reason in \
-        the log and the running one is kept. A reload does not touch the iptables \
-        rules: when the new config adds VIPs or NAT real servers, run \
-        scripts/iptables-setup.sh up FILE first.
+        SIGHUP (or `nfqlb reload`, which also returns the outcome) re-reads the config \
+        file and applies it without a restart: connections to real servers that stay are \
+        untouched; a real server left out drains for its service's `drain` seconds (weight \
+        0 first for a gentle removal). A config that fails to load, or changes what needs \
+        a restart (queues, sizes, timeouts, fullnat-ports, the order of DR real servers), \
+        is refused with the reason in the log and the running one is kept. Where \
+        scripts/iptables-setup.sh installed nfqlb's rules, a reload or live change \
+        installs the rules and DR routes the new configuration needs before serving it, \
+        and removes those of drained real servers once they are gone.
+
+        The control socket (--control-socket) takes the live commands: nfqlb list, \
+        service, real, zero, reload, save; root only (SO_PEERCRED).
 
         The stats file, rewritten every second, holds one `name value` line per \
         counter, e.g.
@@ -50,6 +54,16 @@ struct Run: ParsableCommand {
     @Flag(help: "Start even when the NFQLB-PREROUTING jump is not installed.")
     var skipRulesCheck = false
 
+    @Option(help: ArgumentHelp("""
+        The control socket that nfqlb list, service, real, zero, reload and save talk to (default: \
+        /run/nfqlb/nfqlb.sock; in a network namespace other than the host's, \
+        /run/nfqlb/netns-INODE/nfqlb.sock). Created mode 0600; only root may use it.
+        """, valueName: "path"))
+    var controlSocket: String?
+
+    @Flag(help: "Listen on no control socket (SIGHUP still reloads).")
+    var noControlSocket = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -73,17 +87,38 @@ struct Run: ParsableCommand {
         installSignalHandlers()
         let balancer = Balancer(config: config, logger: logger, tunnelPaths: tunnelPaths,
                                 stateFile: noStateFile ? nil : stateFile ?? BalancerState.defaultPath)
-        let path = options.config
+        // nfqlb keeps the rules in step with its config where they were installed (iptables-setup.sh up).
+        let rulesDirectory = (BalancerState.defaultPath as NSString).deletingLastPathComponent
+        let rules = RulesInstaller.isInstalled ? RulesInstaller(stateDirectory: rulesDirectory) : nil
+        let plane = ControlPlane(balancer: balancer, configPath: options.config, rules: rules, logger: logger)
+        var server: ControlServer?
+        if !noControlSocket {
+            do {
+                server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)
+            } catch {
+                throw failure("\(error)")
+            }
+        }
+        let ticksHere = server == nil
         let reloader = Thread {
+            var nextTick = ContinuousClock.now
             while !stopSignal.isRaised {
                 Thread.sleep(forTimeInterval: 0.1)
                 if hangupSignal.isRaised {
                     hangupSignal.clear()
-                    balancer.reload(from: path)
+                    _ = try? plane.reload()
+                }
+                // Without a control socket, its thread's once-a-second work (rates, rules of drained servers) is here.
+                if ticksHere, ContinuousClock.now >= nextTick {
+                    nextTick = ContinuousClock.now + .seconds(1)
+                    plane.tick()
                 }
             }
         }
         reloader.start()
+        if let server {
+            Thread { server.run(stop: stopSignal) }.start()
+        }
         do {
             try balancer.run(stop: stopSignal, statsFile: statsFile)
         } catch {

@@ -90,6 +90,18 @@ struct EndToEndTests {
         }
     }
 
+    /// Live operations through the control socket (`Tests/e2e/control.sh`): list --stats against the real
+    /// servers' own counters, weight 0 under a download, service add/delete with its rules, reload of a broken
+    /// file, save, and non-root callers.
+    @Test func operatingThroughTheControlSocket() throws {
+        let output = try EndToEnd.run("", script: "control.sh")
+        for line in ["stats match: r1 conns=4 r2 conns=4 r3 conns=4", "quiesce: download intact, 10 new connections avoided r",
+                     "service add/delete: reachable, then gone with its rules", "reload: broken file refused, good file applied",
+                     "access: non-root refused"] {
+            #expect(output.contains(line))
+        }
+    }
+
     /// A SYN flood from spoofed sources (65,536-connection table, `syn-queue`) beside a working client, then 30 s
     /// of malformed packets beside it (`Tests/e2e/flood.sh`).
     @Test func floodsAndMalformedPacketsLeaveTheBalancerServing() throws {

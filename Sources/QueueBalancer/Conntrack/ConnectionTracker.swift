@@ -426,6 +426,40 @@ public final class ConnectionTracker: Sendable {
         stripes.reduce(0) { total, stripe in total + stripe.table.withLock { $0.used } }
     }
 
+    /// The first `limit` live connections that `include` accepts, and how many it accepts in all (`nfqlb list
+    /// --connections`; each stripe lock taken once).
+    public func connections(limit: Int, where include: (Listed) -> Bool) -> (connections: [Listed], matched: Int) {
+        var result: [Listed] = []
+        var matched = 0
+        for stripe in stripes {
+            stripe.table.withLock { table in
+                for i in 0..<table.highWater where table.entries[i].live {
+                    let e = table.entries[i]
+                    let listed = Listed(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires, real: e.real,
+                                        offloaded: e.offloaded)
+                    guard include(listed) else { continue }
+                    matched += 1
+                    if result.count < limit { result.append(listed) }
+                }
+            }
+        }
+        return (result, matched)
+    }
+
+    /// A tracked connection as `nfqlb list --connections` shows it.
+    public struct Listed: Sendable {
+        /// Client -> VIP.
+        public var inbound: FlowKey
+        /// Real server -> client (or -> local address under FULLNAT).
+        public var reply: FlowKey
+        public var state: ConnectionState
+        /// When it expires (ms of the monotonic clock).
+        public var expires: UInt64
+        public var real: RealServerID
+        /// A conntrack fast path hand-off entry.
+        public var offloaded: Bool
+    }
+
     /// A copy of every live connection (not for the packet path; each stripe lock taken once).
     func snapshot() -> [Saved] {
         var result: [Saved] = []

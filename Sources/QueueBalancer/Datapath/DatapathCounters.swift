@@ -162,8 +162,14 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
 /// the shared ``DatapathCounters`` once per batch.
 public struct CounterBatch {
     var values: InlineArray<48, UInt64>
+    /// The worker's per-real-server counters (``RealServerTraffic``); nil where nobody reads them (tests,
+    /// the real server's decapsulator).
+    public var traffic: TrafficBlock?
 
-    public init() { values = InlineArray(repeating: 0) }
+    public init(traffic: TrafficBlock? = nil) {
+        values = InlineArray(repeating: 0)
+        self.traffic = traffic
+    }
 
     public mutating func count(_ counter: DatapathCounter, _ n: UInt64 = 1) {
         values[counter.rawValue] &+= n

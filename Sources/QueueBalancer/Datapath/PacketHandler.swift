@@ -80,6 +80,8 @@ public final class PacketHandler: PacketProcessor {
 
     public func enterBatch(worker: Int) { tables.enter(reader: worker) }
 
+    public func counterBatch(worker: Int) -> CounterBatch { CounterBatch(traffic: registry.traffic.block(worker: worker)) }
+
     public func leaveBatch(worker: Int) { tables.leave(reader: worker) }
 
     /// Expires connections, moves real servers along their lifecycle (forgetting the connections of removed
@@ -126,6 +128,16 @@ public final class PacketHandler: PacketProcessor {
         return BalancerState(generation: BalancerState.generation(of: config), bootID: BalancerState.currentBootID(),
                              hashSeed: tracker.configuration.hashSeed, servers: servers, connections: connections,
                              templates: templates)
+    }
+
+    /// The live persistence templates per real server (ipvsadm's PersistConn), at `now` (ms). Control path.
+    public func persistentConnections(now: UInt64) -> [RealServerID: Int] {
+        var counts: [RealServerID: Int] = [:]
+        let services = control.withLock { _ in tables.table.services }
+        for service in services {
+            for (_, real, _) in service.templates?.saved(now: now) ?? [] { counts[real, default: 0] += 1 }
+        }
+        return counts
     }
 
     /// What ``restore(_:now:)`` put back and what it could not.
@@ -223,6 +235,7 @@ public final class PacketHandler: PacketProcessor {
             return inbound(bytes, packet, key, table.services[index], table, now, &counters)
         }
         if let connection = tracker.reply(key, flags: packet.tcpFlags, now: now) {
+            counters.traffic?.countOut(connection.real.index, bytes: packet.totalLength)
             return table.forwarders[connection.real.index].reply(bytes, packet, of: connection, counters: &counters)
         }
         // Not for a virtual service and not a tracked reply: e.g. a real server answering a health check sent
@@ -239,14 +252,12 @@ public final class PacketHandler: PacketProcessor {
         let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
             schedule(flow, service, table, now)
         }
-        let real: Endpoint, source: Endpoint, number: RealServerID
+        let real: Endpoint, source: Endpoint, number: RealServerID, isNew: Bool
         switch outcome {
         case .forward(let endpoint, let id, let created):
-            if created { counters.count(.connectionsCreated) }
-            (real, source, number) = (endpoint, key.source, id)
+            (real, source, number, isNew) = (endpoint, key.source, id, created)
         case .forwardTranslated(let endpoint, let local, let id, let created):
-            if created { counters.count(.connectionsCreated) }
-            (real, source, number) = (endpoint, local, id)
+            (real, source, number, isNew) = (endpoint, local, id, created)
         case .portsExhausted: counters.count(.droppedPortsExhausted); return .drop
         case .realServerRemoved: counters.count(.droppedRealServerRemoved); return .drop
         case .noConnection: counters.count(.droppedNoConnection); return .drop
@@ -254,6 +265,8 @@ public final class PacketHandler: PacketProcessor {
         case .full: counters.count(.droppedTableFull); return .drop
         case .conflict: counters.count(.droppedConflict); return .drop
         }
+        if isNew { counters.count(.connectionsCreated) }
+        counters.traffic?.countIn(number.index, bytes: packet.totalLength, connection: isNew)
         refreshTemplate(service, client: key.source.address, real: number, now: now)
         let connection = ConnectionTracker.Connection(
             inbound: key, reply: FlowKey(source: real, destination: source, transport: key.transport), real: number)
@@ -301,6 +314,7 @@ public final class PacketHandler: PacketProcessor {
                 return .drop
             }
         }
+        counters.traffic?.countIn(number.index, bytes: packet.totalLength, connection: true)
         let connection = ConnectionTracker.Connection(
             inbound: key, reply: FlowKey(source: real, destination: key.source, transport: key.transport), real: number)
         return forwarder.forward(bytes, packet, of: connection, counters: &counters)

@@ -18,6 +18,9 @@ public protocol PacketProcessor: Sendable {
     func housekeeping(now: UInt64, counters: DatapathCounters)
     /// Gauges for the statistics, as `name value` pairs.
     var gauges: [(name: String, value: UInt64)] { get }
+    /// What worker `worker` starts each batch's counts from: an empty ``CounterBatch``, with the worker's
+    /// per-real-server counters where the processor keeps them. Called once per worker, before it runs.
+    func counterBatch(worker: Int) -> CounterBatch
     /// Whether its verdicts may ask for kernel connections (``Verdict/acceptMarkedCreatingConnection(_:_:)``):
     /// each worker then has a ``ConntrackWriter``.
     var createsKernelConnections: Bool { get }
@@ -35,4 +38,5 @@ extension PacketProcessor {
     public func housekeeping(now: UInt64, counters: DatapathCounters) {}
     public var gauges: [(name: String, value: UInt64)] { [] }
     public var createsKernelConnections: Bool { false }
+    public func counterBatch(worker: Int) -> CounterBatch { CounterBatch() }
 }

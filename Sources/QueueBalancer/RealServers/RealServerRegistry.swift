@@ -27,6 +27,8 @@ public final class RealServerRegistry: Sendable {
     /// The live state of every number, by ``RealServerID/index`` (shared with the tracker, which counts, and the
     /// schedulers).
     public let loads: [RealServerLoad]
+    /// Connections, packets and bytes per number, counted by the queue workers (``RealServerTraffic``).
+    public let traffic: RealServerTraffic
     private let state: Lock<State>
 
     /// What identifies a real server: its virtual service, its endpoint and how packets reach it.
@@ -109,6 +111,7 @@ public final class RealServerRegistry: Sendable {
     /// A registry of `capacity` numbers.
     public init(capacity: Int = RealServerRegistry.defaultCapacity) {
         loads = (0..<capacity).map { _ in RealServerLoad(weight: 0) }
+        traffic = RealServerTraffic(capacity: capacity)
         state = Lock(State(slots: Array(repeating: Slot(), count: capacity), free: (0..<UInt32(capacity)).map(RealServerID.init(rawValue:))))
     }
 
@@ -173,6 +176,7 @@ public final class RealServerRegistry: Sendable {
                         state.freeHead += 1
                         state.numbers[key] = number
                         loads[number.index].reset()
+                        traffic.zero(number.index)
                     }
                     state.slots[number.index] = Slot(key: key, drain: service.drain * 1000,
                                                     templateLifetime: service.persistence * 1000)

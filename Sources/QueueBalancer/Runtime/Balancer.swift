@@ -67,25 +67,26 @@ public final class Balancer: Sendable {
         ])
     }
 
-    /// What SIGHUP does: loads the file at `path`, resolves the tunnel paths of new TUN real servers and applies
-    /// the result (``update(to:tunnelPaths:)``). A file that fails to load or a change the running balancer
-    /// cannot make is refused, logged with its reason, and the running config is kept.
-    public func reload(from path: String) {
-        let previous = handler.config
-        let config: BalancerConfig
+    /// Serves `config` from now on, resolving first the tunnel paths of TUN real servers not known yet (what a
+    /// reload and a live change do; ``ControlPlane``). The running config is kept when it throws.
+    public func change(to config: BalancerConfig) throws(ChangeRefused) {
         let paths: [IPAddress: TunnelPath]
         do {
-            config = try ConfigLoader.load(path: path)
             paths = try TunnelPath.paths(for: config, known: tunnelPaths)
+        } catch {
+            throw ChangeRefused(reason: "\(error)")
+        }
+        do {
             try update(to: config, tunnelPaths: paths)
         } catch {
-            logger.error("configuration refused, still serving the previous one", metadata: ["reason": "\(error)"])
-            return
+            throw ChangeRefused(reason: error.reason)
         }
-        // Rules a draining server still needs must stay; rules the new config adds must be installed.
-        if !IptablesRules.lines(for: config).isSubset(of: IptablesRules.lines(for: previous)) {
-            logger.notice("the new configuration needs iptables rules or routes the previous one did not: make sure scripts/iptables-setup.sh up \(path) has installed them")
-        }
+    }
+
+    /// A configuration the running balancer cannot serve, and why.
+    public struct ChangeRefused: Error, CustomStringConvertible {
+        public var reason: String
+        public var description: String { reason }
     }
 
     /// Binds the queues and balances until `stop` is raised (see ``QueueRuntime/run(stop:statistics:interval:housekeeping:)``).

@@ -15,6 +15,8 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
     /// The receive vectors and message buffers, and what the verdicts are encoded into.
     private let batch: ReceiveBatch
     private let encoder: VerdictEncoder
+    /// An empty batch with this worker's per-real-server counters: each batch's counts start from it.
+    private let emptyBatch: CounterBatch
 
     /// Messages per `recvmmsg`.
     static var batchSize: Int { 64 }
@@ -30,12 +32,13 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
         self.stop = stop
         batch = ReceiveBatch(capacity: Self.batchSize, messageSize: Self.messageSize)
         encoder = VerdictEncoder(queue: socket.queue, sendLimit: sendLimit, connections: connections)
+        emptyBatch = processor.counterBatch(worker: index)
     }
 
     /// Runs until `stop` is raised (noticed within the socket's 200 ms receive timeout).
     func run() {
         while !stop.isRaised {
-            var local = CounterBatch()
+            var local = emptyBatch
             switch socket.receive(into: batch) {
             case .messages(let n):
                 if n == 0 { continue }

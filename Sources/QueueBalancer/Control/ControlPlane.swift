@@ -1,0 +1,490 @@
+import Foundation
+import Logging
+
+/// What the control socket's verbs do to a running ``Balancer`` (docs/ARCHITECTURE.md, "Operating it live"):
+/// `list`, `connections`, `zero`, `reload`, `save`, `service.add|edit|delete`, `real.add|edit|delete`.
+///
+/// Every change goes the same way: made on the running config's ``ConfigDocument``, validated by
+/// ``ConfigLoader`` as the file is, its iptables rules installed first (when nfqlb manages them:
+/// ``RulesInstaller``), then served (``Balancer/change(to:)``). A refused change leaves everything as it was.
+/// Live changes are layered on the file (``ConfigChange``): kept across reloads for what the file does not set.
+///
+/// Threads: any; one request at a time (the lock also serialises SIGHUP's reload). The packet path never
+/// waits for it: the workers take no lock held here.
+public final class ControlPlane: Sendable {
+    public let balancer: Balancer
+    /// The config file a reload reads.
+    public let configPath: String
+    /// Where rules are kept in step with the config; nil when nfqlb does not manage them.
+    private let rules: RulesInstaller?
+    private let logger: Logger
+    private let state: Lock<State>
+
+    struct State {
+        /// The file as last loaded successfully.
+        var file: BalancerConfig
+        /// Live changes to what the file does not define, in order (re-applied on reload).
+        var overlay: [ConfigChange] = []
+        /// Earlier running configs whose leaving real servers may still need their rules.
+        var retained: [BalancerConfig] = []
+        /// The rule lines installed last (nil: not yet by this process).
+        var installed: Set<String>?
+        /// Per-real-server totals of the last seconds (newest last), for `--rate`.
+        var samples: [(time: UInt64, totals: [RealServerRegistry.Key: TrafficTotals])] = []
+        var reloads: (succeeded: UInt64, failed: UInt64, lastGood: Date?) = (0, 0, nil)
+    }
+
+    /// A request the plane refuses, with the protocol's error code.
+    public struct Failure: Error, Equatable, CustomStringConvertible {
+        public var code: ControlErrorCode
+        public var message: String
+        public init(_ code: ControlErrorCode, _ message: String) {
+            self.code = code
+            self.message = message
+        }
+        public var description: String { message }
+    }
+
+    /// - Parameter rules: nil when nfqlb must not touch the rules (they were not installed by iptables-setup.sh).
+    public init(balancer: Balancer, configPath: String, rules: RulesInstaller?, logger: Logger) {
+        self.balancer = balancer
+        self.configPath = configPath
+        self.rules = rules
+        self.logger = logger
+        state = Lock(State(file: balancer.handler.config))
+    }
+
+    /// Reloads: what the control socket's and SIGHUP's reload do.
+    public var reloadCounts: (succeeded: UInt64, failed: UInt64, lastGood: Date?) { state.withLock { $0.reloads } }
+
+    // MARK: - Requests
+
+    /// The answer to one request from user `uid`.
+    public func answer(_ request: ControlRequest, uid: UInt32) -> ControlAnswer {
+        do {
+            return .success(id: request.id, result: try perform(request, uid: uid))
+        } catch {
+            return .failure(id: request.id, code: error.code, message: error.message)
+        }
+    }
+
+    func perform(_ request: ControlRequest, uid: UInt32) throws(Failure) -> JSONValue {
+        let args = request.args
+        switch request.cmd {
+        case "list":
+            return list(service: try args["service"].map { v throws(Failure) in try Self.serviceID(v) })
+        case "connections":
+            return try connections(args)
+        case "zero":
+            return zero(service: try args["service"].map { v throws(Failure) in try Self.serviceID(v) }, uid: uid)
+        case "reload":
+            return try reload(uid: uid)
+        case "save":
+            return try save(format: args["format"]?.string ?? "yaml")
+        case "service.add", "service.edit", "service.delete":
+            guard let fields = args["service"]?.object else { throw Failure(.badArgument, "\(request.cmd) needs \"service\": {protocol, vip, port, ...}") }
+            let id = try Self.serviceID(.object(fields))
+            let change: ConfigChange = switch request.cmd {
+            case "service.add": .addService(id, fields: fields)
+            case "service.edit": .editService(id, fields: fields)
+            default: .deleteService(id)
+            }
+            return try make(change, uid: uid)
+        case "real.add", "real.edit", "real.delete":
+            guard let service = args["service"], let real = args["real"]?.object else {
+                throw Failure(.badArgument, "\(request.cmd) needs \"service\": {protocol, vip, port} and \"real\": {address, port, ...}")
+            }
+            let id = try Self.serviceID(service)
+            guard let address = real["address"]?.string.flatMap(IPAddress.init) else {
+                throw Failure(.badArgument, "real.address must be an IP address")
+            }
+            var port = id.endpoint.port
+            if let value = real["port"] {
+                guard let n = value.integer, (1...65535).contains(n) else { throw Failure(.badArgument, "real.port must be a number in 1...65535") }
+                port = UInt16(n)
+            }
+            let endpoint = Endpoint(address: address, port: port)
+            let fields = real.filter { $0.key != "address" && $0.key != "port" }
+            let change: ConfigChange = switch request.cmd {
+            case "real.add": .addReal(id, endpoint, fields: fields)
+            case "real.edit": .editReal(id, endpoint, fields: fields)
+            default: .deleteReal(id, endpoint)
+            }
+            return try make(change, uid: uid)
+        default:
+            throw Failure(.unknownCommand, "unknown command '\(request.cmd)' (expected one of: \(ControlRequest.commands.joined(separator: ", ")))")
+        }
+    }
+
+    /// `{protocol, vip, port}` as a service identity.
+    static func serviceID(_ value: JSONValue) throws(Failure) -> ConfigChange.ServiceID {
+        guard let transport = value["protocol"]?.string.flatMap({ text in TransportProtocol.allCases.first { "\($0)" == text } }),
+              let vip = value["vip"]?.string.flatMap(IPAddress.init),
+              let port = value["port"]?.integer, (1...65535).contains(port) else {
+            throw Failure(.badArgument, "a service is named by {\"protocol\": \"tcp\"|\"udp\", \"vip\": ADDRESS, \"port\": 1-65535}")
+        }
+        return ConfigChange.ServiceID(transport: transport, endpoint: Endpoint(address: vip, port: UInt16(port)))
+    }
+
+    // MARK: - Changes
+
+    /// Makes one live change (validated, rules first, then served), or refuses it leaving everything as it was.
+    func make(_ change: ConfigChange, uid: UInt32) throws(Failure) -> JSONValue {
+        try state.withLock { state throws(Failure) in
+            let running = balancer.handler.config
+            let document: JSONValue
+            do throws(ConfigChange.Refusal) {
+                document = try change.apply(to: ConfigDocument.document(running))
+            } catch {
+                throw Failure(.refused, error.reason)
+            }
+            let config: BalancerConfig
+            do throws(ConfigError) {
+                config = try ConfigDocument.config(document)
+            } catch {
+                throw Failure(.invalid, error.reason)
+            }
+            try serve(config, previous: running, state: &state)
+            if !change.isDefined(by: state.file) { state.overlay.append(change) }
+            logger.notice("configuration changed through the control socket", metadata: [
+                "change": "\(change.summary)", "uid": "\(uid)"])
+            return .object(["services": JSONValue(config.services.count)])
+        }
+    }
+
+    /// Installs the rules `config` needs (beside those of servers still leaving), then serves it.
+    private func serve(_ config: BalancerConfig, previous: BalancerConfig, state: inout State) throws(Failure) {
+        let merged = Self.rulesConfig(running: config, retained: state.retained + [previous], registry: balancer.handler.registry)
+        do {
+            try installRules(merged, state: &state)
+        } catch {
+            throw Failure(.rules, error.description)
+        }
+        do {
+            try balancer.change(to: config)
+        } catch {
+            throw Failure(.refused, "\(error)")
+        }
+        if previous != config { state.retained.append(previous) }
+    }
+
+    /// - Returns: whether rules were installed (they differed from those installed last).
+    @discardableResult
+    private func installRules(_ config: BalancerConfig, state: inout State) throws(RulesInstaller.Failure) -> Bool {
+        guard let rules else { return false }
+        let lines = IptablesRules.lines(for: config)
+        guard lines != state.installed else { return false }
+        try rules.install(config)
+        state.installed = lines
+        return true
+    }
+
+    /// What SIGHUP does, with the outcome for the caller: the file, then the live changes to what it does not
+    /// define. A file that fails to load, or a result the running balancer cannot serve, is refused with
+    /// `file:line: reason` and the running config is kept.
+    public func reload(uid: UInt32? = nil) throws(Failure) -> JSONValue {
+        try state.withLock { state throws(Failure) in
+            do throws(Failure) {
+                let file: BalancerConfig
+                do {
+                    file = try ConfigLoader.load(path: configPath)
+                } catch {
+                    throw Failure(.invalid, "\(error)")
+                }
+                var config = file
+                var kept: [ConfigChange] = []
+                for change in state.overlay where !change.isDefined(by: file) {
+                    guard let document = try? change.apply(to: ConfigDocument.document(config)),
+                          let changed = try? ConfigDocument.config(document) else {
+                        logger.warning("a live change no longer applies on top of the file: dropped", metadata: ["change": "\(change.summary)"])
+                        continue
+                    }
+                    config = changed
+                    kept.append(change)
+                }
+                try serve(config, previous: balancer.handler.config, state: &state)
+                state.file = file
+                state.overlay = kept
+                state.reloads.succeeded += 1
+                state.reloads.lastGood = Date()
+                logger.notice("configuration reloaded", metadata: [
+                    "file": "\(configPath)", "services": "\(config.services.map(\.description).joined(separator: " "))",
+                    "live-changes-kept": "\(kept.count)", "uid": "\(uid.map { "\($0)" } ?? "SIGHUP")"])
+                return .object(["file": .string(configPath), "services": JSONValue(config.services.count),
+                                "live-changes-kept": JSONValue(kept.count)])
+            } catch {
+                state.reloads.failed += 1
+                logger.error("configuration refused, still serving the previous one", metadata: ["reason": "\(error.message)"])
+                throw error
+            }
+        }
+    }
+
+    /// The running configuration, live changes included, as YAML or ipvsadm-save rules.
+    func save(format: String) throws(Failure) -> JSONValue {
+        let config = balancer.handler.config
+        switch format {
+        case "yaml":
+            return .object(["text": .string(ConfigDocument.yaml(ConfigDocument.document(config),
+                                                                 header: "running configuration of nfqlb (nfqlb save)"))])
+        case "ipvsadm":
+            do {
+                return .object(["text": .string(try Ipvsadm.save(config))])
+            } catch {
+                throw Failure(.refused, error.reason)
+            }
+        default:
+            throw Failure(.badArgument, "format '\(format)' is not one of yaml | ipvsadm")
+        }
+    }
+
+    // MARK: - Looking
+
+    /// Zeroes the traffic counters of every real server, or of one service's (ipvsadm -Z).
+    func zero(service: ConfigChange.ServiceID?, uid: UInt32) -> JSONValue {
+        var zeroed = 0
+        for entry in balancer.handler.registry.servers() where service == nil || entry.key.serviceID == service {
+            balancer.handler.registry.traffic.zero(entry.number.index)
+            zeroed += 1
+        }
+        state.withLock { $0.samples = [] }
+        logger.notice("counters zeroed", metadata: ["service": "\(service.map { "\($0)" } ?? "all")", "uid": "\(uid)"])
+        return .object(["real-servers": JSONValue(zeroed)])
+    }
+
+    /// Every service with its real servers (those still leaving too), their counts, counters and rates.
+    func list(service filter: ConfigChange.ServiceID?) -> JSONValue {
+        let handler = balancer.handler
+        let config = handler.config
+        let now = monotonicMilliseconds()
+        let entries = handler.registry.servers()
+        let persistent = handler.persistentConnections(now: now)
+        let rates = state.withLock { Self.rates($0.samples) }
+        var services: [JSONValue] = []
+        var listed = Set<RealServerRegistry.Key>()
+        func real(_ entry: RealServerRegistry.Entry, _ load: RealServerLoad) -> JSONValue {
+            listed.insert(entry.key)
+            let totals = handler.registry.traffic.totals(entry.number.index) &+ load.offloaded.totals
+            return .object([
+                "address": .string("\(entry.key.real.address)"), "port": JSONValue(Int(entry.key.real.port)),
+                "forward": .string(entry.key.mode.ipvsadmName), "weight": JSONValue(Int(load.weight)),
+                "active": JSONValue(max(0, load.active)), "inactive": JSONValue(max(0, load.inactive)),
+                "state": .string(load.overloaded && entry.lifecycle == .active ? "overloaded" : "\(entry.lifecycle)"),
+                "upper": JSONValue(load.upper), "lower": JSONValue(load.lower),
+                "persistent": JSONValue(persistent[entry.number] ?? 0),
+                "stats": totals.json, "rate": (rates[entry.key] ?? TrafficRate()).json,
+            ])
+        }
+        let byKey = Dictionary(entries.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        for service in config.services {
+            let id = ConfigChange.ServiceID(service)
+            guard filter == nil || filter == id else { continue }
+            var reals: [JSONValue] = []
+            for r in service.reals {
+                guard let entry = byKey[RealServerRegistry.Key(service: service, real: r)] else { continue }
+                reals.append(real(entry, handler.registry[entry.number]))
+            }
+            // Real servers of this service on their way out (left the config, or of its previous mode).
+            for entry in entries where entry.key.serviceID == id && !listed.contains(entry.key) && entry.lifecycle != .removed {
+                reals.append(real(entry, handler.registry[entry.number]))
+            }
+            services.append(Self.serviceJSON(service, reals: reals))
+        }
+        return .object(["services": .array(services), "size": JSONValue(config.maxConnections)])
+    }
+
+    static func serviceJSON(_ service: VirtualService, reals: [JSONValue]) -> JSONValue {
+        var stats = TrafficTotals(), rate = TrafficRate()
+        for real in reals {
+            stats = stats &+ TrafficTotals(json: real["stats"])
+            rate = rate + TrafficRate(json: real["rate"])
+        }
+        var fields = ConfigDocument.service(service)
+        fields["reals"] = .array(reals)
+        fields["stats"] = stats.json
+        fields["rate"] = rate.json
+        return .object(fields)
+    }
+
+    /// `nfqlb list --connections`: at most `limit` (default 1,000) connections, of one service or real server.
+    func connections(_ args: [String: JSONValue]) throws(Failure) -> JSONValue {
+        let limit = args["limit"]?.integer ?? 1000
+        guard (1...1_000_000).contains(limit) else { throw Failure(.badArgument, "limit must be in 1...1000000") }
+        let service = try args["service"].map { v throws(Failure) in try Self.serviceID(v) }
+        let realAddress = try args["real"].map { v throws(Failure) -> IPAddress in
+            guard let a = v["address"]?.string.flatMap(IPAddress.init) else { throw Failure(.badArgument, "real.address must be an IP address") }
+            return a
+        }
+        let realPort = args["real"]?["port"]?.integer
+        let handler = balancer.handler
+        let now = monotonicMilliseconds()
+        let (listed, matched) = handler.tracker.connections(limit: limit) { c in
+            if let service, c.inbound.destination != service.endpoint || c.inbound.transport != service.transport { return false }
+            if let realAddress, c.reply.source.address != realAddress { return false }
+            if let realPort, Int(c.reply.source.port) != realPort { return false }
+            return true
+        }
+        let rows: [JSONValue] = listed.map { c in
+            var row: [String: JSONValue] = [
+                "protocol": .string("\(c.inbound.transport)"), "state": .string("\(c.state)"),
+                "expires": JSONValue(Int(c.expires > now ? (c.expires - now) / 1000 : 0)),
+                "source": .string("\(c.inbound.source)"), "virtual": .string("\(c.inbound.destination)"),
+                "destination": .string("\(c.reply.source)"),
+            ]
+            if c.reply.destination != c.inbound.source { row["local"] = .string("\(c.reply.destination)") }
+            if c.offloaded { row["offloaded"] = .bool(true) }
+            return .object(row)
+        }
+        return .object(["connections": .array(rows), "matched": JSONValue(matched), "truncated": .bool(matched > rows.count)])
+    }
+
+    // MARK: - Housekeeping
+
+    /// Once a second: a sample for the rates, and the rules of leaving real servers removed once they are gone.
+    public func tick() {
+        let registry = balancer.handler.registry
+        let now = monotonicMilliseconds()
+        var totals: [RealServerRegistry.Key: TrafficTotals] = [:]
+        for entry in registry.servers() {
+            totals[entry.key] = registry.traffic.totals(entry.number.index) &+ registry[entry.number].offloaded.totals
+        }
+        state.withLock { state in
+            state.samples.append((now, totals))
+            if state.samples.count > 3 { state.samples.removeFirst(state.samples.count - 3) }
+            let running = balancer.handler.config
+            let before = state.retained.count
+            state.retained.removeAll { old in
+                Self.rulesConfig(running: running, retained: [old], registry: registry) == running
+            }
+            guard state.retained.count != before, state.installed != nil else { return }
+            do {
+                if try installRules(Self.rulesConfig(running: running, retained: state.retained, registry: registry), state: &state) {
+                    logger.info("rules of drained real servers removed")
+                }
+            } catch {
+                logger.warning("rules of drained real servers not removed", metadata: ["reason": "\(error)"])
+            }
+        }
+    }
+
+    /// The config whose rules are to be installed: `running`, plus the real servers of `retained` configs that
+    /// are not in it and still known to the registry (draining, or removed with connections or templates left).
+    static func rulesConfig(running: BalancerConfig, retained: [BalancerConfig], registry: RealServerRegistry) -> BalancerConfig {
+        var merged = running
+        let runningKeys = Set(running.services.flatMap { s in s.reals.map { RealServerRegistry.Key(service: s, real: $0) } })
+        for old in retained {
+            for service in old.services {
+                let leaving = service.reals.filter { real in
+                    let key = RealServerRegistry.Key(service: service, real: real)
+                    return !runningKeys.contains(key) && registry.number(of: key) != nil
+                }
+                guard !leaving.isEmpty else { continue }
+                if let i = merged.services.firstIndex(where: { ConfigChange.ServiceID($0) == ConfigChange.ServiceID(service) && $0.mode == service.mode }) {
+                    merged.services[i].reals += leaving.filter { r in !merged.services[i].reals.contains { $0.endpoint == r.endpoint } }
+                } else {
+                    var copy = service
+                    copy.reals = leaving
+                    merged.services.append(copy)
+                }
+            }
+        }
+        return merged
+    }
+
+    static func rates(_ samples: [(time: UInt64, totals: [RealServerRegistry.Key: TrafficTotals])]) -> [RealServerRegistry.Key: TrafficRate] {
+        guard let first = samples.first, let last = samples.last, last.time > first.time else { return [:] }
+        let seconds = Double(last.time - first.time) / 1000
+        var rates: [RealServerRegistry.Key: TrafficRate] = [:]
+        for (key, now) in last.totals {
+            let then = first.totals[key] ?? TrafficTotals()
+            let d = now &- then
+            rates[key] = TrafficRate(connections: Double(d.connections) / seconds, packetsIn: Double(d.packetsIn) / seconds,
+                                     packetsOut: Double(d.packetsOut) / seconds, bytesIn: Double(d.bytesIn) / seconds,
+                                     bytesOut: Double(d.bytesOut) / seconds)
+        }
+        return rates
+    }
+}
+
+/// Per-second rates (`ipvsadm -L --rate`: CPS, InPPS, OutPPS, InBPS, OutBPS), over the last two seconds.
+public struct TrafficRate: Sendable, Equatable {
+    public var connections = 0.0, packetsIn = 0.0, packetsOut = 0.0, bytesIn = 0.0, bytesOut = 0.0
+
+    init(connections: Double = 0, packetsIn: Double = 0, packetsOut: Double = 0, bytesIn: Double = 0, bytesOut: Double = 0) {
+        self.connections = connections
+        self.packetsIn = packetsIn
+        self.packetsOut = packetsOut
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+    }
+
+    init(json: JSONValue?) {
+        func value(_ key: String) -> Double { if case .number(let n)? = json?[key] { n } else { 0 } }
+        self.init(connections: value("cps"), packetsIn: value("inpps"), packetsOut: value("outpps"),
+                  bytesIn: value("inbps"), bytesOut: value("outbps"))
+    }
+
+    static func + (a: TrafficRate, b: TrafficRate) -> TrafficRate {
+        TrafficRate(connections: a.connections + b.connections, packetsIn: a.packetsIn + b.packetsIn,
+                    packetsOut: a.packetsOut + b.packetsOut, bytesIn: a.bytesIn + b.bytesIn, bytesOut: a.bytesOut + b.bytesOut)
+    }
+
+    var json: JSONValue {
+        func rounded(_ v: Double) -> JSONValue { .number(v.rounded()) }
+        return .object(["cps": rounded(connections), "inpps": rounded(packetsIn), "outpps": rounded(packetsOut),
+                        "inbps": rounded(bytesIn), "outbps": rounded(bytesOut)])
+    }
+}
+
+extension TrafficTotals {
+    init(json: JSONValue?) {
+        func value(_ key: String) -> UInt64 { json?[key]?.integer.map { UInt64(max(0, $0)) } ?? 0 }
+        self.init(connections: value("conns"), packetsIn: value("inpkts"), packetsOut: value("outpkts"),
+                  bytesIn: value("inbytes"), bytesOut: value("outbytes"))
+    }
+
+    var json: JSONValue {
+        .object(["conns": JSONValue(connections), "inpkts": JSONValue(packetsIn), "outpkts": JSONValue(packetsOut),
+                 "inbytes": JSONValue(bytesIn), "outbytes": JSONValue(bytesOut)])
+    }
+}
+
+extension RealServerLoad.Traffic {
+    /// The conntrack fast path's finished connections, as traffic totals (their connections are counted when
+    /// nfqlb schedules them).
+    var totals: TrafficTotals {
+        TrafficTotals(packetsIn: packetsIn, packetsOut: packetsOut, bytesIn: bytesIn, bytesOut: bytesOut)
+    }
+}
+
+extension RealServerRegistry.Key {
+    var serviceID: ConfigChange.ServiceID {
+        ConfigChange.ServiceID(transport: transport, endpoint: Endpoint(address: vip, port: port))
+    }
+}
+
+extension ForwardingMode {
+    /// ipvsadm's word for the forwarding method (FULLNAT, which IPVS lacks, gets its own).
+    public var ipvsadmName: String {
+        switch self {
+        case .nat: "Masq"
+        case .fullnat: "FullNat"
+        case .dr: "Route"
+        case .tun: "Tunnel"
+        }
+    }
+}
+
+extension ConfigChange {
+    /// One line for the log: the verb and what it names.
+    var summary: String {
+        switch self {
+        case .addService(let id, let fields): "service add \(id) \(JSONValue.object(fields).jsonText)"
+        case .editService(let id, let fields): "service edit \(id) \(JSONValue.object(fields).jsonText)"
+        case .deleteService(let id): "service delete \(id)"
+        case .addReal(let id, let real, let fields): "real add \(id) \(real) \(JSONValue.object(fields).jsonText)"
+        case .editReal(let id, let real, let fields): "real edit \(id) \(real) \(JSONValue.object(fields).jsonText)"
+        case .deleteReal(let id, let real): "real delete \(id) \(real)"
+        }
+    }
+}
