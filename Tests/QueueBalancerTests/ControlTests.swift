@@ -252,10 +252,10 @@ import Testing
         let path = temporaryConfig(Self.twoReals)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let plane = plane(file: path)
-        try (Self.twoReals + "\n    bogus: 1\n").write(toFile: path, atomically: true, encoding: .utf8)
+        try (Self.twoReals + "\nbogus: 1\n").write(toFile: path, atomically: true, encoding: .utf8)
         let answer = call(plane, "reload")
         #expect(answer.errorCode == "invalid")
-        #expect(answer.errorMessage?.hasPrefix("\(path):5: unknown key 'bogus'") == true, "\(answer.value)")
+        #expect(answer.errorMessage?.hasPrefix("\(path):5: unknown key 'bogus' in the configuration") == true, "\(answer.errorMessage ?? "")")
         #expect(plane.balancer.handler.config.services[0].reals.count == 2)
         #expect(plane.reloadCounts.failed == 1 && plane.reloadCounts.succeeded == 0)
     }
