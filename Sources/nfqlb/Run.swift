@@ -64,13 +64,32 @@ struct Run: ParsableCommand {
     @Flag(help: "Listen on no control socket (SIGHUP still reloads).")
     var noControlSocket = false
 
+    @Option(help: ArgumentHelp("""
+        Serve Prometheus metrics on http://ADDRESS:PORT/metrics (overrides the config's metrics-listen; \
+        e.g. 127.0.0.1:9469).
+        """, valueName: "address:port"))
+    var metricsListen: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
+
+    @Option(help: "Log lines as text (default) or json (one object per line, for log shippers).")
+    var logFormat: LogFormat = .text
+
+    enum LogFormat: String, ExpressibleByArgument, CaseIterable { case text, json }
+
+    func validate() throws {
+        if let metricsListen, Endpoint(listenAddress: metricsListen) == nil {
+            throw ValidationError("--metrics-listen '\(metricsListen)' is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)")
+        }
+    }
 
     func run() throws {
         let config = try options.load()
         let level = logLevel
+        let json = logFormat == .json
         LoggingSystem.bootstrap { label in
+            if json { return JSONLogHandler(label: label, logLevel: level) }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -119,6 +138,16 @@ struct Run: ParsableCommand {
         if let server {
             Thread { server.run(stop: stopSignal) }.start()
         }
+        var metrics: MetricsEndpoint?
+        if let listen = metricsListen.flatMap(Endpoint.init(listenAddress:)) ?? config.metricsListen {
+            do {
+                metrics = try MetricsEndpoint(listen: listen, exporter: MetricsExporter(plane: plane))
+                logger.info("metrics listening", metadata: ["url": "http://\(listen)/metrics"])
+            } catch {
+                throw failure("cannot serve metrics on \(listen): \(error)")
+            }
+        }
+        defer { metrics?.close() }
         do {
             try balancer.run(stop: stopSignal, statsFile: statsFile)
         } catch {

@@ -56,6 +56,7 @@ import Testing
         max-connections: 1000
         queue-length: 100
         socket-buffer-mb: 4
+        metrics-listen: "[::1]:9469"
         timeouts: { tcp: 600, tcpfin: 60, udp: 30 }
         services:
           - { name: web, vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat, scheduler: sh,
@@ -422,5 +423,36 @@ import Testing
         #expect(thresholds[4] == "  -> 198.51.100.11:8080           100        50         5          1")
         let persistent = ListFormatter(columns: .persistent).services(Self.result).split(separator: "\n")
         #expect(persistent[4] == "  -> 198.51.100.11:8080           Masq    2      7           5          1")
+    }
+}
+
+/// The metrics' names, labels and values, rendered as Prometheus scrapes them.
+@Suite struct MetricsExporterTests {
+    @Test func namesLabelsAndValuesFollowNodeExportersIPVSCollector() throws {
+        let logger = Logger(label: "test")
+        let balancer = Balancer(config: natConfig(weights: [1, 3]), logger: logger)
+        let plane = ControlPlane(balancer: balancer, configPath: "/x", rules: nil, logger: logger)
+        let exporter = MetricsExporter(plane: plane)
+        var counters = balancer.handler.counterBatch(worker: 0)
+        var syn = PacketBuilder()
+        syn.payload = Array(repeating: 1, count: 60)
+        _ = balancer.handler.run(syn.build(), counters: &counters)   // rr: the first real server
+        let text = exporter.render()
+        let labels = #"{local_address="203.0.113.10",local_port="80",remote_address="198.51.100.11",remote_port="8080",proto="TCP"}"#
+        for line in ["nfqlb_backend_connections_total\(labels) 1", "nfqlb_backend_incoming_packets_total\(labels) 1",
+                     "nfqlb_backend_incoming_bytes_total\(labels) 100", "nfqlb_backend_outgoing_packets_total\(labels) 0",
+                     "nfqlb_ipvs_backend_connections_inactive\(labels) 1.0", "nfqlb_ipvs_backend_weight\(labels) 1.0",
+                     "nfqlb_backend_state\(labels) 0.0", "nfqlb_ipvs_connections_total 1", "nfqlb_ipvs_incoming_bytes_total 100",
+                     "nfqlb_tracker_connections 1.0", "nfqlb_reloads_total{result=\"failure\"} 0",
+                     "nfqlb_build_info{version=\"\(MetricsExporter.version)\"} 1.0"] {
+            #expect(text.split(separator: "\n").contains(Substring(line)), "missing: \(line)")
+        }
+        // Zeroing the listed counters leaves the exported ones alone (counters never go down).
+        _ = plane.answer(ControlRequest(cmd: "zero"), uid: 0)
+        #expect(exporter.render().contains("nfqlb_backend_incoming_bytes_total\(labels) 100"))
+        // Every series of a family has the same label names, none of which is a state.
+        for line in text.split(separator: "\n") where line.hasPrefix("nfqlb_backend_") || line.hasPrefix("nfqlb_ipvs_backend_") {
+            #expect(line.contains(#"{local_address=""#) && line.contains(#",proto=""#) && !line.contains("state="))
+        }
     }
 }

@@ -97,7 +97,7 @@ struct EndToEndTests {
         let output = try EndToEnd.run("", script: "control.sh")
         for line in ["stats match: r1 conns=4 r2 conns=4 r3 conns=4", "quiesce: download intact, 10 new connections avoided r",
                      "service add/delete: reachable, then gone with its rules", "reload: broken file refused, good file applied",
-                     "access: non-root refused"] {
+                     "access: non-root refused", "metrics match: 12 connections, per real server as listed"] {
             #expect(output.contains(line))
         }
     }

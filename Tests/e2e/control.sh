@@ -53,6 +53,7 @@ config=$LAB_TMP/lb.yaml
 write_config() {
     cat > "$1" <<YAML
 queues: [0]
+metrics-listen: 127.0.0.1:9469
 services:
   - vip: $LAB_VIP
     port: 80
@@ -103,6 +104,26 @@ echo "$line"
 total=$(jq -c '.services[0].stats.conns' <<<"$stats")
 [ "$total" = 12 ] || fail "stats: the service counts $total connections, want 12"
 pass "list --stats: per real server exactly the connections, packets and bytes the real servers saw"
+
+# --- metrics: /metrics scraped with curl says the same (no traffic before the zero: lifetime = since zero)
+metrics=$(in_ns "${P}b" curl -s --fail --max-time 5 http://127.0.0.1:9469/metrics) || fail "metrics: GET /metrics failed"
+# metric NAME REAL: the value of NAME for real server REAL:8080 of the port 80 service.
+metric() {
+    awk -v m="$1" -v r="remote_address=\"$2\"" 'index($0, m "{") == 1 && index($0, r) && index($0, "local_port=\"80\"") { print $NF }' <<<"$metrics"
+}
+for i in 1 2 3; do
+    rip=${LAB_RIP[i - 1]}
+    real=$(jq -c --arg a "$rip" '.services[0].reals[] | select(.address == $a) | .stats' <<<"$stats")
+    scraped="{\"conns\":$(metric nfqlb_backend_connections_total "$rip"),\"inbytes\":$(metric nfqlb_backend_incoming_bytes_total "$rip"),\"inpkts\":$(metric nfqlb_backend_incoming_packets_total "$rip"),\"outbytes\":$(metric nfqlb_backend_outgoing_bytes_total "$rip"),\"outpkts\":$(metric nfqlb_backend_outgoing_packets_total "$rip")}"
+    [ "$scraped" = "$real" ] || fail "metrics of r$i: /metrics says $scraped, nfqlb list $real"
+    [ "$(metric nfqlb_ipvs_backend_weight "$rip")" = 1.0 ] || fail "metrics: weight of r$i is not 1.0"
+done
+total=$(awk '$1 == "nfqlb_ipvs_connections_total" { print $2 }' <<<"$metrics")
+received=$(awk 'index($0, "nfqlb_queue_received_packets_total{queue=\"0\"}") == 1 { print $2 }' <<<"$metrics")
+[ "$total" = 12 ] && [ "${received:-0}" -gt 0 ] || fail "metrics: nfqlb_ipvs_connections_total=$total (want 12), received=$received"
+grep -q '^nfqlb_build_info{version=' <<<"$metrics" || fail "metrics: no nfqlb_build_info"
+echo "metrics match: 12 connections, per real server as listed"
+pass "/metrics: node_exporter's IPVS names with nfqlb_, per real server the traffic nfqlb list shows"
 
 # --- quiesce: weight 0 under a long download (a small receive buffer keeps it on the wire while curl's rate
 # limit reads it, instead of all of it landing in the client's socket buffer at once)

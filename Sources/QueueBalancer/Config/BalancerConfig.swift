@@ -19,6 +19,8 @@ public struct BalancerConfig: Sendable, Equatable {
     /// the Swift path, with one more worker; their later packets stay on ``queues``. A SYN flood then fills
     /// this queue only, and the established connections' packets keep their own.
     public var synQueue: UInt16?
+    /// `metrics-listen`: where `nfqlb run` serves Prometheus metrics on `/metrics` (off when nil).
+    public var metricsListen: Endpoint?
 
     /// Every queue nfqlb binds: ``queues``, then ``synQueue``.
     public var allQueues: [UInt16] { queues + (synQueue.map { [$0] } ?? []) }

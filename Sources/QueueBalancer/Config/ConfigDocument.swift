@@ -7,7 +7,7 @@
 public enum ConfigDocument {
     /// Key order of the YAML output.
     static let topKeys = ["queues", "syn-queue", "fwmark-base", "fullnat-ports", "max-connections", "queue-length",
-                          "socket-buffer-mb", "timeouts", "services"]
+                          "socket-buffer-mb", "timeouts", "metrics-listen", "services"]
     static let serviceKeys = ["name", "vip", "port", "protocol", "mode", "scheduler", "scheduler-flags", "mh-table-size",
                               "persistence", "persistence-netmask", "ops", "drain", "offload", "local-addresses",
                               "tunnel-source", "reals"]
@@ -20,6 +20,7 @@ public enum ConfigDocument {
             "services": .array(config.services.map { .object(service($0)) }),
         ]
         if let q = config.synQueue { top["syn-queue"] = JSONValue(Int(q)) }
+        if let listen = config.metricsListen { top["metrics-listen"] = .string("\(listen)") }
         if config.fwmarkBase != defaults.fwmarkBase { top["fwmark-base"] = JSONValue(Int(config.fwmarkBase.rawValue)) }
         if config.fullnatPorts != defaults.fullnatPorts {
             top["fullnat-ports"] = .string("\(config.fullnatPorts.lowerBound)-\(config.fullnatPorts.upperBound)")

@@ -23,6 +23,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// queue-length: 8192          # optional, kernel queue length per queue
 /// socket-buffer-mb: 16        # optional
 /// timeouts: { tcp: 900, tcpfin: 120, udp: 300 }   # optional, seconds (ipvsadm --set)
+/// metrics-listen: 127.0.0.1:9469   # optional: Prometheus metrics on /metrics (default: off)
 /// services:                   # required, at least one
 ///   - name: web               # optional
 ///     vip: 203.0.113.10
@@ -139,7 +140,7 @@ private struct Reader {
     func balancer(_ root: Node) throws(ConfigError) -> BalancerConfig {
         let top = try mapping(root, "the configuration", allowed: [
             "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts", "fwmark-base",
-            "fullnat-ports", "syn-queue",
+            "fullnat-ports", "syn-queue", "metrics-listen",
         ])
         let queuesNode = try required(top, "queues", in: "the configuration", at: root)
         guard case .sequence(let queueList) = queuesNode, !queueList.isEmpty else {
@@ -193,6 +194,13 @@ private struct Reader {
             let q = UInt16(try integer(node, "syn-queue", 0...65535))
             guard !queues.contains(q) else { throw fail(node, "syn-queue \(q) must be a queue of its own, not one of queues") }
             config.synQueue = q
+        }
+        if let node = top["metrics-listen"] {
+            let text = try scalar(node, "metrics-listen")
+            guard let endpoint = Endpoint(listenAddress: text) else {
+                throw fail(node, "metrics-listen '\(text)' is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT), e.g. 127.0.0.1:9469")
+            }
+            config.metricsListen = endpoint
         }
         if let node = top["timeouts"] {
             let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])

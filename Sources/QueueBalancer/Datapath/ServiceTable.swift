@@ -145,6 +145,7 @@ public struct ConfigUpdateError: Error, Equatable, CustomStringConvertible {
         try fixed("timeouts", old.timeouts == new.timeouts)
         try fixed("fwmark-base", old.fwmarkBase == new.fwmarkBase)
         try fixed("fullnat-ports", old.fullnatPorts == new.fullnatPorts)
+        try fixed("metrics-listen", old.metricsListen == new.metricsListen)
         if !queues.wholePackets, let service = new.services.first(where: { QueueNeeds(for: $0).wholePackets }) {
             throw ConfigUpdateError(reason: "the queues copy packet headers only (every service was DR or offloaded): a \(service.mode) service needs a restart")
         }

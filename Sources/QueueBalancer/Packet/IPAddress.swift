@@ -126,6 +126,22 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"
     }
+
+    /// `ADDRESS:PORT` or `[IPv6]:PORT` with a port in 1...65535.
+    public init?(listenAddress text: String) {
+        var host = Substring(text), port = Substring()
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[close...].hasPrefix("]:") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard let address = IPAddress(String(host)), let number = UInt16(port), number > 0 else { return nil }
+        self.init(address: address, port: number)
+    }
 }
 
 /// The transport protocols nfqlb balances; raw values are IP protocol numbers.

@@ -176,7 +176,7 @@ public final class RealServerRegistry: Sendable {
                         state.freeHead += 1
                         state.numbers[key] = number
                         loads[number.index].reset()
-                        traffic.zero(number.index)
+                        traffic.assign(number.index)
                     }
                     state.slots[number.index] = Slot(key: key, drain: service.drain * 1000,
                                                     templateLifetime: service.persistence * 1000)

@@ -44,12 +44,14 @@ public final class RealServerTraffic: @unchecked Sendable {
     static let fields = 5
     public let capacity: Int
     private let blocks: Lock<[UnsafeMutablePointer<Atomic<UInt64>>]>
-    private let baselines: Lock<[TrafficTotals]>
+    /// By number: the sums when `nfqlb zero` last zeroed it (or it was given), and when it was given.
+    private let baselines: Lock<(zeroed: [TrafficTotals], assigned: [TrafficTotals])>
 
     init(capacity: Int) {
         self.capacity = capacity
         blocks = Lock([])
-        baselines = Lock(Array(repeating: TrafficTotals(), count: capacity))
+        let zeros = Array(repeating: TrafficTotals(), count: capacity)
+        baselines = Lock((zeros, zeros))
     }
 
     deinit {
@@ -75,7 +77,13 @@ public final class RealServerTraffic: @unchecked Sendable {
 
     /// Every worker's counts of real server `index`, summed, since its number was given or zeroed.
     public func totals(_ index: Int) -> TrafficTotals {
-        raw(index) &- baselines.withLock { $0[index] }
+        raw(index) &- baselines.withLock { $0.zeroed[index] }
+    }
+
+    /// Every worker's counts of real server `index` since its number was given, whatever `nfqlb zero` did: what
+    /// the metrics export, which must never go down.
+    public func lifetimeTotals(_ index: Int) -> TrafficTotals {
+        raw(index) &- baselines.withLock { $0.assigned[index] }
     }
 
     private func raw(_ index: Int) -> TrafficTotals {
@@ -93,10 +101,19 @@ public final class RealServerTraffic: @unchecked Sendable {
         }
     }
 
-    /// From now on real server `index` counts from 0 (a new owner of the number, or `nfqlb zero`).
+    /// From now on real server `index` counts from 0 in ``totals(_:)`` (`nfqlb zero`).
     public func zero(_ index: Int) {
         let now = raw(index)
-        baselines.withLock { $0[index] = now }
+        baselines.withLock { $0.zeroed[index] = now }
+    }
+
+    /// Number `index` has a new owner: it counts from 0 in ``totals(_:)`` and ``lifetimeTotals(_:)``.
+    func assign(_ index: Int) {
+        let now = raw(index)
+        baselines.withLock {
+            $0.zeroed[index] = now
+            $0.assigned[index] = now
+        }
     }
 }
 

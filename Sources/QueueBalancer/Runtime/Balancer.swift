@@ -56,6 +56,11 @@ public final class Balancer: Sendable {
     /// The datapath's counters.
     public var counters: DatapathCounters { runtime.counters }
 
+    /// The datapath's counters of each queue.
+    public var queueCounters: [(queue: QueueNumber, counters: DatapathCounters)] {
+        Array(zip(runtime.queues, runtime.queueCounters))
+    }
+
     /// Serves `config` from now on, keeping every connection to a real server that stays (see
     /// ``PacketHandler/update(to:now:tunnelPaths:)``); the running config is kept when it throws. `tunnelPaths`
     /// adds to (or replaces) the paths resolved at start.

@@ -13,6 +13,8 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
     public let processor: Processor
     public let queues: [QueueNumber]
     public let counters = DatapathCounters()
+    /// The same counts per queue, in ``queues`` order (for the metrics' `queue` label).
+    public let queueCounters: [DatapathCounters]
     private let queueLength: UInt32
     private let bufferBytes: Int
     private let logger: Logger
@@ -23,6 +25,7 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
     public init(processor: Processor, queues: [UInt16], queueLength: UInt32, socketBufferMiB: Int, logger: Logger) {
         self.processor = processor
         self.queues = queues.map(QueueNumber.init(rawValue:))
+        queueCounters = queues.map { _ in DatapathCounters() }
         self.queueLength = queueLength
         bufferBytes = socketBufferMiB << 20
         self.logger = logger
@@ -48,7 +51,8 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
         // Each send stays well below the send buffer: an EMSGSIZE send loses every verdict in it.
         let sendLimit = max(min(bufferBytes / 4, 1 << 20), 140_000)
         let threads = sockets.enumerated().map { index, socket in
-            WorkerThread.start(QueueWorker(socket: socket, processor: processor, counters: counters, stop: stop,
+            WorkerThread.start(QueueWorker(socket: socket, processor: processor, counters: counters,
+                                           queueCounters: queueCounters[index], stop: stop,
                                            sendLimit: sendLimit, index: index, connections: connectionWriter()))
         }
         logger.info("running", metadata: metadata.merging([

@@ -9,6 +9,8 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
     private let processor: Processor
     /// The runtime's counters, which each batch's counts are added to.
     private let counters: DatapathCounters
+    /// This queue's own counters (the same counts).
+    private let queueCounters: DatapathCounters?
     private let stop: StopSignal
     /// This worker's number among the processor's readers (``PacketProcessor/enterBatch(worker:)``).
     private let index: Int
@@ -23,8 +25,9 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
     /// Bytes per message buffer: the largest IPv4 packet plus the netlink headers and metadata attributes.
     static var messageSize: Int { 65536 + 1024 }
 
-    init(socket: QueueSocket, processor: Processor, counters: DatapathCounters, stop: StopSignal, sendLimit: Int,
-         index: Int, connections: ConntrackWriter? = nil) {
+    init(socket: QueueSocket, processor: Processor, counters: DatapathCounters, queueCounters: DatapathCounters? = nil,
+         stop: StopSignal, sendLimit: Int, index: Int, connections: ConntrackWriter? = nil) {
+        self.queueCounters = queueCounters
         self.index = index
         self.socket = socket
         self.processor = processor
@@ -52,6 +55,7 @@ final class QueueWorker<Processor: PacketProcessor>: @unchecked Sendable {
                 local.count(.receiveErrors)
             }
             counters.add(local)
+            queueCounters?.add(local)
         }
     }
 
