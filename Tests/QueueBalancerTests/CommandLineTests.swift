@@ -34,6 +34,41 @@ import Testing
 
     static let example = EndToEnd.packageRoot.appendingPathComponent("examples/nat.yaml").path
 
+    /// scripts/install.sh into a scratch root: every file in place, and the unit passes `systemd-analyze verify`.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "needs systemd-analyze"))
+    func installPutsTheServiceInPlaceAndItsUnitVerifies() throws {
+        let root = NSTemporaryDirectory() + "nfqlb-install-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let binary = ProcessInfo.processInfo.environment["NFQLB"]
+            ?? EndToEnd.packageRoot.appendingPathComponent(".build/debug/nfqlb").path
+        let result = try Self.run(["/bin/bash", EndToEnd.packageRoot.appendingPathComponent("scripts/install.sh").path,
+                                   "--destdir", root], environment: ["NFQLB": binary])
+        #expect(result.status == 0, "\(result.output)\(result.error)")
+        #expect(result.output.contains("dist/nfqlb.service passes systemd-analyze verify"))
+        for file in ["usr/local/sbin/nfqlb", "usr/local/lib/nfqlb/iptables-setup.sh", "etc/nfqlb/lb.yaml",
+                     "etc/systemd/system/nfqlb.service"] {
+            #expect(FileManager.default.fileExists(atPath: "\(root)/\(file)"), "\(file) not installed")
+        }
+        let unit = try String(contentsOfFile: "\(root)/etc/systemd/system/nfqlb.service", encoding: .utf8)
+        #expect(unit.contains("ExecReload=/usr/local/sbin/nfqlb reload"))
+        #expect(unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW"))
+    }
+
+    static func run(_ command: [String], environment extra: [String: String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
+        process.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, output: output, error: error)
+    }
+
     @Test func checkAcceptsTheExample() throws {
         let result = try Self.nfqlb(["check", "--config", Self.example])
         #expect(result.status == 0)

@@ -32,6 +32,8 @@ public final class ControlPlane: Sendable {
         /// Per-real-server totals of the last seconds (newest last), for `--rate`.
         var samples: [(time: UInt64, totals: [RealServerRegistry.Key: TrafficTotals])] = []
         var reloads: (succeeded: UInt64, failed: UInt64, lastGood: Date?) = (0, 0, nil)
+        /// Each real server's lifecycle at the last tick, for the drain lines of the log.
+        var lifecycles: [RealServerRegistry.Key: RealServerLifecycle] = [:]
     }
 
     /// A request the plane refuses, with the protocol's error code.
@@ -340,15 +342,18 @@ public final class ControlPlane: Sendable {
 
     // MARK: - Housekeeping
 
-    /// Once a second: a sample for the rates, and the rules of leaving real servers removed once they are gone.
+    /// Once a second: a sample for the rates, a log line for each real server that started or ended its drain,
+    /// and the rules of leaving real servers removed once they are gone.
     public func tick() {
         let registry = balancer.handler.registry
         let now = monotonicMilliseconds()
         var totals: [RealServerRegistry.Key: TrafficTotals] = [:]
-        for entry in registry.servers() {
+        let entries = registry.servers()
+        for entry in entries {
             totals[entry.key] = registry.traffic.totals(entry.number.index) &+ registry[entry.number].offloaded.totals
         }
         state.withLock { state in
+            logDrains(entries, now: now, state: &state)
             state.samples.append((now, totals))
             if state.samples.count > 3 { state.samples.removeFirst(state.samples.count - 3) }
             let running = balancer.handler.config
@@ -365,6 +370,35 @@ public final class ControlPlane: Sendable {
                 logger.warning("rules of drained real servers not removed", metadata: ["reason": "\(error)"])
             }
         }
+    }
+
+    /// Drain start and end, once each: a server that became draining, one whose drain ended (removed), and one
+    /// the registry forgot (its number free again).
+    private func logDrains(_ entries: [RealServerRegistry.Entry], now: UInt64, state: inout State) {
+        var current: [RealServerRegistry.Key: RealServerLifecycle] = [:]
+        for entry in entries {
+            current[entry.key] = entry.lifecycle
+            let before = state.lifecycles[entry.key]
+            guard before != entry.lifecycle else { continue }
+            let load = balancer.handler.registry[entry.number]
+            let connections = "\(max(0, load.active) + max(0, load.inactive))"
+            switch entry.lifecycle {
+            case .draining:
+                let until = entry.drainDeadline == UInt64.max ? "its last connection ends"
+                    : "\((entry.drainDeadline &- now) / 1000) s"
+                logger.notice("real server draining", metadata: ["real-server": "\(entry.key)", "connections": "\(connections)",
+                                                                "until": "\(until)"])
+            case .removed where before != nil:
+                logger.notice("real server drained", metadata: ["real-server": "\(entry.key)",
+                                                               "connections-left-to-forget": "\(connections)"])
+            default:
+                break
+            }
+        }
+        for key in state.lifecycles.keys where current[key] == nil {
+            logger.info("real server forgotten", metadata: ["real-server": "\(key)"])
+        }
+        state.lifecycles = current
     }
 
     /// The config whose rules are to be installed: `running`, plus the real servers of `retained` configs that
