@@ -110,15 +110,8 @@ struct Run: ParsableCommand {
         let rulesDirectory = (BalancerState.defaultPath as NSString).deletingLastPathComponent
         let rules = RulesInstaller.isInstalled ? RulesInstaller(stateDirectory: rulesDirectory) : nil
         let plane = ControlPlane(balancer: balancer, configPath: options.config, rules: rules, logger: logger)
-        var server: ControlServer?
-        if !noControlSocket {
-            do {
-                server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)
-            } catch {
-                throw failure("\(error)")
-            }
-        }
-        let ticksHere = server == nil
+        // Without a control socket, its thread's once-a-second work (rates, drains, rules) is the reload thread's.
+        let ticksHere = noControlSocket
         let reloader = Thread {
             var nextTick = ContinuousClock.now
             while !stopSignal.isRaised {
@@ -127,7 +120,6 @@ struct Run: ParsableCommand {
                     hangupSignal.clear()
                     _ = try? plane.reload()
                 }
-                // Without a control socket, its thread's once-a-second work (rates, rules of drained servers) is here.
                 if ticksHere, ContinuousClock.now >= nextTick {
                     nextTick = ContinuousClock.now + .seconds(1)
                     plane.tick()
@@ -135,23 +127,36 @@ struct Run: ParsableCommand {
             }
         }
         reloader.start()
-        if let server {
-            Thread { server.run(stop: stopSignal) }.start()
-        }
+        // Once the queues are bound: the control socket and the metrics listener (a failure stops nfqlb).
         var metrics: MetricsEndpoint?
-        if let listen = metricsListen.flatMap(Endpoint.init(listenAddress:)) ?? config.metricsListen {
-            do {
-                metrics = try MetricsEndpoint(listen: listen, exporter: MetricsExporter(plane: plane))
-                logger.info("metrics listening", metadata: ["url": "http://\(listen)/metrics"])
-            } catch {
-                throw failure("cannot serve metrics on \(listen): \(error)")
+        var startFailure: String?
+        let bound = {
+            if !noControlSocket {
+                do {
+                    let server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)
+                    Thread { server.run(stop: stopSignal) }.start()
+                } catch {
+                    startFailure = "\(error)"
+                    stopSignal.raise()
+                    return
+                }
+            }
+            if let listen = metricsListen.flatMap(Endpoint.init(listenAddress:)) ?? config.metricsListen {
+                do {
+                    metrics = try MetricsEndpoint(listen: listen, exporter: MetricsExporter(plane: plane))
+                    logger.info("metrics listening", metadata: ["url": "http://\(listen)/metrics"])
+                } catch {
+                    startFailure = "cannot serve metrics on \(listen): \(error)"
+                    stopSignal.raise()
+                }
             }
         }
         defer { metrics?.close() }
         do {
-            try balancer.run(stop: stopSignal, statsFile: statsFile)
+            try balancer.run(stop: stopSignal, statsFile: statsFile, bound: bound)
         } catch {
             throw failure("\(error)")
         }
+        if let startFailure { throw failure(startFailure) }
     }
 }

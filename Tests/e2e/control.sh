@@ -77,6 +77,7 @@ whoami() { in_ns "${P}c" curl -s --max-time 3 "http://$1/whoami" || true; }
 csum_snapshot
 nfqlb_start "$config"
 sock_dir=/run/nfqlb/netns-$(in_ns "${P}b" stat -L -c %i /proc/self/ns/net)
+for _ in $(seq 30); do [ -S "$sock_dir/nfqlb.sock" ] && break; sleep 0.1; done   # opened once the queue is bound
 [ -S "$sock_dir/nfqlb.sock" ] || fail "no control socket at $sock_dir/nfqlb.sock"
 [ "$(stat -c %a "$sock_dir/nfqlb.sock")" = 600 ] || fail "control socket mode $(stat -c %a "$sock_dir/nfqlb.sock"), want 600"
 pass "control socket at $sock_dir/nfqlb.sock, mode 0600"

@@ -11,6 +11,7 @@ public enum ConfigDocument {
     static let serviceKeys = ["name", "vip", "port", "protocol", "mode", "scheduler", "scheduler-flags", "mh-table-size",
                               "persistence", "persistence-netmask", "ops", "drain", "offload", "local-addresses",
                               "tunnel-source", "reals"]
+    static let realKeys = ["address", "port", "weight", "upper", "lower"]
 
     /// The document of `config`.
     public static func document(_ config: BalancerConfig) -> JSONValue {
@@ -84,7 +85,11 @@ public enum ConfigDocument {
                     out += first ? "  - " : "    "
                     first = false
                     if field == "reals", let reals = fields[field]?.array {
-                        out += "reals:\n" + reals.map { "      - \($0.yamlScalar)\n" }.joined()
+                        out += "reals:\n" + reals.map { real in
+                            let fields = real.object ?? [:]
+                            let entries = ordered(fields, realKeys).map { "\($0): \(fields[$0]!.yamlScalar)" }
+                            return "      - { \(entries.joined(separator: ", ")) }\n"
+                        }.joined()
                         if reals.isEmpty { out.removeLast(); out += " []\n" }
                     } else {
                         out += "\(field): \(fields[field]!.yamlScalar)\n"

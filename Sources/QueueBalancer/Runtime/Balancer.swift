@@ -95,7 +95,9 @@ public final class Balancer: Sendable {
     }
 
     /// Binds the queues and balances until `stop` is raised (see ``QueueRuntime/run(stop:statistics:interval:housekeeping:)``).
-    public func run(stop: StopSignal, statsFile: String?) throws(QueueError) {
+    /// `bound` runs once the queues are bound (the CLI opens its control socket and metrics listener there, so
+    /// that a missing CAP_NET_ADMIN is what an unprivileged start reports).
+    public func run(stop: StopSignal, statsFile: String?, bound: () -> Void = {}) throws(QueueError) {
         running.withLock { $0 = (stop, nil) }
         startOffloadMonitorIfNeeded()
         defer {
@@ -107,7 +109,7 @@ public final class Balancer: Sendable {
         }
         try runtime.run(stop: stop, statistics: statsFile.map(StatisticsWriter.init(path:)), metadata: [
             "services": "\(config.services.map(\.description).joined(separator: " "))",
-        ]) {
+        ], bound: bound) {
             reportPortExhaustion()
         }
         saveState()

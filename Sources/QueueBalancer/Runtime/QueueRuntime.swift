@@ -35,9 +35,11 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
     /// raised, then stops the workers and unbinds the queues. Every `interval` (and once more at the end, while
     /// the queues are still bound: the kernel's counters vanish with the binding) it runs the processor's
     /// housekeeping, then `housekeeping`, then writes `statistics`.
-    /// `metadata` goes into the log line that says the queues are bound.
+    /// `metadata` goes into the log line that says the queues are bound; `bound` runs right after it (it may
+    /// raise `stop`).
     public func run(stop: StopSignal, statistics: StatisticsWriter?, interval: Duration = .seconds(1),
-                    metadata: Logger.Metadata = [:], housekeeping: () -> Void = {}) throws(QueueError) {
+                    metadata: Logger.Metadata = [:], bound: () -> Void = {},
+                    housekeeping: () -> Void = {}) throws(QueueError) {
         var sockets: [QueueSocket] = []
         for queue in queues {
             do {
@@ -59,6 +61,7 @@ public final class QueueRuntime<Processor: PacketProcessor>: Sendable {
             "queues": "\(queues.map(\.description).joined(separator: ","))",
             "copy-range": "\(processor.copyRange)",
         ]) { a, _ in a })
+        bound()
         var next = ContinuousClock.now
         while !stop.isRaised {
             Thread.sleep(forTimeInterval: 0.1)
