@@ -56,7 +56,7 @@ let package = Package(
         // -sanitize=fuzzer -DFUZZING, else a replayer of saved inputs (scripts/fuzz.sh).
         .executableTarget(
             name: "nfqlb-fuzz",
-            dependencies: ["QueueBalancer"]
+            dependencies: ["QueueBalancer", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "QueueBalancerTests",

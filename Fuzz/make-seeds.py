@@ -124,4 +124,21 @@ for path in sorted((root.parent / "Tests").rglob("*.swift")) + sorted((root.pare
 src = (root.parent / "Sources/nfqlb-fuzz/Fuzz.swift").read_text()
 configs.append(re.search(r'static let yaml = """\n(.*?)"""', src, re.S).group(1))
 write("config", [c.encode() for c in configs if c.strip()][:200])
+# control: request lines as nfqlb's CLI and the README send them, and broken ones.
+service = '{"protocol":"tcp","vip":"203.0.113.10","port":80}'
+requests = [
+    '{"id":1,"cmd":"list"}',
+    '{"id":2,"cmd":"real.edit","args":{"service":%s,"real":{"address":"198.51.100.11","port":8080,"weight":0}}}' % service,
+    '{"id":3,"cmd":"service.add","args":{"service":{"protocol":"tcp","vip":"203.0.113.20","port":443,"mode":"nat",'
+    '"scheduler":"rr","reals":[{"address":"198.51.100.21","port":8443}]}}}\n'
+    '{"cmd":"service.delete","args":{"service":{"protocol":"tcp","vip":"203.0.113.20","port":443}}}',
+    '{"cmd":"real.add","args":{"service":{"protocol":"udp","vip":"203.0.113.10","port":53},'
+    '"real":{"address":"198.51.100.14","weight":3,"upper":10}}}\n{"cmd":"save","args":{"format":"ipvsadm"}}\n'
+    '{"cmd":"connections","args":{"limit":5}}\n{"cmd":"zero"}',
+    '{"cmd":"service.edit","args":{"service":{"protocol":"tcp","vip":"203.0.113.10","port":80,"scheduler":"sh",'
+    '"scheduler-flags":["sh-port"],"persistence":60}}}\n{"cmd":"real.delete","args":{"service":%s,'
+    '"real":{"address":"198.51.100.12","port":8080}}}' % service,
+    '{"cmd":"reload"}\nnot json\n{"id":[1,{"a":null}],"cmd":"list","args":[]}',
+]
+write("control", [r.encode() + b"\n" for r in requests])
 print("seeds: %d packets, %d messages, %d configs in %s" % (min(400, 2 * len(packets)), len(messages), min(200, len(configs)), out))

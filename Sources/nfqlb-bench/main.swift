@@ -63,7 +63,8 @@ let infos: [PacketInfo] = templates.indices.map { index in
     guard gso else { return [] }
     return index == 3 ? [.gso, .checksumNotReady] : [.checksumNotReady]
 }
-var counters = CounterBatch()
+// With the worker's per-real-server counters, as a queue worker counts.
+var counters = handler.counterBatch(worker: 0)
 var verdicts = 0
 
 // Under scripts/check-allocations.sh the LD_PRELOADed malloc counter marks the loop, so that only what the

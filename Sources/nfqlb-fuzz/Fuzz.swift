@@ -7,6 +7,9 @@
 //            event that parses is applied to the offload ledger.
 //   config   any bytes as the YAML configuration: a config or `file:line: reason`, never a trap; a config that
 //            loads is turned into its iptables rules and a handler.
+//   control  lines for the control socket: each parsed as a request and, when it is one, answered by a control
+//            plane over a balancer (live changes accumulate across inputs, so sequences of changes are made;
+//            the plane starts afresh every 500 inputs). Every answer must be one line of JSON.
 //
 // Two builds of the same file:
 //   swift build --scratch-path .build-fuzz --product nfqlb-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
@@ -15,17 +18,19 @@
 //     replays files: nfqlb-fuzz TARGET FILE... (the seed corpora in Fuzz/corpus/TARGET, and crash files)
 // `scripts/fuzz.sh` does both.
 import Foundation
+import Logging
 @testable import QueueBalancer
 
 /// The fuzz targets by name; each takes one input and must return (any trap is a finding).
 enum FuzzTarget: String, CaseIterable {
-    case packet, netlink, config
+    case packet, netlink, config, control
 
     func run(_ input: UnsafeRawBufferPointer) {
         switch self {
         case .packet: PacketFuzzer.shared.run(input)
         case .netlink: NetlinkFuzzer.shared.run(input)
         case .config: ConfigFuzzer.run(input)
+        case .control: ControlFuzzer.shared.run(input)
         }
     }
 }
@@ -85,7 +90,7 @@ final class PacketFuzzer {
         if !packet.isEmpty { bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: packet)) }
         // Time moves on by the low bits of the info byte: some inputs outlive connections, most do not.
         now &+= UInt64(first >> 2) * 1_000
-        var counters = CounterBatch()
+        var counters = handler.counterBatch(worker: 0)
         handler.enterBatch(worker: 0)
         let verdict = handler.handle(bytes, info: PacketInfo(rawValue: UInt32(first & 3)), now: now, counters: &counters)
         handler.leaveBatch(worker: 0)
@@ -135,6 +140,44 @@ enum ConfigFuzzer {
         } catch {
             precondition(!error.description.isEmpty)
         }
+    }
+}
+
+/// Lines for the control socket, answered by a control plane whose changes accumulate.
+final class ControlFuzzer {
+    nonisolated(unsafe) static let shared = ControlFuzzer()
+    static let yaml = """
+    queues: [0]
+    max-connections: 4096
+    services:
+      - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat, scheduler: wlc,
+          reals: [ { address: 198.51.100.11, port: 8080 }, { address: 198.51.100.12, port: 8080, weight: 2 } ] }
+      - { vip: 203.0.113.10, port: 53, protocol: udp, mode: dr, reals: [ { address: 198.51.100.13 } ] }
+    """
+    var plane = ControlFuzzer.makePlane()
+    var inputs = 0
+
+    static func makePlane() -> ControlPlane {
+        let logger = Logger(label: "fuzz") { _ in SwiftLogNoOpLogHandler() }
+        let config = try! ConfigLoader.parse(yaml: yaml)
+        return ControlPlane(balancer: Balancer(config: config, logger: logger), configPath: "/nonexistent/nfqlb.yaml",
+                            rules: nil, logger: logger)
+    }
+
+    func run(_ input: UnsafeRawBufferPointer) {
+        inputs += 1
+        if inputs % 500 == 0 { plane = Self.makePlane() }
+        for line in input.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+            let answer: ControlAnswer
+            switch ControlRequest.parse(line) {
+            case .success(let request): answer = plane.answer(request, uid: 0)
+            case .failure(let refusal): answer = refusal
+            }
+            let text = answer.line
+            precondition(text.hasSuffix("\n") && text.dropLast().firstIndex(of: "\n") == nil, "an answer of more than one line")
+            precondition((try? JSONValue.parse(Array(text.utf8))) != nil, "an answer that is not JSON")
+        }
+        plane.tick()
     }
 }
 

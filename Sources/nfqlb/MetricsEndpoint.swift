@@ -66,7 +66,8 @@ private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
             let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-            if !keepAlive { done.whenComplete { [context] _ in context.close(promise: nil) } }
+            let channel = context.channel
+            if !keepAlive { done.whenComplete { _ in channel.close(promise: nil) } }
         }
     }
 }

@@ -379,7 +379,7 @@ import Testing
         let stop = StopSignal()
         stop.raise()
         first.run(stop: stop)   // closes and unlinks
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         #expect(throws: ControlSocketError.self) { _ = try ControlServer(path: path, plane: plane, logger: logger) }
     }
 }
