@@ -129,12 +129,14 @@ struct Run: ParsableCommand {
         reloader.start()
         // Once the queues are bound: the control socket and the metrics listener (a failure stops nfqlb).
         var metrics: MetricsEndpoint?
+        var control: ControlServer?
         var startFailure: String?
         let bound = {
             if !noControlSocket {
                 do {
                     let server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)
                     Thread { server.run(stop: stopSignal) }.start()
+                    control = server
                 } catch {
                     startFailure = "\(error)"
                     stopSignal.raise()
@@ -157,6 +159,8 @@ struct Run: ParsableCommand {
         } catch {
             throw failure("\(error)")
         }
+        // The control thread removes its socket file within its 200 ms poll: wait for it (bounded: 2 s).
+        for _ in 0..<20 where control.map({ !$0.finished.isRaised }) ?? false { Thread.sleep(forTimeInterval: 0.1) }
         if let startFailure { throw failure(startFailure) }
     }
 }

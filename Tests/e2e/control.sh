@@ -216,5 +216,6 @@ echo "access: non-root refused"
 pass "a non-root caller is refused by the socket's mode and by SO_PEERCRED"
 
 nfqlb_stop
+[ ! -e "$sock_dir/nfqlb.sock" ] || fail "the control socket file stayed after nfqlb stopped"
 csum_check
 rules_cleanup_check

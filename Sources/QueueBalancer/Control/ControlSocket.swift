@@ -44,6 +44,8 @@ public final class ControlServer: @unchecked Sendable {
     private let listener: Int32
     public let idleTimeout: UInt64
     public static let maximumClients = 16
+    /// Raised when ``run(stop:)`` has closed everything and removed the socket file.
+    public let finished = StopSignal()
 
     private struct Client {
         var fd: Int32
@@ -117,6 +119,7 @@ public final class ControlServer: @unchecked Sendable {
         clients.forEach { close($0.fd) }
         close(listener)
         unlink(path)
+        finished.raise()
     }
 
     private func accept(into clients: inout [Client], now: UInt64) {
