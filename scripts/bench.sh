@@ -19,7 +19,7 @@ case "$mode" in nat|fullnat|dr|tun) ;; *) fail "MODE is nat, fullnat, dr or tun"
 [ "$rounds" -ge 1 ] && [ "$rounds" -le 10 ] && [ "$seconds" -ge 1 ] && [ "$seconds" -le 30 ] || fail "ROUNDS 1..10, SECONDS 1..30"
 command -v iperf3 >/dev/null || fail "iperf3 not found (apt-get install iperf3)"
 if [ -z "${NFQLB:-}" ]; then
-    (cd "$root" && swift build -c release >/dev/null)
+    (cd "$root" && swift build -c release --product nfqlb >/dev/null)
     NFQLB=$(cd "$root" && swift build -c release --show-bin-path)/nfqlb
 fi
 export NFQLB

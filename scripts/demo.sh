@@ -56,8 +56,8 @@ if [ -n "${NFQLB:-}" ]; then
 else
     command -v swift >/dev/null ||
         fail "the Swift toolchain is not installed (see https://www.swift.org/install/linux/), or set NFQLB"
-    say "Building nfqlb (swift build -c release; the first build takes a few minutes)"
-    (cd "$root" && swift build -c release)
+    say "Building nfqlb (swift build -c release --product nfqlb; the first build takes a few minutes)"
+    (cd "$root" && swift build -c release --product nfqlb)
     NFQLB=$(cd "$root" && swift build -c release --show-bin-path)/nfqlb
     [ -x "$NFQLB" ] || fail "build finished but $NFQLB is missing"
 fi

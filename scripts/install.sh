@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs nfqlb as a service: the release binary, the rules script, an example config and the systemd unit.
-#   /usr/local/sbin/nfqlb                      the binary (swift build -c release first, or NFQLB=path)
+#   /usr/local/sbin/nfqlb                      the binary (swift build -c release --product nfqlb first, or NFQLB=path)
 #   /usr/local/lib/nfqlb/iptables-setup.sh     rules, routes and sysctls up/down (the unit runs it)
 #   /etc/nfqlb/lb.yaml                         the config (the example, only when there is none yet)
 #   /etc/systemd/system/nfqlb.service          the unit (dist/nfqlb.service), checked with systemd-analyze verify
@@ -46,11 +46,11 @@ verify_unit() {
 binary=${NFQLB:-$root/.build/release/nfqlb}
 if [ "$verify_only" = 1 ]; then
     [ -x "$binary" ] || binary=$root/.build/debug/nfqlb
-    [ -x "$binary" ] || die "build nfqlb first (swift build -c release)"
+    [ -x "$binary" ] || die "build nfqlb first (swift build -c release --product nfqlb)"
     verify_unit "$binary" "$root/scripts/iptables-setup.sh"
     exit 0
 fi
-[ -x "$binary" ] || die "$binary not found: run swift build -c release first (or set NFQLB)"
+[ -x "$binary" ] || die "$binary not found: run swift build -c release --product nfqlb first (or set NFQLB)"
 [ -n "$destdir" ] || [ "$(id -u)" = 0 ] || die "run as root (or with --destdir)"
 
 install -D -m 0755 "$binary" "$destdir/usr/local/sbin/nfqlb"

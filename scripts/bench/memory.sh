@@ -15,7 +15,7 @@ lab_unmask_signals "$@"
 count=${1:-1000000}
 [ "$count" -ge 1 ] && [ "$count" -le 1048576 ] || fail "N 1..1048576"
 if [ -z "${NFQLB:-}" ]; then
-    (cd "$root" && swift build -c release >/dev/null)
+    (cd "$root" && swift build -c release --product nfqlb >/dev/null)
     NFQLB=$(cd "$root" && swift build -c release --show-bin-path)/nfqlb
 fi
 export NFQLB
