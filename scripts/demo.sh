@@ -170,6 +170,9 @@ printf '    %-28s %6s packets\n' "balancer forwarded" "$(count "${P}b" FORWARD)"
 echo
 echo "$explain"
 
+say "What nfqlb says about it, like ipvsadm -Ln --stats (nfqlb list, through its control socket)"
+in_ns "${P}b" "$NFQLB" list -n --stats --exact | sed 's/^/    /'
+
 say "Stopping nfqlb (SIGTERM) and showing its counters"
 nfqlb_stop
 grep -v ' 0$' "$NFQLB_STATS" | sed 's/^/    /'

@@ -2,7 +2,8 @@
 # Runs every nfqlb test on a fresh Debian machine, as root: installs the packages the build and the
 # namespace labs need, builds, then runs `swift test` (unit tests, and the end-to-end tests in network
 # namespaces, which need root), then checks that the release build's packet path allocates nothing, runs the
-# concurrency tests under ThreadSanitizer, and fuzzes the packet, netlink and config parsers (scripts/fuzz.sh).
+# concurrency tests under ThreadSanitizer, runs the demo, and fuzzes the packet, netlink, config and control
+# parsers (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,6 +19,9 @@ scripts/check-allocations.sh release
 # An upgrade keeps connections: the debug build's nfqlb saves them, the release build takes them back.
 swift build -c release --product nfqlb
 NFQLB="$PWD/.build/debug/nfqlb" NFQLB_NEXT="$PWD/.build/release/nfqlb" MODE=nat bash Tests/e2e/nat.sh restart
+
+# The README's other command, as a new user runs it (it builds its own release binary, here already built).
+(unset NFQLB; bash scripts/demo.sh)
 
 # The code shared between threads under ThreadSanitizer (its own build directory; -DTSAN swaps nfqlb's
 # `Lock` for a pthread mutex TSan can see). Any report fails the run.

@@ -65,6 +65,15 @@ struct Run: ParsableCommand {
     var noControlSocket = false
 
     @Option(help: ArgumentHelp("""
+        Also listen on a read-only socket (list, connections, save) that members of --read-only-group may \
+        use, for monitoring without root, e.g. /run/nfqlb/nfqlb-ro.sock.
+        """, valueName: "path"))
+    var readOnlySocket: String?
+
+    @Option(help: ArgumentHelp("The group that may use --read-only-socket (mode 0660).", valueName: "group"))
+    var readOnlyGroup = "root"
+
+    @Option(help: ArgumentHelp("""
         Serve Prometheus metrics on http://ADDRESS:PORT/metrics (overrides the config's metrics-listen; \
         e.g. 127.0.0.1:9469).
         """, valueName: "address:port"))
@@ -137,6 +146,13 @@ struct Run: ParsableCommand {
                     let server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)
                     Thread { server.run(stop: stopSignal) }.start()
                     control = server
+                    if let readOnlySocket {
+                        guard let group = getgrnam(readOnlyGroup)?.pointee.gr_gid else {
+                            throw ControlSocketError(description: "no group '\(readOnlyGroup)' for --read-only-socket")
+                        }
+                        let reader = try ControlServer(path: readOnlySocket, plane: plane, logger: logger, readOnlyGroup: group)
+                        Thread { reader.run(stop: stopSignal) }.start()
+                    }
                 } catch {
                     startFailure = "\(error)"
                     stopSignal.raise()

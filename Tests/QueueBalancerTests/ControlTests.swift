@@ -345,6 +345,27 @@ import Testing
         }
     }
 
+    @Test func aReadOnlySocketListsAndRefusesChanges() throws {
+        let directory = NSTemporaryDirectory() + "nfqlb-ro-\(UUID().uuidString.prefix(8))"
+        let path = directory + "/ro.sock"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let plane = ControlPlane(balancer: Balancer(config: natConfig(), logger: logger), configPath: "/x", rules: nil, logger: logger)
+        let server = try ControlServer(path: path, plane: plane, logger: logger, readOnlyGroup: getegid())
+        var info = stat()
+        #expect(stat(path, &info) == 0 && info.st_mode & 0o777 == 0o660 && info.st_gid == getegid())
+        let stop = StopSignal()
+        Thread { server.run(stop: stop) }.start()
+        defer {
+            stop.raise()
+            while !server.finished.isRaised { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        let client = try ControlClient(path: path, timeoutMilliseconds: 5000)
+        #expect(try client.call("list").isSuccess)
+        #expect(try client.call("save").isSuccess)
+        let change = try client.call("zero")
+        #expect(change.errorCode == "denied" && change.errorMessage?.hasPrefix("this socket is read-only") == true)
+    }
+
     @Test func anOversizedLineGetsTooLongAndTheConnectionCloses() throws {
         try withServer { path in
             let client = try ControlClient(path: path, timeoutMilliseconds: 5000)

@@ -75,8 +75,9 @@ nfqlb_ctl() { in_ns "${P}b" "$NFQLB" "$@"; }
 whoami() { in_ns "${P}c" curl -s --max-time 3 "http://$1/whoami" || true; }
 
 csum_snapshot
-nfqlb_start "$config"
 sock_dir=/run/nfqlb/netns-$(in_ns "${P}b" stat -L -c %i /proc/self/ns/net)
+# A read-only socket for monitoring, usable by the group nogroup.
+NFQLB_ARGS="--read-only-socket $sock_dir/nfqlb-ro.sock --read-only-group nogroup" nfqlb_start "$config"
 for _ in $(seq 30); do [ -S "$sock_dir/nfqlb.sock" ] && break; sleep 0.1; done   # opened once the queue is bound
 [ -S "$sock_dir/nfqlb.sock" ] || fail "no control socket at $sock_dir/nfqlb.sock"
 [ "$(stat -c %a "$sock_dir/nfqlb.sock")" = 600 ] || fail "control socket mode $(stat -c %a "$sock_dir/nfqlb.sock"), want 600"
@@ -212,6 +213,12 @@ chmod 0755 "$sock_dir"
 message=$(as_nobody list -n --control-socket "$sock_dir/nfqlb.sock" 2>&1) && fail "a non-root caller listed: $message"
 chmod 0600 "$sock_dir/nfqlb.sock"
 [[ $message == *"only root may use the control socket (caller uid 65534)"* ]] || fail "non-root, socket opened: $message"
+# The read-only socket: mode 0660 for nogroup; its members may list, not change.
+[ "$(stat -c '%a %G' "$sock_dir/nfqlb-ro.sock")" = "660 nogroup" ] || fail "read-only socket: $(stat -c '%a %G' "$sock_dir/nfqlb-ro.sock")"
+as_nobody list -n --control-socket "$sock_dir/nfqlb-ro.sock" | grep -q "^TCP  $LAB_VIP:80 rr" || fail "read-only socket: nogroup could not list"
+message=$(as_nobody real edit -t "$LAB_VIP:80" -r "${LAB_RIP[0]}:8080" -w 0 --control-socket "$sock_dir/nfqlb-ro.sock" 2>&1) &&
+    fail "read-only socket: a change went through: $message"
+[[ $message == *"this socket is read-only"* ]] || fail "read-only socket, change: $message"
 echo "access: non-root refused"
 pass "a non-root caller is refused by the socket's mode and by SO_PEERCRED"
 

@@ -482,7 +482,7 @@ queue_bound() {
 
 # nfqlb_start CONFIG: installs nfqlb's rules in the balancer (scripts/iptables-setup.sh up, idempotent; not
 # with NFQLB_SETUP=keep, which restarts nfqlb under the rules in place) and starts "$NFQLB run" there;
-# returns once queue 0 is bound (bounded: 10 s). Sets NFQLB_PID.
+# returns once queue 0 is bound (bounded: 10 s). Sets NFQLB_PID. NFQLB_ARGS adds options to `nfqlb run`.
 nfqlb_start() {
     local config=$1 _
     [ -n "${NFQLB:-}" ] && [ -x "$NFQLB" ] || fail "NFQLB must name the nfqlb binary (got '${NFQLB:-}')"
@@ -497,8 +497,9 @@ nfqlb_start() {
     [ "${NFQLB_SETUP:-}" = keep ] || rm -f "$LAB_TMP/nfqlb.state"
     rm -f "$NFQLB_STATS"
     echo "=== nfqlb run --config $config" >> "$NFQLB_LOG"
+    # shellcheck disable=SC2086
     lab_spawn "${P}b" "$LAB_TMP/nfqlb.out" "$NFQLB" run --config "$config" --stats-file "$NFQLB_STATS" \
-        --state-file "$LAB_TMP/nfqlb.state"
+        --state-file "$LAB_TMP/nfqlb.state" ${NFQLB_ARGS:-}
     NFQLB_PID=$LAB_LAST_PID
     for _ in $(seq 100); do
         if ! kill -0 "$NFQLB_PID" 2>/dev/null; then

@@ -6,6 +6,7 @@ import Logging
 /// Why the control socket could not be set up or reached.
 public struct ControlSocketError: Error, CustomStringConvertible {
     public var description: String
+    public init(description: String) { self.description = description }
 }
 
 /// The Unix stream socket address of `path` (a filesystem path: never an abstract name).
@@ -55,8 +56,18 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     /// Binds the socket at `path`. A stale socket file (nobody listening) is replaced; a live one is refused.
-    public init(path: String, plane: ControlPlane, logger: Logger, idleTimeoutMilliseconds: UInt64 = 10_000) throws(ControlSocketError) {
+    /// The read-only socket's group, when this is one (``init(path:plane:logger:idleTimeoutMilliseconds:readOnlyGroup:)``).
+    public let readOnlyGroup: gid_t?
+
+    /// Commands a read-only socket answers.
+    public static let readOnlyCommands: Set<String> = ["list", "connections", "save"]
+
+    /// - Parameter readOnlyGroup: makes this the read-only socket: mode 0660 with this group, any caller that can
+    ///   open it (the file mode decides), and only ``readOnlyCommands``.
+    public init(path: String, plane: ControlPlane, logger: Logger, idleTimeoutMilliseconds: UInt64 = 10_000,
+                readOnlyGroup: gid_t? = nil) throws(ControlSocketError) {
         self.path = path
+        self.readOnlyGroup = readOnlyGroup
         self.plane = plane
         self.logger = logger
         idleTimeout = idleTimeoutMilliseconds
@@ -83,7 +94,8 @@ public final class ControlServer: @unchecked Sendable {
         let previous = umask(0o177)
         let bound = try withAddress(path) { bind(fd, $0, $1) }
         umask(previous)
-        guard bound == 0, chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
+        let mode: mode_t = readOnlyGroup == nil ? 0o600 : 0o660
+        guard bound == 0, readOnlyGroup.map({ chown(path, 0, $0) == 0 }) ?? true, chmod(path, mode) == 0, listen(fd, 16) == 0 else {
             let reason = errnoText()
             close(fd)
             throw ControlSocketError(description: "cannot listen on \(path): \(reason)")
@@ -95,7 +107,8 @@ public final class ControlServer: @unchecked Sendable {
     public func run(stop: StopSignal) {
         var clients: [Client] = []
         var nextTick = monotonicMilliseconds() + 1000
-        logger.info("control socket listening", metadata: ["path": "\(path)"])
+        logger.info(readOnlyGroup == nil ? "control socket listening" : "read-only control socket listening",
+                    metadata: ["path": "\(path)"])
         while !stop.isRaised {
             var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
             fds += clients.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
@@ -111,7 +124,8 @@ public final class ControlServer: @unchecked Sendable {
                 }
                 index -= 1
             }
-            if now >= nextTick {
+            // The plane's second (the read-only socket leaves it to the control socket).
+            if now >= nextTick && readOnlyGroup == nil {
                 nextTick = now + 1000
                 plane.tick()
             }
@@ -128,7 +142,7 @@ public final class ControlServer: @unchecked Sendable {
             guard fd >= 0 else { return }
             var uid: UInt32 = 0
             let known = nfqlb_peer_uid(fd, &uid) == 0
-            guard known, uid == 0 || uid == geteuid() else {
+            guard known, readOnlyGroup != nil || uid == 0 || uid == geteuid() else {
                 let caller = known ? "\(uid)" : "unknown"
                 _ = send(fd, ControlAnswer.failure(id: .null, code: .denied,
                                                    message: "only root may use the control socket (caller uid \(caller))").line)
@@ -162,6 +176,9 @@ public final class ControlServer: @unchecked Sendable {
             if line.allSatisfy({ $0 == 32 || $0 == 9 }) { continue }
             let answer: ControlAnswer
             switch ControlRequest.parse(line) {
+            case .success(let request) where readOnlyGroup != nil && !Self.readOnlyCommands.contains(request.cmd):
+                answer = .failure(id: request.id, code: .denied,
+                                  message: "this socket is read-only (\(Self.readOnlyCommands.sorted().joined(separator: ", "))): use the control socket, as root")
             case .success(let request): answer = plane.answer(request, uid: client.uid)
             case .failure(let refusal): answer = refusal
             }
