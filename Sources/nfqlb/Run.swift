@@ -118,7 +118,9 @@ struct Run: ParsableCommand {
         // nfqlb keeps the rules in step with its config where they were installed (iptables-setup.sh up).
         let rulesDirectory = (BalancerState.defaultPath as NSString).deletingLastPathComponent
         let rules = RulesInstaller.isInstalled ? RulesInstaller(stateDirectory: rulesDirectory) : nil
-        let plane = ControlPlane(balancer: balancer, configPath: options.config, rules: rules, logger: logger)
+        // Health checks run when a service or real server has one (a reload may add them later: then too).
+        let health = HealthChecker()
+        let plane = ControlPlane(balancer: balancer, configPath: options.config, rules: rules, logger: logger, health: health)
         // Without a control socket, its thread's once-a-second work (rates, drains, rules) is the reload thread's.
         let ticksHere = noControlSocket
         let reloader = Thread {
@@ -141,6 +143,7 @@ struct Run: ParsableCommand {
         var control: ControlServer?
         var startFailure: String?
         let bound = {
+            Thread { health.run(stop: stopSignal) }.start()
             if !noControlSocket {
                 do {
                     let server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)

@@ -102,6 +102,16 @@ struct EndToEndTests {
         }
     }
 
+    /// Health checks (`Tests/e2e/health.sh`): an HTTP server stopped and started under a client making a
+    /// connection every 100 ms, the sorry server while all are down, notify in order, udp and exec probes.
+    @Test func healthChecksTakeFailedServersOutAndBringThemBack() throws {
+        let output = try EndToEnd.run("", script: "health.sh")
+        for line in ["detection: r2 down after", "recovery: r2 up after", "sorry: answered while all down",
+                     "notify: in order", "udp: r3 down after", "exec: r1 down after"] {
+            #expect(output.contains(line))
+        }
+    }
+
     /// A SYN flood from spoofed sources (65,536-connection table, `syn-queue`) beside a working client, then 30 s
     /// of malformed packets beside it (`Tests/e2e/flood.sh`).
     @Test func floodsAndMalformedPacketsLeaveTheBalancerServing() throws {

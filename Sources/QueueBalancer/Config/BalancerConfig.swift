@@ -73,6 +73,14 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var drain: UInt64 = 0
     /// `offload`: who carries a connection after its first packet (``Offload``).
     public var offload = Offload.none
+    /// `health`: the default health check of the real servers (``HealthCheck``).
+    public var health: HealthSettings?
+    /// `sorry-server`: where new connections go while no real server is up.
+    public var sorryServer: Endpoint?
+    /// `quorum`: the weight of up real servers below which the service reports down.
+    public var quorum: Quorum?
+    /// `notify`: programs run on every health transition, with arguments KIND NAME STATE.
+    public var notify: [String] = []
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
                 mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wlc, reals: [RealServer],
@@ -89,6 +97,9 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
 
     /// The endpoint clients connect to.
     public var endpoint: Endpoint { Endpoint(address: vip, port: port) }
+
+    /// The health check of `real`: its own, else the service's; nil when neither has one.
+    public func healthCheck(of real: RealServer) -> HealthCheck? { real.health?.check ?? health?.check }
 
     public var description: String { "\(endpoint)/\(transport)" }
 }
@@ -114,6 +125,8 @@ public struct RealServer: Sendable, Equatable {
     /// (0: 3/4 of upper). 0 = no threshold.
     public var upper: Int = 0
     public var lower: Int = 0
+    /// `health`: this server's own health settings over its service's.
+    public var health: HealthSettings?
 
     public init(address: IPAddress, port: UInt16, weight: UInt32 = 1) {
         self.address = address

@@ -10,8 +10,8 @@ public enum ConfigDocument {
                           "socket-buffer-mb", "timeouts", "metrics-listen", "services"]
     static let serviceKeys = ["name", "vip", "port", "protocol", "mode", "scheduler", "scheduler-flags", "mh-table-size",
                               "persistence", "persistence-netmask", "ops", "drain", "offload", "local-addresses",
-                              "tunnel-source", "reals"]
-    static let realKeys = ["address", "port", "weight", "upper", "lower"]
+                              "tunnel-source", "health", "sorry-server", "quorum", "notify", "reals"]
+    static let realKeys = ["address", "port", "weight", "upper", "lower", "health"]
 
     /// The document of `config`.
     public static func document(_ config: BalancerConfig) -> JSONValue {
@@ -56,6 +56,14 @@ public enum ConfigDocument {
         if s.offload != .none { fields["offload"] = .string(s.offload.rawValue) }
         if !s.localAddresses.isEmpty { fields["local-addresses"] = .array(s.localAddresses.map { .string("\($0)") }) }
         if let source = s.tunnelSource { fields["tunnel-source"] = .string("\(source)") }
+        if let health = s.health { fields["health"] = health.document }
+        if let sorry = s.sorryServer {
+            fields["sorry-server"] = .object(["address": .string("\(sorry.address)"), "port": JSONValue(Int(sorry.port))])
+        }
+        if let quorum = s.quorum {
+            fields["quorum"] = .object(["min-weight": JSONValue(quorum.minWeight), "hysteresis": JSONValue(quorum.hysteresis)])
+        }
+        if !s.notify.isEmpty { fields["notify"] = .array(s.notify.map(JSONValue.string)) }
         return fields
     }
 
@@ -65,6 +73,7 @@ public enum ConfigDocument {
                                            "weight": JSONValue(Int(r.weight))]
         if r.upper > 0 { fields["upper"] = JSONValue(r.upper) }
         if r.lower > 0 { fields["lower"] = JSONValue(r.lower) }
+        if let health = r.health { fields["health"] = health.document }
         return fields
     }
 

@@ -214,10 +214,125 @@ private struct Reader {
         return config
     }
 
+    /// The node as a value tree: scalars as their text (what the file said, to be written back as it was).
+    func value(_ node: Node) -> JSONValue {
+        switch node {
+        case .scalar(let scalar): .string(scalar.string)
+        case .sequence(let sequence): .array(sequence.map(value))
+        case .mapping(let mapping): .object(Dictionary(mapping.compactMap { k, v in k.scalar.map { ($0.string, value(v)) } },
+                                                       uniquingKeysWith: { a, _ in a }))
+        case .alias: .null
+        }
+    }
+
+    /// A `health` mapping over `base` (the service's, for a real server's): the probe it names (or the base's),
+    /// and every setting it gives, validated.
+    func healthSettings(_ node: Node, base: HealthSettings?, what: String) throws(ConfigError) -> HealthSettings {
+        let kinds = ["tcp", "http", "https", "udp", "dns", "exec"]
+        let m = try mapping(node, what, allowed: kinds + ["interval", "timeout", "rise", "fall", "initial", "on-failure"])
+        let named = kinds.filter { m[$0] != nil }
+        guard named.count <= 1 else { throw fail(node, "\(what) names two probes (\(named.joined(separator: ", "))): one per check") }
+        var given = HealthSettings.Given()
+        if let kind = named.first, let n = m[kind] { given.probe = try healthProbe(kind, n, what: what) }
+        if let n = m["interval"] { given.interval = try duration(n, "\(what) interval") }
+        if let n = m["timeout"] { given.timeout = try duration(n, "\(what) timeout") }
+        if let n = m["rise"] { given.rise = try integer(n, "\(what) rise", 1...100) }
+        if let n = m["fall"] { given.fall = try integer(n, "\(what) fall", 1...100) }
+        if let n = m["initial"] { given.initial = try choice(n, "\(what) initial", HealthState.Status.self) }
+        if let n = m["on-failure"] { given.onFailure = try choice(n, "\(what) on-failure", HealthCheck.OnFailure.self) }
+        let check = given.over(base?.given).check
+        if let check, check.timeout > check.interval {
+            throw fail(m["timeout"] ?? m["interval"] ?? node, "\(what): timeout \(HealthCheck.duration(check.timeout)) is longer than the interval \(HealthCheck.duration(check.interval))")
+        }
+        return HealthSettings(document: value(node), given: given, check: check)
+    }
+
+    func duration(_ node: Node, _ what: String) throws(ConfigError) -> UInt64 {
+        let text = try scalar(node, what)
+        guard let ms = HealthCheck.parseDuration(text), ms <= 3_600_000 else {
+            throw fail(node, "\(what) '\(text)' is not a duration up to 1h (e.g. 500ms, 2s, 1m)")
+        }
+        return ms
+    }
+
+    func healthProbe(_ kind: String, _ node: Node, what: String) throws(ConfigError) -> HealthCheck.Probe {
+        func bytes(_ n: Node?, _ name: String) throws(ConfigError) -> [UInt8]? {
+            guard let n else { return nil }
+            let text = try scalar(n, "\(what) \(kind) \(name)")
+            guard !text.isEmpty else { throw fail(n, "\(what) \(kind) \(name) is empty") }
+            return Array(text.utf8)
+        }
+        switch kind {
+        case "tcp":
+            let m = try mapping(node, "\(what) tcp", allowed: ["send", "expect"])
+            return .tcp(send: try bytes(m["send"], "send"), expect: try bytes(m["expect"], "expect"))
+        case "http":
+            let m = try mapping(node, "\(what) http", allowed: ["path", "host", "expect-status", "body-regex"])
+            var http = HealthCheck.HTTPProbe()
+            if let n = m["path"] {
+                http.path = try scalar(n, "\(what) http path")
+                guard http.path.hasPrefix("/"), !http.path.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }) else {
+                    throw fail(n, "\(what) http path '\(http.path)' must start with / and hold no spaces")
+                }
+            }
+            if let n = m["host"] {
+                let host = try scalar(n, "\(what) http host")
+                guard !host.isEmpty, !host.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }) else {
+                    throw fail(n, "\(what) http host '\(host)' is not a host name")
+                }
+                http.host = host
+            }
+            if let n = m["expect-status"] {
+                guard case .sequence(let list) = n, !list.isEmpty else {
+                    throw fail(n, "\(what) http expect-status must be a list of codes or ranges, e.g. [\"200-299\", 302]")
+                }
+                http.expectStatus = []
+                for item in list {
+                    let text = try scalar(item, "\(what) http expect-status")
+                    let bounds = text.split(separator: "-", maxSplits: 1).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+                    guard let low = bounds.first ?? nil, let high = bounds.count == 2 ? bounds[1] : low,
+                          (100...599).contains(low), (low...599).contains(high) else {
+                        throw fail(item, "\(what) http expect-status '\(text)' is not a status code or range within 100-599")
+                    }
+                    http.expectStatus.append(low...high)
+                }
+            }
+            if let n = m["body-regex"] {
+                let pattern = try scalar(n, "\(what) http body-regex")
+                guard (try? NSRegularExpression(pattern: pattern)) != nil else {
+                    throw fail(n, "\(what) http body-regex '\(pattern)' is not a regular expression")
+                }
+                http.bodyRegex = pattern
+            }
+            return .http(http)
+        case "udp":
+            let m = try mapping(node, "\(what) udp", allowed: ["payload", "expect"])
+            guard let payload = try bytes(m["payload"], "payload") else { throw fail(node, "\(what) udp needs a 'payload' to send") }
+            return .udp(payload: payload, expect: try bytes(m["expect"], "expect"))
+        case "exec":
+            let arguments: [String]
+            switch node {
+            case .sequence(let list):
+                var words: [String] = []
+                for item in list { words.append(try scalar(item, "\(what) exec argument")) }
+                arguments = words
+            default:
+                arguments = [try scalar(node, "\(what) exec")]
+            }
+            guard let program = arguments.first, program.hasPrefix("/") else {
+                throw fail(node, "\(what) exec must start with the program's absolute path (it runs without a shell), e.g. [/usr/local/bin/check, \"8080\"]")
+            }
+            return .exec(arguments: arguments)
+        default:
+            throw fail(node, "\(what): the \(kind) probe is not available yet (use tcp, http, udp or exec)")
+        }
+    }
+
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
             "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops", "drain", "offload",
+            "health", "sorry-server", "quorum", "notify",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
         let port = UInt16(try integer(try required(map, "port", in: "a service", at: node), "port", 1...65535))
@@ -257,9 +372,10 @@ private struct Reader {
             let source = try address(node, "tunnel-source")
             tunnelSource = source
         }
+        let serviceHealth = try map["health"].map { n throws(ConfigError) in try healthSettings(n, base: nil, what: "health") }
         var reals: [RealServer] = []
         for realNode in realList {
-            let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight", "upper", "lower"])
+            let r = try mapping(realNode, "a real server", allowed: ["address", "port", "weight", "upper", "lower", "health"])
             let addressNode = try required(r, "address", in: "a real server", at: realNode)
             let rip = try address(addressNode, "address")
             // TUN may cross families (IPv4 in IPv6, IPv6 in IPv4), as IPVS allows; the other modes keep the packet's family.
@@ -285,11 +401,49 @@ private struct Reader {
             guard !reals.contains(where: { $0.endpoint == real.endpoint }) else {
                 throw fail(realNode, "real server \(real.endpoint) is listed twice")
             }
+            if let n = r["health"] {
+                real.health = try healthSettings(n, base: serviceHealth, what: "health of real server \(real.endpoint)")
+                guard real.health?.check != nil else {
+                    throw fail(n, "health of real server \(real.endpoint) names no probe (one of: tcp, http, udp, exec)")
+                }
+            } else if serviceHealth != nil && serviceHealth?.check == nil {
+                throw fail(realNode, "real server \(real.endpoint) has no probe: the service's health names none (give one of tcp, http, udp, exec here or there)")
+            }
             reals.append(real)
         }
         var service = VirtualService(name: name, vip: vip, port: port, transport: transport, mode: mode,
                                      scheduler: scheduler, reals: reals, localAddresses: localAddresses)
         service.tunnelSource = tunnelSource
+        service.health = serviceHealth
+        if let node = map["sorry-server"] {
+            let m = try mapping(node, "sorry-server", allowed: ["address", "port"])
+            let address = try address(try required(m, "address", in: "sorry-server", at: node), "sorry-server address")
+            guard address.isIPv4 == vip.isIPv4 || mode == .tun else {
+                throw fail(node, "sorry-server \(address) is not of the family of vip \(vip)")
+            }
+            let port = try m["port"].map { n throws(ConfigError) in UInt16(try integer(n, "sorry-server port", 1...65535)) } ?? port
+            if mode == .dr || mode == .tun, port != service.port {
+                throw fail(node, "a \(mode) sorry-server's port must equal the VIP port \(service.port)")
+            }
+            guard !reals.contains(where: { $0.endpoint == Endpoint(address: address, port: port) }) else {
+                throw fail(node, "sorry-server \(Endpoint(address: address, port: port)) is also a real server of the service")
+            }
+            service.sorryServer = Endpoint(address: address, port: port)
+        }
+        if let node = map["quorum"] {
+            let m = try mapping(node, "quorum", allowed: ["min-weight", "hysteresis"])
+            var quorum = Quorum(minWeight: try integer(try required(m, "min-weight", in: "quorum", at: node), "quorum min-weight", 1...10_000_000))
+            if let n = m["hysteresis"] { quorum.hysteresis = try integer(n, "quorum hysteresis", 0...10_000_000) }
+            service.quorum = quorum
+        }
+        if let node = map["notify"] {
+            guard case .sequence(let list) = node else { throw fail(node, "notify must be a list of programs, e.g. [/usr/local/sbin/lb-notify]") }
+            for item in list {
+                let program = try scalar(item, "notify program")
+                guard program.hasPrefix("/") else { throw fail(item, "notify program '\(program)' must be an absolute path (it runs without a shell)") }
+                service.notify.append(program)
+            }
+        }
         if let node = map["scheduler-flags"] {
             guard case .sequence(let flags) = node else { throw fail(node, "scheduler-flags must be a list, e.g. [sh-fallback, sh-port]") }
             for flag in flags {

@@ -19,10 +19,19 @@ public final class ControlPlane: Sendable {
     private let rules: RulesInstaller?
     private let logger: Logger
     private let state: Lock<State>
+    /// The health checks (nil: none run); their transitions come back through ``healthChanged(_:_:reason:)``.
+    public let health: HealthChecker?
+    /// `notify` programs run one at a time, in the order of the transitions.
+    private let notifications = DispatchQueue(label: "nfqlb.notify")
 
     struct State {
         /// The file as last loaded successfully.
         var file: BalancerConfig
+        /// The file with the live changes: what `save` writes. The balancer serves it with the health checks'
+        /// verdicts applied (``HealthChecker/served(_:down:)``).
+        var configured: BalancerConfig
+        /// Each service's quorum, while it has one.
+        var quorums: [ConfigChange.ServiceID: QuorumState] = [:]
         /// Live changes to what the file does not define, in order (re-applied on reload).
         var overlay: [ConfigChange] = []
         /// Earlier running configs whose leaving real servers may still need their rules.
@@ -48,12 +57,23 @@ public final class ControlPlane: Sendable {
     }
 
     /// - Parameter rules: nil when nfqlb must not touch the rules (they were not installed by iptables-setup.sh).
-    public init(balancer: Balancer, configPath: String, rules: RulesInstaller?, logger: Logger) {
+    public init(balancer: Balancer, configPath: String, rules: RulesInstaller?, logger: Logger, health: HealthChecker? = nil) {
         self.balancer = balancer
         self.configPath = configPath
         self.rules = rules
         self.logger = logger
-        state = Lock(State(file: balancer.handler.config))
+        self.health = health
+        let config = balancer.handler.config
+        state = Lock(State(file: config, configured: config))
+        guard let health else { return }
+        health.onTransition { [weak self] key, status, reason in self?.healthChanged(key, status, reason: reason) }
+        state.withLock { state in
+            do throws(Failure) {
+                try serve(configured: config, state: &state)
+            } catch {
+                logger.error("the health checks' initial state could not be served", metadata: ["reason": "\(error.message)"])
+            }
+        }
     }
 
     /// Reloads: what the control socket's and SIGHUP's reload do.
@@ -133,7 +153,7 @@ public final class ControlPlane: Sendable {
     /// Makes one live change (validated, rules first, then served), or refuses it leaving everything as it was.
     func make(_ change: ConfigChange, uid: UInt32) throws(Failure) -> JSONValue {
         try state.withLock { state throws(Failure) in
-            let running = balancer.handler.config
+            let running = state.configured
             let document: JSONValue
             do throws(ConfigChange.Refusal) {
                 document = try change.apply(to: ConfigDocument.document(running))
@@ -146,7 +166,7 @@ public final class ControlPlane: Sendable {
             } catch {
                 throw Failure(.invalid, error.reason)
             }
-            try serve(config, previous: running, state: &state)
+            try serve(configured: config, state: &state)
             if !change.isDefined(by: state.file) { state.overlay.append(change) }
             logger.notice("configuration changed through the control socket", metadata: [
                 "change": "\(change.summary)", "uid": "\(uid)"])
@@ -154,21 +174,89 @@ public final class ControlPlane: Sendable {
         }
     }
 
-    /// Installs the rules `config` needs (beside those of servers still leaving), then serves it.
-    private func serve(_ config: BalancerConfig, previous: BalancerConfig, state: inout State) throws(Failure) {
-        let merged = Self.rulesConfig(running: config, retained: state.retained + [previous], registry: balancer.handler.registry)
-        do {
-            try installRules(merged, state: &state)
+    /// Makes `configured` the configuration: the health checks follow it, the rules it needs (beside those of
+    /// servers still leaving) are installed, then it is served with the health checks' verdicts applied.
+    private func serve(configured: BalancerConfig, state: inout State) throws(Failure) {
+        let previous = balancer.handler.config
+        health?.update(configured, now: monotonicMilliseconds())
+        let config = HealthChecker.served(configured, down: health?.down ?? [])
+        do throws(Failure) {
+            let merged = Self.rulesConfig(running: config, retained: state.retained + [previous], registry: balancer.handler.registry)
+            do {
+                try installRules(merged, state: &state)
+            } catch {
+                throw Failure(.rules, error.description)
+            }
+            do {
+                try balancer.change(to: config)
+            } catch {
+                throw Failure(.refused, "\(error)")
+            }
         } catch {
-            throw Failure(.rules, error.description)
-        }
-        do {
-            try balancer.change(to: config)
-        } catch {
-            throw Failure(.refused, "\(error)")
+            health?.update(state.configured, now: monotonicMilliseconds())
+            throw error
         }
         if previous != config { state.retained.append(previous) }
+        state.configured = configured
+        updateQuorums(&state)
     }
+
+    /// A real server's health changed: logged once with the probe's reason, served (quiesced, removed or back),
+    /// and passed to the service's `notify` programs.
+    func healthChanged(_ key: RealServerRegistry.Key, _ status: HealthState.Status, reason: String) {
+        logger.notice(status == .down ? "real server down" : "real server up", metadata: [
+            "real-server": "\(key)", "reason": "\(reason)"])
+        let programs: [String] = state.withLock { state in
+            do throws(Failure) {
+                try serve(configured: state.configured, state: &state)
+            } catch {
+                logger.error("a health transition could not be served", metadata: ["real-server": "\(key)", "reason": "\(error.message)"])
+            }
+            return state.configured.services.first { ConfigChange.ServiceID($0) == key.serviceID }?.notify ?? []
+        }
+        notify(programs, kind: "real-server", name: "\(key.serviceID)/\(key.real)", status: "\(status)")
+    }
+
+    /// Each service's quorum against the weight of its up real servers; a change is logged and notified.
+    private func updateQuorums(_ state: inout State) {
+        let down = health?.down ?? []
+        var seen = Set<ConfigChange.ServiceID>()
+        for service in state.configured.services {
+            guard let quorum = service.quorum else { continue }
+            let id = ConfigChange.ServiceID(service)
+            seen.insert(id)
+            let upWeight = service.reals.filter { !down.contains(RealServerRegistry.Key(service: service, real: $0)) }
+                .reduce(0) { $0 + Int($1.weight) }
+            guard var current = state.quorums[id], current.minWeight == quorum.minWeight, current.hysteresis == quorum.hysteresis else {
+                state.quorums[id] = QuorumState(minWeight: quorum.minWeight, hysteresis: quorum.hysteresis, upWeight: upWeight)
+                continue
+            }
+            if let up = current.update(upWeight: upWeight) {
+                logger.notice(up ? "service quorum regained" : "service quorum lost", metadata: [
+                    "service": "\(id)", "up-weight": "\(upWeight)", "min-weight": "\(quorum.minWeight)"])
+                notify(service.notify, kind: "service", name: "\(id)", status: up ? "up" : "down")
+            }
+            state.quorums[id] = current
+        }
+        for id in state.quorums.keys where !seen.contains(id) { state.quorums[id] = nil }
+    }
+
+    /// Runs each program with KIND NAME STATE, without a shell, one after another (10 s each at most).
+    private func notify(_ programs: [String], kind: String, name: String, status: String) {
+        guard !programs.isEmpty else { return }
+        let logger = logger
+        notifications.async {
+            for program in programs {
+                let result = ProbeCommand.run([program, kind, name, status], deadline: monotonicMilliseconds() + 10_000)
+                if !result.success {
+                    logger.warning("notify program failed", metadata: ["program": "\(program)", "reason": "\(result.reason)"])
+                }
+            }
+        }
+    }
+
+    /// Whether each service with a quorum has it now.
+    public var quorumStates: [ConfigChange.ServiceID: Bool] { state.withLock { $0.quorums.mapValues(\.isUp) } }
 
     /// - Returns: whether rules were installed (they differed from those installed last).
     @discardableResult
@@ -204,7 +292,7 @@ public final class ControlPlane: Sendable {
                     config = changed
                     kept.append(change)
                 }
-                try serve(config, previous: balancer.handler.config, state: &state)
+                try serve(configured: config, state: &state)
                 state.file = file
                 state.overlay = kept
                 state.reloads.succeeded += 1
@@ -224,7 +312,7 @@ public final class ControlPlane: Sendable {
 
     /// The running configuration, live changes included, as YAML or ipvsadm-save rules.
     func save(format: String) throws(Failure) -> JSONValue {
-        let config = balancer.handler.config
+        let config = state.withLock { $0.configured }
         switch format {
         case "yaml":
             return .object(["text": .string(ConfigDocument.yaml(ConfigDocument.document(config),
@@ -257,7 +345,8 @@ public final class ControlPlane: Sendable {
     /// Every service with its real servers (those still leaving too), their counts, counters and rates.
     func list(service filter: ConfigChange.ServiceID?) -> JSONValue {
         let handler = balancer.handler
-        let config = handler.config
+        let config = state.withLock { $0.configured }
+        let health = self.health?.statuses ?? [:]
         let now = monotonicMilliseconds()
         let entries = handler.registry.servers()
         let persistent = handler.persistentConnections(now: now)
@@ -267,11 +356,16 @@ public final class ControlPlane: Sendable {
         func real(_ entry: RealServerRegistry.Entry, _ load: RealServerLoad) -> JSONValue {
             listed.insert(entry.key)
             let totals = handler.registry.traffic.totals(entry.number.index) &+ load.offloaded.totals
+            let checked = health[entry.key]
+            var state = load.overloaded && entry.lifecycle == .active ? "overloaded" : "\(entry.lifecycle)"
+            if checked?.status == .down { state = "down" }
             return .object([
+                "health": checked.map { .string("\($0.status)") } ?? .null,
+                "health-reason": checked.map { .string($0.reason) } ?? .null,
                 "address": .string("\(entry.key.real.address)"), "port": JSONValue(Int(entry.key.real.port)),
                 "forward": .string(entry.key.mode.ipvsadmName), "weight": JSONValue(Int(load.weight)),
                 "active": JSONValue(max(0, load.active)), "inactive": JSONValue(max(0, load.inactive)),
-                "state": .string(load.overloaded && entry.lifecycle == .active ? "overloaded" : "\(entry.lifecycle)"),
+                "state": .string(state),
                 "upper": JSONValue(load.upper), "lower": JSONValue(load.lower),
                 "persistent": JSONValue(persistent[entry.number] ?? 0),
                 "stats": totals.json, "rate": (rates[entry.key] ?? TrafficRate()).json,
@@ -283,7 +377,20 @@ public final class ControlPlane: Sendable {
             guard filter == nil || filter == id else { continue }
             var reals: [JSONValue] = []
             for r in service.reals {
-                guard let entry = byKey[RealServerRegistry.Key(service: service, real: r)] else { continue }
+                let key = RealServerRegistry.Key(service: service, real: r)
+                guard let entry = byKey[key] else {
+                    // Left out by its health check (on-failure: remove) and already forgotten.
+                    listed.insert(key)
+                    reals.append(.object([
+                        "address": .string("\(r.address)"), "port": JSONValue(Int(r.port)), "forward": .string(service.mode.ipvsadmName),
+                        "weight": JSONValue(Int(r.weight)), "active": JSONValue(0), "inactive": JSONValue(0),
+                        "state": .string("down"), "health": .string("down"),
+                        "health-reason": health[key].map { .string($0.reason) } ?? .null, "upper": JSONValue(r.upper),
+                        "lower": JSONValue(r.lower), "persistent": JSONValue(0), "stats": TrafficTotals().json,
+                        "rate": TrafficRate().json,
+                    ]))
+                    continue
+                }
                 reals.append(real(entry, handler.registry[entry.number]))
             }
             // Real servers of this service on their way out (left the config, or of its previous mode).

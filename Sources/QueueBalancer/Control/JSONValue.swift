@@ -67,10 +67,14 @@ public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible {
     var yamlScalar: String {
         switch self {
         case .string(let s):
-            let plain = s.range(of: #"^[A-Za-z0-9_./-]+$"#, options: .regularExpression) != nil
+            let plain = !s.isEmpty && s.unicodeScalars.allSatisfy { c in
+                (c >= "A" && c <= "Z") || (c >= "a" && c <= "z") || (c >= "0" && c <= "9") || "_./-".unicodeScalars.contains(c)
+            }
                 && Double(s) == nil && !["true", "false", "yes", "no", "null", "on", "off", "~"].contains(s.lowercased())
             return plain ? s : JSONValue.string(s).jsonText
         case .array(let items): return "[" + items.map(\.yamlScalar).joined(separator: ", ") + "]"
+        case .object(let fields) where fields.isEmpty:
+            return "{}"
         case .object(let fields):
             return "{ " + fields.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.yamlScalar)" }.joined(separator: ", ") + " }"
         default: return jsonText

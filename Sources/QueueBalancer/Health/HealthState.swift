@@ -3,7 +3,7 @@
 /// server down, and a new server starts as `initial` says. One value per real server, advanced by each probe's
 /// result; pure, so it runs in virtual time in the tests.
 public struct HealthState: Sendable, Equatable {
-    public enum Status: String, Sendable, Equatable, CustomStringConvertible {
+    public enum Status: String, Sendable, Equatable, CaseIterable, CustomStringConvertible {
         case up, down
         public var description: String { rawValue }
     }

@@ -39,6 +39,8 @@ public final class MetricsExporter: Sendable {
     struct Backend {
         var active, inactive, weight, lifecycle: CoreMetrics.Meter
         var connections, packetsIn, packetsOut, bytesIn, bytesOut: FedCounter
+        /// With a health check.
+        var health: (up: CoreMetrics.Meter, transitions: FedCounter, probe: CoreMetrics.Meter)?
     }
 
     struct State: @unchecked Sendable {
@@ -84,6 +86,8 @@ public final class MetricsExporter: Sendable {
         let registry = handler.registry
         let entries = registry.servers()
         let reloads = plane.reloadCounts
+        let health = plane.health?.observations ?? [:]
+        let quorums = plane.quorumStates
         state.withLock { state in
             // Per real server: node_exporter's backend gauges, and the counters it lacks.
             var seen = Set<RealServerRegistry.Key>()
@@ -93,7 +97,18 @@ public final class MetricsExporter: Sendable {
                 seen.insert(key)
                 let load = registry[entry.number]
                 let totals = registry.traffic.lifetimeTotals(entry.number.index) &+ load.offloaded.totals
-                let backend = state.backends[key] ?? makeBackend(key)
+                var backend = state.backends[key] ?? makeBackend(key)
+                if let observed = health[key] {
+                    if backend.health == nil {
+                        let labels = Self.labels(key)
+                        backend.health = (CoreMetrics.Meter(label: "nfqlb_backend_up", dimensions: labels, factory: factory),
+                                          FedCounter(CoreMetrics.Counter(label: "nfqlb_backend_health_transitions_total", dimensions: labels, factory: factory)),
+                                          CoreMetrics.Meter(label: "nfqlb_backend_probe_duration_seconds", dimensions: labels, factory: factory))
+                    }
+                    backend.health?.up.set(observed.up ? 1.0 : 0.0)
+                    backend.health?.transitions.feed(UInt64(observed.transitions))
+                    backend.health?.probe.set(observed.probeSeconds)
+                }
                 state.backends[key] = backend
                 backend.active.set(Double(max(0, load.active)))
                 backend.inactive.set(Double(max(0, load.inactive)))
@@ -113,6 +128,11 @@ public final class MetricsExporter: Sendable {
             for (key, backend) in state.backends where !seen.contains(key) {
                 [backend.active, backend.inactive, backend.weight, backend.lifecycle].forEach { $0.destroy() }
                 [backend.connections, backend.packetsIn, backend.packetsOut, backend.bytesIn, backend.bytesOut].forEach { $0.counter.destroy() }
+                if let health = backend.health {
+                    health.up.destroy()
+                    health.transitions.counter.destroy()
+                    health.probe.destroy()
+                }
                 state.backends[key] = nil
             }
             // node_exporter's totals (/proc/net/ip_vs_stats): every real server's traffic, gone ones included.
@@ -139,6 +159,11 @@ public final class MetricsExporter: Sendable {
             meter(&state, "nfqlb_tracker_connections").set(Double(handler.tracker.count))
             meter(&state, "nfqlb_tracker_capacity").set(Double(handler.config.maxConnections))
             counter(&state.global, "nfqlb_tracker_evicted_total").feed(handler.tracker.evictions.load(ordering: .relaxed))
+            // Services with a quorum: 1 while they have it.
+            for (id, up) in quorums {
+                meter(&state, "nfqlb_service_quorum_up", [("local_address", "\(id.endpoint.address)"), ("local_port", "\(id.endpoint.port)"),
+                                                         ("proto", id.transport == .tcp ? "TCP" : "UDP")]).set(up ? 1.0 : 0.0)
+            }
             // Reloads (SIGHUP and nfqlb reload).
             counter(&state.global, "nfqlb_reloads_total", [("result", "success")]).feed(reloads.succeeded)
             counter(&state.global, "nfqlb_reloads_total", [("result", "failure")]).feed(reloads.failed)
