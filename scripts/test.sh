@@ -27,7 +27,7 @@ NFQLB="$PWD/.build/debug/nfqlb" NFQLB_NEXT="$PWD/.build/release/nfqlb" MODE=nat 
 # `Lock` for a pthread mutex TSan can see). Any report fails the run.
 swift build --build-tests --sanitize=thread --scratch-path .build-tsan -Xswiftc -DTSAN
 TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}" swift test --sanitize=thread --scratch-path .build-tsan -Xswiftc -DTSAN \
-    --skip-build --filter 'ConcurrencyTests|TableSwapTests|ConnectionTrackerTests|QueueSocketTests|LifecycleTests|ConntrackOffloadTests|RuntimeTests|ControlServerTests|ControlPlaneTests|MetricsExporterTests'
+    --skip-build --filter 'ConcurrencyTests|TableSwapTests|ConnectionTrackerTests|QueueSocketTests|LifecycleTests|ConntrackOffloadTests|RuntimeTests|ControlServerTests|ControlPlaneTests|MetricsExporterTests|HealthCheckerTests|ProbeTests'
 
 # Each fuzz target for FUZZ_SECONDS (default 60) under AddressSanitizer; a crash fails the run.
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

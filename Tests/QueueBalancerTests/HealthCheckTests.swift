@@ -144,10 +144,13 @@ import Testing
     final class Listener: @unchecked Sendable {
         let fd: Int32
         let port: UInt16
-        init(answer: String?) {
+        init(answer: String?, port wanted: UInt16 = 0) {
             let sock = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var one: Int32 = 1
+            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = wanted.bigEndian
             address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
             var copy = address
             _ = withUnsafePointer(to: &copy) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
@@ -223,5 +226,41 @@ import Testing
         #expect(!failed.success && failed.reason == "/bin/false exited with 1")
         let slow = HealthCheck.Probe.exec(arguments: ["/bin/sleep", "5"]).run(target: endpoint("127.0.0.1", 1), source: nil, timeout: 200)
         #expect(!slow.success && slow.reason.contains("did not finish within the timeout"))
+    }
+}
+
+/// The checker's threads against a real listener: a server that stops answering goes down once, comes back up.
+@Suite struct HealthCheckerTests {
+    @Test func aListenerThatClosesGoesDownThenUp() throws {
+        var listener: ProbeTests.Listener? = ProbeTests.Listener(answer: nil)
+        let port = listener!.port
+        let config = try ConfigLoader.parse(yaml: """
+            queues: [0]
+            services:
+              - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat,
+                  health: { tcp: {}, interval: 100ms, timeout: 100ms, rise: 1, fall: 2 },
+                  reals: [{ address: 127.0.0.1, port: \(port) }] }
+            """)
+        let checker = HealthChecker()
+        let transitions = Lock<[HealthState.Status]>([])
+        checker.onTransition { _, status, _ in transitions.withLock { $0.append(status) } }
+        checker.update(config, now: monotonicMilliseconds())
+        let stop = StopSignal()
+        Thread { checker.run(stop: stop) }.start()
+        defer { stop.raise() }
+        func wait(for count: Int) -> Bool {
+            for _ in 0..<100 where transitions.withLock({ $0.count }) < count { Thread.sleep(forTimeInterval: 0.05) }
+            return transitions.withLock { $0.count } >= count
+        }
+        Thread.sleep(forTimeInterval: 0.4)
+        #expect(transitions.withLock { $0 }.isEmpty && checker.down.isEmpty)
+        listener = nil   // closed: connections refused
+        #expect(wait(for: 1))
+        #expect(checker.down.count == 1)
+        // Back on the same port.
+        let again = ProbeTests.Listener(answer: nil, port: port)
+        #expect(wait(for: 2))
+        #expect(transitions.withLock { $0 } == [.down, .up] && checker.down.isEmpty)
+        _ = again
     }
 }
