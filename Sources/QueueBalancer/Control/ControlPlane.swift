@@ -67,6 +67,9 @@ public final class ControlPlane: Sendable {
         state = Lock(State(file: config, configured: config))
         guard let health else { return }
         health.onTransition { [weak self] key, status, reason in self?.healthChanged(key, status, reason: reason) }
+        health.update(config, now: monotonicMilliseconds())
+        // Servers that start down (`initial: down`) are served so from the start; otherwise nothing changes.
+        guard HealthChecker.served(config, down: health.down) != config else { return }
         state.withLock { state in
             do throws(Failure) {
                 try serve(configured: config, state: &state)
