@@ -166,7 +166,7 @@ import Testing
                     if let answer {
                         var request = [UInt8](repeating: 0, count: 1024)
                         _ = recv(client, &request, request.count, 0)
-                        _ = answer.withCString { send(client, $0, strlen($0), 0) }
+                        _ = answer.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }  // a probe may have closed already: no SIGPIPE
                     }
                     close(client)
                 }
@@ -262,5 +262,36 @@ import Testing
         #expect(wait(for: 2))
         #expect(transitions.withLock { $0 } == [.down, .up] && checker.down.isEmpty)
         _ = again
+    }
+}
+
+/// A reload keeps the health of real servers whose address and check did not change.
+@Suite struct HealthReloadTests {
+    static func config(fall: Int, extra: String = "") throws -> BalancerConfig {
+        try ConfigLoader.parse(yaml: """
+            queues: [0]
+            services:
+              - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat,
+                  health: { tcp: {}, interval: 1s, rise: 2, fall: \(fall), initial: up },
+                  reals: [{ address: 198.51.100.11 }, { address: 198.51.100.12 }\(extra)] }
+            """)
+    }
+
+    @Test func unchangedServersKeepTheirStateNewOnesStartAsInitial() throws {
+        let first = try Self.config(fall: 1)
+        let checker = HealthChecker()
+        checker.update(first, now: 0)
+        let key = RealServerRegistry.Key(service: first.services[0], real: first.services[0].reals[0])
+        let check = try #require(first.services[0].healthCheck(of: first.services[0].reals[0]))
+        checker.record(key, .failed("connect: Connection refused"), check: check)
+        #expect(checker.down == [key])
+        // The same check with one more server: .11 stays down, .13 starts up.
+        let second = try Self.config(fall: 1, extra: ", { address: 198.51.100.13 }")
+        checker.update(second, now: 1000)
+        #expect(checker.down == [key])
+        #expect(checker.statuses.count == 3 && checker.statuses[key]?.reason == "connect: Connection refused")
+        // A changed check starts afresh.
+        checker.update(try Self.config(fall: 3), now: 2000)
+        #expect(checker.down.isEmpty)
     }
 }

@@ -8,13 +8,15 @@
 #   down     r2's HTTP server stops: within fall x interval + interval (+ jitter) no new connection reaches it;
 #            the only failed requests are those sent to r2 before it was detected; nfqlb list shows it down
 #   up       r2's server starts again: it takes connections again within rise x interval + interval
+#   quiesce  a rate-limited 5 MiB download; its server's check starts failing (its /whoami changes) while the
+#            server keeps serving: it goes down (quiesced) and the download completes byte-identical
 #   sorry    all three stop: the sorry server (198.51.100.11:8081) answers; one comes back: it answers again
 #   notify   the notify program saw the transitions in order
 #   udp      a UDP service checked by a udp probe: r3's echo server stops, r3 goes down (ICMP port unreachable)
 #   exec     a TCP service whose real servers are checked by a command: the command fails for r1, r1 goes down
 #
 # Prints "ok: ..." lines and, for Tests/QueueBalancerTests/EndToEndTests.swift:
-#   detection: r2 down after N ms (limit M ms) | recovery: r2 up after N ms | sorry: answered while all down
+#   detection: r2 down after N ms (limit M ms) | recovery: r2 up after N ms | quiesce: download intact | sorry: answered while all down
 #   notify: in order | udp: r3 down | exec: r1 down | checksum errors: client +0 r1 +0 r2 +0 r3 +0 | cleanup: no rules left
 set -euo pipefail
 
@@ -40,9 +42,10 @@ lab_extra_teardown() {
 lab_nat_up
 declare -A server_pid
 # start_server I: r$I's HTTP server on RIP:8080, answering /whoami with "rI".
+head -c 5242880 /dev/urandom > "$LAB_TMP/big.bin"
 start_server() {
     local i=$1 dir=$LAB_TMP/www$1 _
-    mkdir -p "$dir"; echo "r$i" > "$dir/whoami"
+    mkdir -p "$dir"; echo "r$i" > "$dir/whoami"; ln -f "$LAB_TMP/big.bin" "$dir/big.bin"
     lab_spawn "${P}r$i" "$LAB_TMP/http$i.log" "$LAB_PYTHON" -m http.server 8080 --bind "${LAB_RIP[i - 1]}" --directory "$dir"
     server_pid[$i]=$LAB_LAST_PID
     for _ in $(seq 50); do
@@ -175,6 +178,41 @@ up_limit=$(( rise * interval_ms + interval_ms + (rise + 1) * interval_ms / 10 + 
 grep -q -- " -$" "$LAB_TMP/up.log" && fail "up: requests failed while r2 came back"
 echo "recovery: r2 up after ${recovered} ms (limit ${up_limit} ms)"
 pass "up: r2 back in the rotation after rise successes"
+
+# --- quiesce: a download from a server whose check starts failing (the server itself keeps serving)
+in_ns "${P}c" sysctl -qw net.ipv4.tcp_rmem="4096 32768 65536" net.ipv4.tcp_moderate_rcvbuf=0
+in_ns "${P}c" curl -s --fail --max-time 60 --limit-rate 1M -o "$LAB_TMP/download.bin" "http://$LAB_URL_HOST/big.bin" &
+download=$!
+server=""
+for _ in $(seq 50); do
+    server=$(nfqlb_ctl list -c -n -t "$LAB_VIP:80" --json | jq -r '.connections[] | select(.state == "ESTABLISHED") | .destination' | head -n1)
+    [ -n "$server" ] && break
+    sleep 0.1
+done
+[ -n "$server" ] || fail "quiesce: the download's connection did not show"
+rip=${server%:*}
+for i in 1 2 3; do [ "${LAB_RIP[i - 1]}" = "$rip" ] && quiet=$i; done
+echo "failing" > "$LAB_TMP/www$quiet/whoami"      # its check's body-regex no longer matches
+since=$(date +%s%3N)
+for _ in $(seq 60); do
+    state=$(nfqlb_ctl list -n -t "$LAB_VIP:80" --json | jq -r --arg a "$rip" '.services[0].reals[] | select(.address == $a) | .state')
+    [ "$state" = down ] && break
+    sleep 0.1
+done
+[ "$state" = down ] || fail "quiesce: r$quiet is '$state' after its check started failing"
+took=$(( $(date +%s%3N) - since ))
+kill -0 "$download" 2>/dev/null || fail "quiesce: the download ended before r$quiet was taken out (not a test of quiescing)"
+wait "$download" || fail "quiesce: the download from r$quiet failed after its check took it out"
+cmp -s "$LAB_TMP/download.bin" "$LAB_TMP/big.bin" || fail "quiesce: the download differs from the original"
+echo "r$quiet" > "$LAB_TMP/www$quiet/whoami"
+echo "quiesce: download intact (r$quiet down ${took} ms after its check started failing, the download went on)"
+for _ in $(seq 60); do
+    state=$(nfqlb_ctl list -n -t "$LAB_VIP:80" --json | jq -r --arg a "$rip" '.services[0].reals[] | select(.address == $a) | .state')
+    [ "$state" = active ] && break
+    sleep 0.1
+done
+[ "$state" = active ] || fail "quiesce: r$quiet did not come back"
+pass "quiesce: a server taken out by its check finishes the download it was serving"
 
 # --- sorry: all three down, then one back
 for i in 1 2 3; do stop_server "$i"; done
