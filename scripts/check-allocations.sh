@@ -12,7 +12,8 @@ configuration=${1:-release}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 gcc -O2 -shared -fPIC -o "$work/malloc-count.so" "$root/scripts/malloc-count.c"
-(cd "$root" && swift build -c "$configuration" --product nfqlb-bench >/dev/null)
+(cd "$root" && swift build -c "$configuration" --product nfqlb-bench >"$work/build.log" 2>&1) ||
+    { grep -E "error|warning: " "$work/build.log" | head -20 >&2; echo "FAIL: nfqlb-bench did not build ($configuration)" >&2; exit 1; }
 bench=$(cd "$root" && swift build -c "$configuration" --show-bin-path)/nfqlb-bench
 
 # count N MIX: the allocations during nfqlb-bench's packet loop of N packets (it marks the loop for the

@@ -1,3 +1,4 @@
+import CNFQueue
 import Foundation
 import Glibc
 
