@@ -12,18 +12,7 @@ import Testing
     static func nfqlb(_ arguments: [String], wrappedIn wrapper: [String] = []) throws -> Result {
         let binary = ProcessInfo.processInfo.environment["NFQLB"]
             ?? EndToEnd.packageRoot.appendingPathComponent(".build/debug/nfqlb").path
-        let process = Process()
-        let command = wrapper + [binary] + arguments
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = command
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, output: output, error: error)
+        return try run(wrapper + [binary] + arguments)
     }
 
     static func write(_ text: String) throws -> String {
@@ -54,7 +43,8 @@ import Testing
         #expect(unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW"))
     }
 
-    static func run(_ command: [String], environment extra: [String: String]) throws -> Result {
+    /// Runs `command` (found on PATH by env) with `extra` added to the environment.
+    static func run(_ command: [String], environment extra: [String: String] = [:]) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command

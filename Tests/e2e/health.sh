@@ -58,20 +58,7 @@ stop_server() { lab_stop_pid "${server_pid[$1]}" 20 || true; }
 for i in 1 2 3; do start_server "$i"; done
 mkdir -p "$LAB_TMP/sorry"; echo sorry > "$LAB_TMP/sorry/whoami"
 lab_spawn "${P}r1" "$LAB_TMP/sorry.log" "$LAB_PYTHON" -m http.server 8081 --bind "${LAB_RIP[0]}" --directory "$LAB_TMP/sorry"
-cat > "$LAB_TMP/udp_echo.py" <<'PY'
-import socket, sys
-name, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((address, port))
-while True:
-    data, peer = s.recvfrom(65535)
-    s.sendto(name.encode() + b":" + data, peer)
-PY
-declare -A udp_pid
-for i in 1 2 3; do
-    lab_spawn "${P}r$i" "$LAB_TMP/udp$i.log" "$LAB_PYTHON" "$LAB_TMP/udp_echo.py" "r$i" "${LAB_RIP[i - 1]}" 5353
-    udp_pid[$i]=$LAB_LAST_PID
-done
+lab_start_udp_echo
 # The exec probe's command: succeeds while $LAB_TMP/ok-NAME exists.
 cat > "$LAB_TMP/check.sh" <<EOF2
 #!/bin/sh
@@ -259,7 +246,7 @@ state_after() {
 }
 
 # --- udp: r3's echo server stops
-lab_stop_pid "${udp_pid[3]}" 20 || true
+lab_stop_pid "${LAB_UDP_PIDS[3]}" 20 || true
 took=$(state_after "-u $LAB_VIP:53" "${LAB_RIP[2]}" down "$limit")
 reason=$(nfqlb_ctl list -n -u "$LAB_VIP:53" --json | jq -r --arg a "${LAB_RIP[2]}" '.services[0].reals[] | select(.address == $a) | ."health-reason"')
 [ "$reason" = "ICMP port unreachable" ] || fail "udp: r3's reason is '$reason'"

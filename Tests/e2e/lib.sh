@@ -384,6 +384,8 @@ print(peer[0], peer[1], data.decode(errors="replace"))
 
 # lab_start_udp_echo: UDP echo on 198.51.100.1X:5353 in each real server, answering "rX:<payload>". Bound to
 # the specific address, so replies leave from the address the datagram was sent to.
+# (Sets LAB_UDP_PIDS[1..3], each echo server's PID.)
+declare -a LAB_UDP_PIDS=()
 lab_start_udp_echo() {
     local i _
     cat > "$LAB_TMP/udp_echo.py" <<'PY'
@@ -397,6 +399,7 @@ while True:
 PY
     for i in 1 2 3; do
         lab_spawn "${P}r$i" "$LAB_TMP/udp$i.log" "$LAB_PYTHON" "$LAB_TMP/udp_echo.py" "r$i" "${LAB_RIP[i - 1]}" 5353
+        LAB_UDP_PIDS[$i]=$LAB_LAST_PID
     done
     for i in 1 2 3; do
         for _ in $(seq 50); do
