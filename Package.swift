@@ -24,10 +24,17 @@ let package = Package(
             pkgConfig: "libnetfilter_queue",
             providers: [.apt(["libnetfilter-queue-dev", "libmnl-dev", "libnfnetlink-dev"])]
         ),
+        // OpenSSL's libssl and libcrypto: TLS for `https` health checks, SHA-256 for `body-sha256`.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
         .target(
             name: "QueueBalancer",
             dependencies: [
                 "CNFQueue",
+                "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Yams", package: "Yams"),

@@ -141,4 +141,20 @@ requests = [
     '{"cmd":"reload"}\nnot json\n{"id":[1,{"a":null}],"cmd":"list","args":[]}',
 ]
 write("control", [r.encode() + b"\n" for r in requests])
+
+# probe: two bytes of query id, a byte choosing the query (0: . SOA, 1: www.example A, 2: the same expecting
+# NXDOMAIN), then what the server answered: DNS responses, and HTTP answers.
+def dns_question(name, qtype):
+    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".") if l)
+    return labels + b"\0" + struct.pack(">HH", qtype, 1)
+
+def dns_response(qid, choice, name, qtype, rcode, answers):
+    body = struct.pack(">HBBHHHH", qid, 0x81, 0x80 | rcode, 1, answers, 0, 0) + dns_question(name, qtype)
+    for i in range(answers):
+        body += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 3600, 4) + bytes([192, 0, 2, 10 + i])
+    return struct.pack(">HB", qid, choice) + body
+
+write("probe", [dns_response(7, 1, "www.example", 1, 0, 1), dns_response(9, 2, "www.example", 1, 3, 0),
+                dns_response(1, 0, "", 6, 0, 1), b"\0\0\0HTTP/1.0 200 OK\r\nServer: x\r\n\r\nok abc",
+                b"\0\0\0HTTP/1.1 302 Found\r\n\r\n"])
 print("seeds: %d packets, %d messages, %d configs in %s" % (min(400, 2 * len(packets)), len(messages), min(200, len(configs)), out))

@@ -3,7 +3,7 @@
 # Usage: bash scripts/ensure-packages.sh [EXTRA...]   (root) — EXTRA: more packages, e.g. the
 # benchmark suite's peers (wrk haproxy nginx-light).
 set -euo pipefail
-packages=(libnetfilter-queue-dev libmnl-dev libnfnetlink-dev pkg-config iptables iproute2 curl python3 iperf3 gcc jq socat util-linux systemd "$@")
+packages=(libnetfilter-queue-dev libmnl-dev libnfnetlink-dev libssl-dev openssl pkg-config iptables iproute2 curl python3 iperf3 gcc jq socat util-linux systemd "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -10,6 +10,9 @@
 //   control  lines for the control socket: each parsed as a request and, when it is one, answered by a control
 //            plane over a balancer (live changes accumulate across inputs, so sequences of changes are made;
 //            the plane starts afresh every 500 inputs). Every answer must be one line of JSON.
+//   probe    what real servers answer health probes: the bytes as a DNS response to a query whose id is the
+//            input's first two bytes (name, type and rcode chosen by the third), and as an HTTP answer judged
+//            against status ranges, a body regex and a SHA-256.
 //
 // Two builds of the same file:
 //   swift build --scratch-path .build-fuzz --product nfqlb-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
@@ -23,7 +26,7 @@ import Logging
 
 /// The fuzz targets by name; each takes one input and must return (any trap is a finding).
 enum FuzzTarget: String, CaseIterable {
-    case packet, netlink, config, control
+    case packet, netlink, config, control, probe
 
     func run(_ input: UnsafeRawBufferPointer) {
         switch self {
@@ -31,6 +34,7 @@ enum FuzzTarget: String, CaseIterable {
         case .netlink: NetlinkFuzzer.shared.run(input)
         case .config: ConfigFuzzer.run(input)
         case .control: ControlFuzzer.shared.run(input)
+        case .probe: ProbeFuzzer.run(input)
         }
     }
 }
@@ -235,3 +239,36 @@ struct Replay {
     }
 }
 #endif
+
+/// Health probe answers: a DNS response and an HTTP answer, judged; a verdict or "not ours", never a trap.
+enum ProbeFuzzer {
+    static let queries: [DNSQuery] = {
+        var a = DNSQuery()
+        a.name = "www.example"
+        a.type = 1
+        var nx = a
+        nx.rcode = 3
+        return [DNSQuery(), a, nx]
+    }()
+
+    static let http: HealthCheck.HTTPProbe = {
+        var http = HealthCheck.HTTPProbe()
+        http.expectStatus = [200...299, 302...302]
+        http.bodyRegex = "^ok"
+        http.bodySHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        return http
+    }()
+
+    static func run(_ input: UnsafeRawBufferPointer) {
+        let bytes = Array(input)
+        guard bytes.count >= 3 else { return }
+        let id = UInt16(bytes[0]) << 8 | UInt16(bytes[1])
+        let query = queries[Int(bytes[2]) % queries.count]
+        if let verdict = query.judge(response: Array(bytes[3...]), id: id), verdict.success {
+            // A success must have been a response to this query: its id, QR set, and the rcode asked for.
+            precondition(bytes.count >= 15 && UInt16(bytes[3]) << 8 | UInt16(bytes[4]) == id && bytes[5] & 0x80 != 0)
+            precondition(bytes[6] & 0x0F == (query.rcode ?? 0))
+        }
+        _ = HealthCheck.Probe.judge(http: http, answer: bytes)
+    }
+}

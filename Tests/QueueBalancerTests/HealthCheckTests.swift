@@ -53,7 +53,15 @@ import Testing
         ("    health: { http: { expect-status: [\"600\"] } }", "is not a status code or range"),
         ("    health: { http: { path: healthz } }", "must start with /"),
         ("    health: { exec: [true] }", "absolute path"),
-        ("    health: { dns: {} }", "not available yet"),
+        ("    health: { dns: { type: BOGUS } }", "is not a record type"),
+        ("    health: { dns: { name: \"a..b\" } }", "is not a domain name"),
+        ("    health: { dns: { rcode: 99 } }", "is not an rcode"),
+        ("    health: { dns: { transport: sctp } }", "must be udp or tcp"),
+        ("    health: { http: { sni: www.example } }", "unknown key 'sni'"),
+        ("    health: { http: { body-sha256: abc } }", "64 hexadecimal digits"),
+        ("    health: { https: { sni: 192.0.2.1 } }", "is not a host name"),
+        ("    health: { https: { ca-file: /nonexistent/ca.pem } }", "cannot be read"),
+        ("    health: { https: { verify-certificate: yes-please } }", "is not true or false"),
         ("    health: { udp: {} }", "needs a 'payload'"),
         ("    health: { tcp: {}, initial: maybe }", "is not one of up | down"),
         ("    health: { tcp: {} }\n    notify: [notify.sh]", "must be an absolute path"),
@@ -70,6 +78,25 @@ import Testing
         } catch {
             Issue.record("\(error)")
         }
+    }
+
+    @Test func httpsAndDNSProbesTakeTheirKeys() throws {
+        let config = try Self.config("""
+                health: { https: { path: /up, host: www.example:8443, body-sha256: BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD, ca-file: /etc/hostname } }
+            """, reals: "[{ address: 198.51.100.11 }, { address: 198.51.100.12, health: { dns: { name: www.example., type: aaaa, transport: tcp } } }, { address: 198.51.100.13, health: { https: { sni: api.example, verify-certificate: false } } }]")
+        let service = config.services[0]
+        let first = try #require(service.healthCheck(of: service.reals[0])).probe
+        guard case .https(let http, let tls) = first else { Issue.record("\(first)"); return }
+        #expect(http.bodySHA256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(tls.verifyCertificate && tls.caFile == "/etc/hostname" && tls.serverName(host: http.host) == "www.example")
+        #expect(first.description == "https GET /up Host www.example:8443 status 200-299 body sha256 ba7816bf8f01…, certificate checked against /etc/hostname")
+        let second = try #require(service.healthCheck(of: service.reals[1])).probe
+        #expect(second.description == "dns www.example AAAA over tcp, an answer")
+        let third = try #require(service.healthCheck(of: service.reals[2])).probe
+        #expect(third.description == "https GET / status 200-299, SNI api.example, certificate not checked")
+        let dns = try Self.config("    health: { dns: { rcode: NXDOMAIN } }")
+        #expect(dns.services[0].healthCheck(of: dns.services[0].reals[0])?.probe.description == "dns . SOA rcode NXDOMAIN")
+        #expect(try ConfigLoader.parse(yaml: ConfigDocument.yaml(ConfigDocument.document(config))) == config)
     }
 
     @Test func durationsTakeMillisecondsSecondsAndMinutes() {
@@ -226,6 +253,22 @@ import Testing
         #expect(!failed.success && failed.reason == "/bin/false exited with 1")
         let slow = HealthCheck.Probe.exec(arguments: ["/bin/sleep", "5"]).run(target: endpoint("127.0.0.1", 1), source: nil, timeout: 200)
         #expect(!slow.success && slow.reason.contains("did not finish within the timeout"))
+    }
+
+    /// nfqlb ignores SIGPIPE and a probe thread may block signals: the command must see neither.
+    @Test func commandsStartWithDefaultSignals() {
+        let previous = signal(SIGPIPE, SIG_IGN)
+        defer { signal(SIGPIPE, previous) }
+        var blocked = sigset_t(), saved = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &blocked, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        let clean = HealthCheck.Probe.exec(arguments: ["/bin/sh", "-c",
+            "grep -Eq '^SigBlk:[[:space:]]+0+$' /proc/self/status && [ $(( 0x$(awk '/^SigIgn/ { print $2 }' /proc/self/status) & 0x1000 )) -eq 0 ]"])
+        #expect(clean.run(target: endpoint("127.0.0.1", 1), source: nil, timeout: 2000) == .ok("exit 0"))
+        let terminated = HealthCheck.Probe.exec(arguments: ["/bin/sh", "-c", "kill -TERM $$; exit 0"])
+        #expect(terminated.run(target: endpoint("127.0.0.1", 1), source: nil, timeout: 2000) == .failed("/bin/sh killed by signal 15"))
     }
 }
 

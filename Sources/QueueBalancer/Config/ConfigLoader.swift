@@ -119,6 +119,14 @@ private struct Reader {
         return value
     }
 
+    func boolean(_ node: Node, _ what: String) throws(ConfigError) -> Bool {
+        switch try scalar(node, what) {
+        case "true": return true
+        case "false": return false
+        case let other: throw fail(node, "\(what) '\(other)' is not true or false")
+        }
+    }
+
     func address(_ node: Node, _ what: String) throws(ConfigError) -> IPAddress {
         let text = try scalar(node, what)
         guard let address = IPAddress(text) else {
@@ -266,49 +274,93 @@ private struct Reader {
         case "tcp":
             let m = try mapping(node, "\(what) tcp", allowed: ["send", "expect"])
             return .tcp(send: try bytes(m["send"], "send"), expect: try bytes(m["expect"], "expect"))
-        case "http":
-            let m = try mapping(node, "\(what) http", allowed: ["path", "host", "expect-status", "body-regex"])
+        case "http", "https":
+            let tlsKeys = ["sni", "verify-certificate", "ca-file"]
+            let m = try mapping(node, "\(what) \(kind)", allowed: ["path", "host", "expect-status", "body-regex", "body-sha256"] + (kind == "https" ? tlsKeys : []))
             var http = HealthCheck.HTTPProbe()
             if let n = m["path"] {
-                http.path = try scalar(n, "\(what) http path")
+                http.path = try scalar(n, "\(what) \(kind) path")
                 guard http.path.hasPrefix("/"), !http.path.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }) else {
-                    throw fail(n, "\(what) http path '\(http.path)' must start with / and hold no spaces")
+                    throw fail(n, "\(what) \(kind) path '\(http.path)' must start with / and hold no spaces")
                 }
             }
             if let n = m["host"] {
-                let host = try scalar(n, "\(what) http host")
+                let host = try scalar(n, "\(what) \(kind) host")
                 guard !host.isEmpty, !host.contains(where: { $0 == " " || $0 == "\r" || $0 == "\n" }) else {
-                    throw fail(n, "\(what) http host '\(host)' is not a host name")
+                    throw fail(n, "\(what) \(kind) host '\(host)' is not a host name")
                 }
                 http.host = host
             }
             if let n = m["expect-status"] {
                 guard case .sequence(let list) = n, !list.isEmpty else {
-                    throw fail(n, "\(what) http expect-status must be a list of codes or ranges, e.g. [\"200-299\", 302]")
+                    throw fail(n, "\(what) \(kind) expect-status must be a list of codes or ranges, e.g. [\"200-299\", 302]")
                 }
                 http.expectStatus = []
                 for item in list {
-                    let text = try scalar(item, "\(what) http expect-status")
+                    let text = try scalar(item, "\(what) \(kind) expect-status")
                     let bounds = text.split(separator: "-", maxSplits: 1).map { Int($0.trimmingCharacters(in: .whitespaces)) }
                     guard let low = bounds.first ?? nil, let high = bounds.count == 2 ? bounds[1] : low,
                           (100...599).contains(low), (low...599).contains(high) else {
-                        throw fail(item, "\(what) http expect-status '\(text)' is not a status code or range within 100-599")
+                        throw fail(item, "\(what) \(kind) expect-status '\(text)' is not a status code or range within 100-599")
                     }
                     http.expectStatus.append(low...high)
                 }
             }
             if let n = m["body-regex"] {
-                let pattern = try scalar(n, "\(what) http body-regex")
+                let pattern = try scalar(n, "\(what) \(kind) body-regex")
                 guard (try? NSRegularExpression(pattern: pattern)) != nil else {
-                    throw fail(n, "\(what) http body-regex '\(pattern)' is not a regular expression")
+                    throw fail(n, "\(what) \(kind) body-regex '\(pattern)' is not a regular expression")
                 }
                 http.bodyRegex = pattern
             }
-            return .http(http)
+            if let n = m["body-sha256"] {
+                let digest = try scalar(n, "\(what) \(kind) body-sha256").lowercased()
+                guard digest.count == 64, digest.allSatisfy(\.isHexDigit) else {
+                    throw fail(n, "\(what) \(kind) body-sha256 must be 64 hexadecimal digits (curl -s URL | sha256sum)")
+                }
+                http.bodySHA256 = digest
+            }
+            guard kind == "https" else { return .http(http) }
+            var tls = HealthCheck.TLSSettings()
+            if let n = m["sni"] {
+                let name = try scalar(n, "\(what) https sni")
+                guard DNSQuery.parseName(name) != nil, !name.isEmpty, IPAddress(name) == nil else {
+                    throw fail(n, "\(what) https sni '\(name)' is not a host name")
+                }
+                tls.sni = name
+            }
+            if let n = m["ca-file"] {
+                let path = try scalar(n, "\(what) https ca-file")
+                guard path.hasPrefix("/") else { throw fail(n, "\(what) https ca-file '\(path)' must be an absolute path") }
+                guard FileManager.default.isReadableFile(atPath: path) else { throw fail(n, "\(what) https ca-file '\(path)' cannot be read") }
+                tls.caFile = path
+                tls.verifyCertificate = true
+            }
+            if let n = m["verify-certificate"] { tls.verifyCertificate = try boolean(n, "\(what) https verify-certificate") }
+            return .https(http, tls)
         case "udp":
             let m = try mapping(node, "\(what) udp", allowed: ["payload", "expect"])
             guard let payload = try bytes(m["payload"], "payload") else { throw fail(node, "\(what) udp needs a 'payload' to send") }
             return .udp(payload: payload, expect: try bytes(m["expect"], "expect"))
+        case "dns":
+            let m = try mapping(node, "\(what) dns", allowed: ["name", "type", "rcode", "transport"])
+            var query = DNSQuery()
+            /// The key's text through `parse`; a refusal says what the key takes.
+            func parsed<T>(_ key: String, _ parse: (String) -> T?, _ takes: String) throws(ConfigError) -> T? {
+                guard let n = m[key] else { return nil }
+                let text = try scalar(n, "\(what) dns \(key)")
+                guard let value = parse(text) else { throw fail(n, "\(what) dns \(key) '\(text)' is not \(takes)") }
+                return value
+            }
+            query.name = try parsed("name", DNSQuery.parseName, "a domain name (labels of 1-63 bytes, 255 in all; '.' is the root)") ?? query.name
+            query.type = try parsed("type", DNSQuery.parseType, "a record type (A, AAAA, SOA, NS, MX, TXT, SRV, ... or a number)") ?? query.type
+            query.rcode = try parsed("rcode", DNSQuery.parseRcode, "an rcode (NOERROR, SERVFAIL, NXDOMAIN, REFUSED, ... or 0-15)")
+            if let n = m["transport"] {
+                let text = try scalar(n, "\(what) dns transport")
+                guard text == "udp" || text == "tcp" else { throw fail(n, "\(what) dns transport '\(text)' must be udp or tcp") }
+                query.overTCP = text == "tcp"
+            }
+            return .dns(query)
         case "exec":
             let arguments: [String]
             switch node {
@@ -324,7 +376,7 @@ private struct Reader {
             }
             return .exec(arguments: arguments)
         default:
-            throw fail(node, "\(what): the \(kind) probe is not available yet (use tcp, http, udp or exec)")
+            throw fail(node, "\(what): unknown probe \(kind)")
         }
     }
 
@@ -404,10 +456,10 @@ private struct Reader {
             if let n = r["health"] {
                 real.health = try healthSettings(n, base: serviceHealth, what: "health of real server \(real.endpoint)")
                 guard real.health?.check != nil else {
-                    throw fail(n, "health of real server \(real.endpoint) names no probe (one of: tcp, http, udp, exec)")
+                    throw fail(n, "health of real server \(real.endpoint) names no probe (one of: tcp, http, https, udp, dns, exec)")
                 }
             } else if serviceHealth != nil && serviceHealth?.check == nil {
-                throw fail(realNode, "real server \(real.endpoint) has no probe: the service's health names none (give one of tcp, http, udp, exec here or there)")
+                throw fail(realNode, "real server \(real.endpoint) has no probe: the service's health names none (give one of tcp, http, https, udp, dns, exec here or there)")
             }
             reals.append(real)
         }

@@ -9,9 +9,13 @@ public struct HealthCheck: Sendable, Equatable, CustomStringConvertible {
         /// `GET path` (HTTP/1.0, `Connection: close`), the status in one of the ranges, the body optionally
         /// matching a regular expression.
         case http(HTTPProbe)
+        /// The same over TLS: SNI, and the server's certificate checked only when asked.
+        case https(HTTPProbe, TLSSettings)
         /// A datagram; with `expect`, the answer must start with it; without, no ICMP error within the timeout
         /// (port unreachable is a failure either way).
         case udp(payload: [UInt8], expect: [UInt8]?)
+        /// A DNS query for a name and type; see ``DNSQuery`` for what counts as an answer.
+        case dns(DNSQuery)
         /// A command run without a shell; exit status 0 is a success (killed at the timeout: a failure).
         case exec(arguments: [String])
 
@@ -19,7 +23,9 @@ public struct HealthCheck: Sendable, Equatable, CustomStringConvertible {
             switch self {
             case .tcp: "tcp"
             case .http: "http"
+            case .https: "https"
             case .udp: "udp"
+            case .dns: "dns"
             case .exec: "exec"
             }
         }
@@ -29,21 +35,61 @@ public struct HealthCheck: Sendable, Equatable, CustomStringConvertible {
             case .tcp(let send, let expect):
                 "tcp" + (send.map { " send \($0.count) bytes" } ?? "") + (expect.map { " expect \($0.count) bytes" } ?? "")
             case .http(let http):
-                "http GET \(http.path)" + (http.host.map { " Host \($0)" } ?? "")
-                    + " status " + http.expectStatus.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",")
-                    + (http.bodyRegex.map { " body ~ /\($0)/" } ?? "")
+                "http \(http)"
+            case .https(let http, let tls):
+                "https \(http)\(tls)"
             case .udp(let payload, let expect):
                 "udp \(payload.count) bytes" + (expect.map { " expect \($0.count) bytes" } ?? ", no ICMP error")
+            case .dns(let query): "\(query)"
             case .exec(let arguments): "exec \(arguments.joined(separator: " "))"
             }
         }
     }
 
-    public struct HTTPProbe: Sendable, Equatable {
+    public struct HTTPProbe: Sendable, Equatable, CustomStringConvertible {
         public var path = "/"
         public var host: String?
         public var expectStatus: [ClosedRange<Int>] = [200...299]
         public var bodyRegex: String?
+        /// The body's SHA-256, lowercase hexadecimal (`curl -s URL | sha256sum`).
+        public var bodySHA256: String?
+
+        public var description: String {
+            "GET \(path)" + (host.map { " Host \($0)" } ?? "")
+                + " status " + expectStatus.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",")
+                + (bodyRegex.map { " body ~ /\($0)/" } ?? "")
+                + (bodySHA256.map { " body sha256 \($0.prefix(12))…" } ?? "")
+        }
+    }
+
+    /// An `https` probe's TLS: the server name sent (SNI) and whether the server's certificate is checked.
+    public struct TLSSettings: Sendable, Equatable, CustomStringConvertible {
+        /// The server name sent; nil: the probe's `host` when that is a name, else none.
+        public var sni: String?
+        /// Check the certificate's chain (against `caFile`, else the system's CAs) and that it names `sni`, else
+        /// `host`, else the real server's address. Off by default, as keepalived's SSL_GET: real servers often
+        /// hold the public name's certificate, not their own address's.
+        public var verifyCertificate = false
+        /// PEM file of the CAs to trust; giving one turns `verifyCertificate` on unless it is set false.
+        public var caFile: String?
+
+        public init() {}
+
+        /// The name sent as SNI for a probe whose Host header is `host`.
+        func serverName(host: String?) -> String? {
+            if let sni { return sni }
+            guard let host, IPAddress(host) == nil else { return nil }
+            // A Host header may carry a port; SNI never does.
+            if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]"), UInt16(host[host.index(after: colon)...]) != nil {
+                return String(host[..<colon])
+            }
+            return host
+        }
+
+        public var description: String {
+            (sni.map { ", SNI \($0)" } ?? "")
+                + (verifyCertificate ? ", certificate checked" + (caFile.map { " against \($0)" } ?? " against the system's CAs") : ", certificate not checked")
+        }
     }
 
     /// What a failed server's weight becomes.

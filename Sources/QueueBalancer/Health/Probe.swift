@@ -28,12 +28,21 @@ extension HealthCheck.Probe {
             }
         case .http(let http):
             return ProbeSocket.withConnection(to: target, from: source, type: SOCK_STREAM, deadline: deadline) { socket in
-                let host = http.host ?? "\(target)"
-                let request = "GET \(http.path) HTTP/1.0\r\nHost: \(host)\r\nUser-Agent: nfqlb-health\r\nConnection: close\r\n\r\n"
-                guard socket.send(Array(request.utf8), deadline: deadline) else { return .failed("send failed: \(socket.lastError)") }
-                let answer = socket.receiveUntilClose(limit: 1 << 20, deadline: deadline)
-                return Self.judge(http: http, answer: answer)
+                guard socket.send(Self.request(http, target: target), deadline: deadline) else { return .failed("send failed: \(socket.lastError)") }
+                return Self.judge(http: http, answer: socket.receiveUntilClose(limit: 1 << 20, deadline: deadline))
             }
+        case .https(let http, let tls):
+            return ProbeSocket.withConnection(to: target, from: source, type: SOCK_STREAM, deadline: deadline) { socket in
+                switch TLSConnection.handshake(over: socket, target: target, settings: tls, host: http.host, deadline: deadline) {
+                case .failure(let failure):
+                    return .failed(failure.reason)
+                case .success(let session):
+                    if let failure = session.send(Self.request(http, target: target), deadline: deadline) { return .failed(failure.reason) }
+                    return Self.judge(http: http, answer: session.receiveUntilClose(limit: 1 << 20, deadline: deadline))
+                }
+            }
+        case .dns(let query):
+            return Self.resolve(query, target: target, source: source, deadline: deadline, timeout: timeout)
         case .udp(let payload, let expect):
             return ProbeSocket.withConnection(to: target, from: source, type: SOCK_DGRAM, deadline: deadline) { socket in
                 guard socket.send(payload, deadline: deadline) else { return .failed("send failed: \(socket.lastError)") }
@@ -51,7 +60,43 @@ extension HealthCheck.Probe {
         }
     }
 
-    /// The verdict on an HTTP answer: its status line's code within the ranges, the body matching the regex.
+    /// `GET path` as HTTP/1.0 with `Connection: close`: the answer ends when the server closes.
+    static func request(_ http: HealthCheck.HTTPProbe, target: Endpoint) -> [UInt8] {
+        let host = http.host ?? "\(target)"
+        return Array("GET \(http.path) HTTP/1.0\r\nHost: \(host)\r\nUser-Agent: nfqlb-health\r\nConnection: close\r\n\r\n".utf8)
+    }
+
+    /// Sends `query` with a random id and waits for its response (over UDP, answers to earlier probes are skipped;
+    /// ICMP port unreachable is a failure).
+    static func resolve(_ query: DNSQuery, target: Endpoint, source: IPAddress?, deadline: UInt64, timeout: UInt64) -> ProbeResult {
+        let id = UInt16.random(in: 0...UInt16.max)
+        let message = query.message(id: id)
+        if query.overTCP {
+            return ProbeSocket.withConnection(to: target, from: source, type: SOCK_STREAM, deadline: deadline) { socket in
+                guard socket.send([UInt8(message.count >> 8), UInt8(message.count & 0xFF)] + message, deadline: deadline) else {
+                    return .failed("send failed: \(socket.lastError)")
+                }
+                let prefix = socket.receive(atLeast: 2, deadline: deadline)
+                guard prefix.count >= 2 else { return .failed("no DNS answer within \(HealthCheck.duration(timeout))") }
+                let length = Int(prefix[0]) << 8 | Int(prefix[1])
+                let answer = Array((prefix + socket.receive(atLeast: length + 2 - prefix.count, deadline: deadline)).dropFirst(2).prefix(length))
+                guard answer.count == length else { return .failed("DNS answer cut short (\(answer.count) of \(length) bytes)") }
+                return query.judge(response: answer, id: id) ?? .failed("DNS answer to another query")
+            }
+        }
+        return ProbeSocket.withConnection(to: target, from: source, type: SOCK_DGRAM, deadline: deadline) { socket in
+            guard socket.send(message, deadline: deadline) else { return .failed("send failed: \(socket.lastError)") }
+            while true {
+                guard let datagram = socket.receiveDatagram(deadline: deadline) else {
+                    return socket.refused ? .failed("ICMP port unreachable") : .failed("no DNS answer within \(HealthCheck.duration(timeout))")
+                }
+                if let verdict = query.judge(response: datagram, id: id) { return verdict }
+            }
+        }
+    }
+
+    /// The verdict on an HTTP answer: its status line's code within the ranges, the body matching the regex and
+    /// the digest.
     static func judge(http: HealthCheck.HTTPProbe, answer: [UInt8]) -> ProbeResult {
         guard !answer.isEmpty else { return .failed("no HTTP answer") }
         let text = String(decoding: answer, as: UTF8.self)
@@ -61,6 +106,14 @@ extension HealthCheck.Probe {
             return .failed("not an HTTP answer: '\(statusLine.prefix(40))'")
         }
         guard http.expectStatus.contains(where: { $0.contains(status) }) else { return .failed("HTTP status \(status)") }
+        if let expected = http.bodySHA256 {
+            let separator: [UInt8] = [13, 10, 13, 10]
+            let start = (0...max(0, answer.count - 4)).first { answer[$0..<min($0 + 4, answer.count)].elementsEqual(separator) }.map { $0 + 4 } ?? answer.count
+            let digest = Digest.sha256Hex(answer[start...])
+            guard digest == expected else {
+                return .failed("HTTP status \(status), body sha256 \(digest.prefix(12))… is not \(expected.prefix(12))…")
+            }
+        }
         if let pattern = http.bodyRegex {
             let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
             guard let regex = try? NSRegularExpression(pattern: pattern),
@@ -70,6 +123,12 @@ extension HealthCheck.Probe {
         }
         return .ok("HTTP status \(status)")
     }
+}
+
+/// Why a probe step failed: the reason a failed ``ProbeResult`` carries.
+struct ProbeFailure: Error {
+    var reason: String
+    init(_ reason: String) { self.reason = reason }
 }
 
 /// A non-blocking socket with a deadline: the probes' one use of the socket API.
@@ -147,6 +206,17 @@ final class ProbeSocket {
     }
 
     func receiveUntilClose(limit: Int, deadline: UInt64) -> [UInt8] { receive(atLeast: limit, deadline: deadline) }
+
+    /// One datagram (up to 64 KiB), or nil at an error (``refused`` tells ICMP port unreachable) or the deadline.
+    func receiveDatagram(deadline: UInt64) -> [UInt8]? {
+        var datagram = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = datagram.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n >= 0 { return Array(datagram[0..<n]) }
+            lastErrno = errno
+            guard errno == EAGAIN || errno == EINTR, wait(for: Int16(POLLIN), deadline: deadline) else { return nil }
+        }
+    }
 }
 
 /// A socket address for an endpoint, IPv4 or IPv6.
@@ -192,8 +262,21 @@ enum ProbeCommand {
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        // The command starts with no signal blocked and the default action for those nfqlb ignores or handles
+        // (a probe thread may have signals blocked, and SIG_IGN would pass through exec): a SIGTERM ends it.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        var reset = sigset_t()
+        sigemptyset(&reset)
+        for signal in [SIGPIPE, SIGTERM, SIGINT, SIGHUP] { sigaddset(&reset, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &reset)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid = pid_t()
-        let spawned = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
+        let spawned = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
         guard spawned == 0 else { return .failed("cannot run \(arguments[0]): \(String(cString: strerror(spawned)))") }
         var status: Int32 = 0
         while true {
