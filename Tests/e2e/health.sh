@@ -90,6 +90,7 @@ services:
       rise: $rise
       fall: $fall
     sorry-server: { address: ${LAB_RIP[0]}, port: 8081 }
+    quorum: { min-weight: 2, hysteresis: 1 }
     notify: [$LAB_TMP/notify.sh]
     reals:
       - { address: ${LAB_RIP[0]}, port: 8080 }
@@ -229,8 +230,13 @@ want="real-server $name/${LAB_RIP[1]}:8080 down
 real-server $name/${LAB_RIP[1]}:8080 up"
 [ "$(head -n 2 "$LAB_TMP/notify.log")" = "$want" ] || fail "notify: first transitions were: $(head -n 2 "$LAB_TMP/notify.log")"
 tail -n 1 "$LAB_TMP/notify.log" | grep -q "^real-server $name/${LAB_RIP[2]}:8080 up$" || fail "notify: last transition: $(tail -n 1 "$LAB_TMP/notify.log")"
+# The quorum (min-weight 2, hysteresis 1): lost once, when the last two servers went down (weight 1 < 2), not
+# regained with r3 alone (weight 1 < 2 + 1).
+[ "$(grep -c "^service $name " "$LAB_TMP/notify.log")" = 1 ] || fail "quorum: expected one service transition: $(grep "^service" "$LAB_TMP/notify.log")"
+before=$(grep -B 2 "^service $name down$" "$LAB_TMP/notify.log" | head -n 2)
+[ "$(grep -c '^real-server .* down$' <<<"$before")" = 2 ] || fail "quorum: lost at the wrong moment; before it: $before"
 echo "notify: in order"
-pass "notify: every transition, in order"
+pass "notify: every transition, in order; the quorum lost once with two servers down, not regained by one"
 
 # state_after SERVICE ADDRESS WANT LIMIT_MS: waits for nfqlb list to show ADDRESS of SERVICE (-t/-u VIP:PORT) in state
 # WANT; prints the milliseconds it took, fails after LIMIT_MS.

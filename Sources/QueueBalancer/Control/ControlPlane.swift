@@ -209,15 +209,16 @@ public final class ControlPlane: Sendable {
     func healthChanged(_ key: RealServerRegistry.Key, _ status: HealthState.Status, reason: String) {
         logger.notice(status == .down ? "real server down" : "real server up", metadata: [
             "real-server": "\(key)", "reason": "\(reason)"])
-        let programs: [String] = state.withLock { state in
+        state.withLock { state in
+            // Queued before serving: a quorum change that this transition causes is notified after it.
+            let programs = state.configured.services.first { ConfigChange.ServiceID($0) == key.serviceID }?.notify ?? []
+            notify(programs, kind: "real-server", name: "\(key.serviceID)/\(key.real)", status: "\(status)")
             do throws(Failure) {
                 try serve(configured: state.configured, state: &state)
             } catch {
                 logger.error("a health transition could not be served", metadata: ["real-server": "\(key)", "reason": "\(error.message)"])
             }
-            return state.configured.services.first { ConfigChange.ServiceID($0) == key.serviceID }?.notify ?? []
         }
-        notify(programs, kind: "real-server", name: "\(key.serviceID)/\(key.real)", status: "\(status)")
     }
 
     /// Each service's quorum against the weight of its up real servers; a change is logged and notified.
