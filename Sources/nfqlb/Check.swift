@@ -8,10 +8,17 @@ struct Check: ParsableCommand {
         Exits 0 when the file is valid, 2 with `file:line: reason` when it is not, and \
         prints each real server's effective health check, defaults included:
           nfqlb check --config lb.yaml
+        With --show-table, each mh service's Maglev table too: its size, seed, entries per real \
+        server and a SHA-256 digest. Balancers behind the same router must print the same digest, \
+        or a flow that ECMP moves between them changes real server:
+          nfqlb check --config lb.yaml --show-table
         """
     )
 
     @OptionGroup var options: ConfigOptions
+
+    @Flag(help: "Print each mh service's Maglev table: size, seed, entries per real server, digest.")
+    var showTable = false
 
     func run() throws {
         let config = try options.load()
@@ -25,6 +32,17 @@ struct Check: ParsableCommand {
             if let sorry = service.sorryServer { print("    sorry-server \(sorry) (while no real server is up)") }
             if let quorum = service.quorum { print("    quorum: min-weight \(quorum.minWeight), hysteresis \(quorum.hysteresis)") }
             if !service.notify.isEmpty { print("    notify: \(service.notify.joined(separator: ", "))") }
+            if config.adoptsMidstream(service) { print("    adopt-midstream: TCP packets of unknown connections are scheduled by the table") }
+            if showTable, let table = service.maglevTable {
+                let shares = table.entries.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+                print("    mh table: size \(table.size), seed \(table.seed), entries \(shares)")
+                print("    mh table sha256: \(table.digest)")
+            }
+        }
+        if let cluster = config.cluster {
+            let peers = cluster.peers.map { "\($0.address) AS\($0.remoteAS)" }.joined(separator: ", ")
+            let bfd = cluster.bfd.map { "BFD \($0.interval) ms x \($0.multiplier)" } ?? "no BFD"
+            print("  cluster: AS\(cluster.localAS), peers \(peers), \(bfd), hold time \(cluster.holdTime / 1000) s")
         }
     }
 }

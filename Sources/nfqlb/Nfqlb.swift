@@ -35,6 +35,6 @@ struct Nfqlb: ParsableCommand {
         """,
         subcommands: [Run.self, Check.self, Rules.self, ConntrackCommand.self, RealServerCommand.self, Decap.self,
                       List.self, ServiceCommand.self, RealCommand.self, Zero.self, Reload.self, Save.self,
-                      ImportCommand.self]
+                      ImportCommand.self, ClusterCommand.self]
     )
 }

@@ -21,9 +21,18 @@ public struct BalancerConfig: Sendable, Equatable {
     public var synQueue: UInt16?
     /// `metrics-listen`: where `nfqlb run` serves Prometheus metrics on `/metrics` (off when nil).
     public var metricsListen: Endpoint?
+    /// `cluster`: several balancers share the VIPs behind ECMP (``ClusterConfig``); nil: this one alone.
+    public var cluster: ClusterConfig?
 
     /// Every queue nfqlb binds: ``queues``, then ``synQueue``.
     public var allQueues: [UInt16] { queues + (synQueue.map { [$0] } ?? []) }
+
+    /// Whether `service` forwards TCP packets of connections it does not know (``VirtualService/adoptMidstream``):
+    /// as written, else on for DR and TUN services with a hashing scheduler (mh, sh) when balancers share the
+    /// flows (a `cluster:` section).
+    public func adoptsMidstream(_ service: VirtualService) -> Bool {
+        service.adoptMidstream ?? (cluster != nil && service.canAdoptMidstream)
+    }
 
     public init(queues: [UInt16], services: [VirtualService]) {
         self.queues = queues
@@ -81,6 +90,10 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
     public var quorum: Quorum?
     /// `notify`: programs run on every health transition, with arguments KIND NAME STATE.
     public var notify: [String] = []
+    /// `adopt-midstream` as written: a TCP packet other than a SYN with no connection here is scheduled by the
+    /// table instead of dropped (DR/TUN with a hashing scheduler: another balancer's flow after ECMP moved it).
+    /// nil: on when the config has a `cluster:` section and the service can (``BalancerConfig/adoptsMidstream(_:)``).
+    public var adoptMidstream: Bool?
 
     public init(name: String? = nil, vip: IPAddress, port: UInt16, transport: TransportProtocol,
                 mode: ForwardingMode = .nat, scheduler: SchedulerKind = .wlc, reals: [RealServer],
@@ -97,6 +110,12 @@ public struct VirtualService: Sendable, Equatable, CustomStringConvertible {
 
     /// The endpoint clients connect to.
     public var endpoint: Endpoint { Endpoint(address: vip, port: port) }
+
+    /// TCP in DR or TUN with a scheduler that gives every balancer the same answer for a flow: a connection
+    /// picked up midway goes to the real server that holds it.
+    public var canAdoptMidstream: Bool {
+        transport == .tcp && (mode == .dr || mode == .tun) && (scheduler == .mh || scheduler == .sh)
+    }
 
     /// The health check of `real`: its own, else the service's; nil when neither has one.
     public func healthCheck(of real: RealServer) -> HealthCheck? { real.health?.check ?? health?.check }

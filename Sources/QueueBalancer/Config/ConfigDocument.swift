@@ -7,9 +7,9 @@
 public enum ConfigDocument {
     /// Key order of the YAML output.
     static let topKeys = ["queues", "syn-queue", "fwmark-base", "fullnat-ports", "max-connections", "queue-length",
-                          "socket-buffer-mb", "timeouts", "metrics-listen", "services"]
+                          "socket-buffer-mb", "timeouts", "metrics-listen", "cluster", "services"]
     static let serviceKeys = ["name", "vip", "port", "protocol", "mode", "scheduler", "scheduler-flags", "mh-table-size",
-                              "persistence", "persistence-netmask", "ops", "drain", "offload", "local-addresses",
+                              "hash-seed", "adopt-midstream", "persistence", "persistence-netmask", "ops", "drain", "offload", "local-addresses",
                               "tunnel-source", "health", "sorry-server", "quorum", "notify", "reals"]
     static let realKeys = ["address", "port", "weight", "upper", "lower", "health"]
 
@@ -22,6 +22,7 @@ public enum ConfigDocument {
         ]
         if let q = config.synQueue { top["syn-queue"] = JSONValue(Int(q)) }
         if let listen = config.metricsListen { top["metrics-listen"] = .string("\(listen)") }
+        if let cluster = config.cluster { top["cluster"] = cluster.document }
         if config.fwmarkBase != defaults.fwmarkBase { top["fwmark-base"] = JSONValue(Int(config.fwmarkBase.rawValue)) }
         if config.fullnatPorts != defaults.fullnatPorts {
             top["fullnat-ports"] = .string("\(config.fullnatPorts.lowerBound)-\(config.fullnatPorts.upperBound)")
@@ -47,11 +48,13 @@ public enum ConfigDocument {
         let flags = s.schedulerOptions.flagNames
         if !flags.isEmpty { fields["scheduler-flags"] = .array(flags.map(JSONValue.string)) }
         if s.schedulerOptions.mhTableSize != 0 { fields["mh-table-size"] = JSONValue(s.schedulerOptions.mhTableSize) }
+        if s.schedulerOptions.hashSeed != 0 { fields["hash-seed"] = .string("\(s.schedulerOptions.hashSeed)") }
         if s.persistence > 0 {
             fields["persistence"] = JSONValue(s.persistence)
             if s.persistencePrefix != (s.vip.isIPv4 ? 32 : 128) { fields["persistence-netmask"] = JSONValue(s.persistencePrefix) }
         }
         if s.onePacket { fields["ops"] = .bool(true) }
+        if let adopt = s.adoptMidstream { fields["adopt-midstream"] = .bool(adopt) }
         if s.drain > 0 { fields["drain"] = JSONValue(s.drain) }
         if s.offload != .none { fields["offload"] = .string(s.offload.rawValue) }
         if !s.localAddresses.isEmpty { fields["local-addresses"] = .array(s.localAddresses.map { .string("\($0)") }) }

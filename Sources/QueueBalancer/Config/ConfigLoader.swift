@@ -35,6 +35,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 ///     scheduler: wlc          # rr wrr lc wlc sed nq dh sh mh lblc lblcr fo ovf twos (default wlc)
 ///     scheduler-flags: [sh-port]  # optional: sh-fallback sh-port mh-fallback mh-port
 ///     mh-table-size: 65537    # optional, mh only: a prime >= 100 x reals
+///     hash-seed: 0            # optional, mh only: mixed into the table and lookups (same on every balancer)
 ///     persistence: 300        # optional: seconds a client network keeps its real server (ipvsadm -p)
 ///     ops: true               # optional, UDP (nat, dr, tun): schedule every datagram on its own (ipvsadm -o)
 ///     persistence-netmask: 24 # optional: prefix length or dotted mask (ipvsadm -M)
@@ -148,7 +149,7 @@ private struct Reader {
     func balancer(_ root: Node) throws(ConfigError) -> BalancerConfig {
         let top = try mapping(root, "the configuration", allowed: [
             "queues", "services", "max-connections", "queue-length", "socket-buffer-mb", "timeouts", "fwmark-base",
-            "fullnat-ports", "syn-queue", "metrics-listen",
+            "fullnat-ports", "syn-queue", "metrics-listen", "cluster",
         ])
         let queuesNode = try required(top, "queues", in: "the configuration", at: root)
         guard case .sequence(let queueList) = queuesNode, !queueList.isEmpty else {
@@ -210,6 +211,7 @@ private struct Reader {
             }
             config.metricsListen = endpoint
         }
+        if let node = top["cluster"] { config.cluster = try cluster(node) }
         if let node = top["timeouts"] {
             let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])
             func seconds(_ key: String) throws(ConfigError) -> UInt64? {
@@ -253,6 +255,82 @@ private struct Reader {
             throw fail(m["timeout"] ?? m["interval"] ?? node, "\(what): timeout \(HealthCheck.duration(check.timeout)) is longer than the interval \(HealthCheck.duration(check.interval))")
         }
         return HealthSettings(document: value(node), given: given, check: check)
+    }
+
+    /// The `cluster:` section (``ClusterConfig``).
+    func cluster(_ node: Node) throws(ConfigError) -> ClusterConfig {
+        let m = try mapping(node, "cluster", allowed: ["local-as", "router-id", "peers", "bfd", "hold-time", "bird-socket", "withdraw-grace", "balancers"])
+        func asNumber(_ n: Node, _ what: String) throws(ConfigError) -> UInt32 {
+            UInt32(try integer(n, what, 1...Int(UInt32.max)))
+        }
+        let localAS = try asNumber(try required(m, "local-as", in: "cluster", at: node), "cluster local-as")
+        let peersNode = try required(m, "peers", in: "cluster", at: node)
+        guard case .sequence(let list) = peersNode, !list.isEmpty else {
+            throw fail(peersNode, "cluster peers must be a list of routers, e.g. [{ address: 198.51.100.1, as: 65000 }]")
+        }
+        var peers: [ClusterConfig.Peer] = []
+        for item in list {
+            let p = try mapping(item, "a cluster peer", allowed: ["address", "as", "interface"])
+            let address = try address(try required(p, "address", in: "a cluster peer", at: item), "cluster peer address")
+            let remoteAS = try asNumber(try required(p, "as", in: "a cluster peer", at: item), "cluster peer as")
+            var interface: String?
+            if let n = p["interface"] {
+                let name = try scalar(n, "cluster peer interface")
+                guard (1...15).contains(name.utf8.count), name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+                    throw fail(n, "cluster peer interface '\(name)' is not an interface name")
+                }
+                interface = name
+            }
+            guard !peers.contains(where: { $0.address == address }) else { throw fail(item, "cluster peer \(address) is listed twice") }
+            peers.append(ClusterConfig.Peer(address: address, remoteAS: remoteAS, interface: interface))
+        }
+        var cluster = ClusterConfig(document: value(node), localAS: localAS, peers: peers)
+        if let n = m["router-id"] {
+            let id = try address(n, "cluster router-id")
+            guard id.isIPv4 else { throw fail(n, "cluster router-id must be an IPv4 address (BGP identifiers are 32 bits)") }
+            cluster.routerID = id
+        }
+        if let n = m["bfd"] {
+            if n.scalar?.string == "off" {
+                cluster.bfd = nil
+            } else {
+                let b = try mapping(n, "cluster bfd", allowed: ["interval", "multiplier"])
+                var bfd = ClusterConfig.BFD()
+                if let i = b["interval"] {
+                    bfd.interval = try duration(i, "cluster bfd interval")
+                    guard (10...10_000).contains(bfd.interval) else { throw fail(i, "cluster bfd interval must be within 10ms-10s") }
+                }
+                if let k = b["multiplier"] { bfd.multiplier = try integer(k, "cluster bfd multiplier", 1...255) }
+                cluster.bfd = bfd
+            }
+        }
+        if let n = m["hold-time"] {
+            cluster.holdTime = try duration(n, "cluster hold-time")
+            guard cluster.holdTime % 1000 == 0, (3000...65_535_000).contains(cluster.holdTime) else {
+                throw fail(n, "cluster hold-time must be whole seconds from 3s (BGP's smallest) to 65535s")
+            }
+        }
+        if let n = m["bird-socket"] {
+            let path = try scalar(n, "cluster bird-socket")
+            guard path.hasPrefix("/") else { throw fail(n, "cluster bird-socket '\(path)' must be an absolute path") }
+            cluster.birdSocket = path
+        }
+        if let n = m["withdraw-grace"] { cluster.withdrawGrace = try duration(n, "cluster withdraw-grace") }
+        if let n = m["balancers"] {
+            guard case .sequence(let list) = n, !list.isEmpty else {
+                throw fail(n, "cluster balancers must be a list of prefixes, e.g. [198.51.100.0/24]")
+            }
+            for item in list {
+                let text = try scalar(item, "cluster balancers")
+                let parts = text.split(separator: "/")
+                guard parts.count == 2, let address = IPAddress(String(parts[0])), let length = Int(parts[1]),
+                      (0...(address.isIPv4 ? 32 : 128)).contains(length) else {
+                    throw fail(item, "cluster balancers '\(text)' is not a prefix ADDRESS/LENGTH")
+                }
+                cluster.balancers.append(text)
+            }
+        }
+        return cluster
     }
 
     func duration(_ node: Node, _ what: String) throws(ConfigError) -> UInt64 {
@@ -383,7 +461,7 @@ private struct Reader {
     func virtualService(_ node: Node) throws(ConfigError) -> VirtualService {
         let map = try mapping(node, "a service", allowed: [
             "name", "vip", "port", "protocol", "mode", "scheduler", "reals", "local-addresses", "tunnel-source",
-            "scheduler-flags", "mh-table-size", "persistence", "persistence-netmask", "ops", "drain", "offload",
+            "scheduler-flags", "mh-table-size", "hash-seed", "adopt-midstream", "persistence", "persistence-netmask", "ops", "drain", "offload",
             "health", "sorry-server", "quorum", "notify",
         ])
         let vip = try address(try required(map, "vip", in: "a service", at: node), "vip")
@@ -512,6 +590,7 @@ private struct Reader {
                 }
             }
         }
+        if let node = map["adopt-midstream"] { service.adoptMidstream = try boolean(node, "adopt-midstream") }
         if let node = map["ops"] {
             switch try scalar(node, "ops") {
             case "true": service.onePacket = true
@@ -562,6 +641,16 @@ private struct Reader {
                 throw fail(node, "mh-table-size \(size) must be a prime >= 100 x the real servers (\(100 * reals.count))")
             }
             service.schedulerOptions.mhTableSize = size
+        }
+        if let node = map["hash-seed"] {
+            guard scheduler == .mh else { throw fail(node, "hash-seed needs scheduler mh, not \(scheduler)") }
+            let text = try scalar(node, "hash-seed")
+            let seed = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : UInt64(text)
+            guard let seed else { throw fail(node, "hash-seed '\(text)' is not a number from 0 to 2^64-1 (decimal or 0x hex)") }
+            service.schedulerOptions.hashSeed = seed
+        }
+        if let node = map["adopt-midstream"], service.adoptMidstream == true, !service.canAdoptMidstream {
+            throw fail(node, "adopt-midstream needs a TCP service in dr or tun mode with scheduler mh or sh (the same answer on every balancer), not \(transport) \(mode) \(scheduler)")
         }
         return service
     }

@@ -64,6 +64,7 @@ public enum Ipvsadm {
             if service.drain != 0 { throw refuse("drain") }
             if service.tunnelSource != nil { throw refuse("tunnel-source") }
             if service.schedulerOptions.mhTableSize != 0 { throw refuse("mh-table-size") }
+            if service.schedulerOptions.hashSeed != 0 { throw refuse("hash-seed") }
             let id = "\(service.transport == .tcp ? "-t" : "-u") \(service.endpoint)"
             var line = "-A \(id) -s \(service.scheduler)"
             let flags = service.schedulerOptions.flagNames

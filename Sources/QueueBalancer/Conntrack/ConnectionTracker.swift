@@ -227,7 +227,7 @@ public final class ConnectionTracker: Sendable {
     /// Looks up (or creates, calling `schedule`) the connection of a client -> virtual service packet, updates
     /// its TCP state and expiry, and says where to forward it. `schedule` runs under the stripe lock, only for a
     /// new connection, and must not call back into the tracker.
-    func inbound(_ key: FlowKey, flags: TCPFlags, now: UInt64,
+    func inbound(_ key: FlowKey, flags: TCPFlags, now: UInt64, adoptMidstream: Bool = false,
                         schedule: (FlowKey) -> Assignment?) -> InboundOutcome {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
@@ -258,7 +258,9 @@ public final class ConnectionTracker: Sendable {
                 table.remove(found, hasher: hasher)
                 if lifecycle == .removed && isTCP && !freshSYN && entry.expires > now { return .realServerRemoved }
             }
-            if isTCP && !flags.isInitialSYN { return .noConnection }
+            // Midstream: IPVS drops it; a service whose balancers share one hashing table adopts it (the state
+            // table takes an ACK from NONE to ESTABLISHED).
+            if isTCP && !flags.isInitialSYN && !adoptMidstream { return .noConnection }
             // Room first: a connection refused for want of it must leave the schedulers (round-robin position,
             // persistence templates) as they were.
             if table.isFull { _ = table.expire(now: now, hasher: hasher) }

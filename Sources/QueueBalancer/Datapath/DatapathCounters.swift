@@ -28,6 +28,10 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
     case offloadConntrackFailed
     /// New connections scheduled (a subset of `forwarded`).
     case connectionsCreated
+    /// Connections picked up midway (a subset of `connectionsCreated`): a TCP packet other than a SYN with no
+    /// connection here, scheduled by its service's hashing table because the service adopts midstream flows
+    /// (`adopt-midstream`: another balancer's connection that the router's ECMP moved here).
+    case connectionsAdopted
     /// Connections removed because their timeout passed.
     case connectionsExpired
     /// Dropped: truncated or inconsistent headers, or a packet longer than the queue copies (a GSO super-packet
@@ -120,6 +124,7 @@ public enum DatapathCounter: Int, CaseIterable, Sendable {
         case .offloadConntrackCreated: "offload_conntrack_created"
         case .offloadConntrackFailed: "offload_conntrack_failed"
         case .connectionsCreated: "connections_created"
+        case .connectionsAdopted: "connections_adopted"
         case .connectionsExpired: "connections_expired"
         case .droppedMalformed: "dropped_malformed"
         case .droppedFragment: "dropped_fragment"

@@ -249,7 +249,7 @@ public final class PacketHandler: PacketProcessor {
                          _ service: ServiceTable.Service, _ table: ServiceTable, _ now: UInt64,
                          _ counters: inout CounterBatch) -> Verdict {
         if service.onePacket { return onePacket(bytes, packet, key, service, table, now, &counters) }
-        let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now) { flow in
+        let outcome = tracker.inbound(key, flags: packet.tcpFlags, now: now, adoptMidstream: service.adoptMidstream) { flow in
             schedule(flow, service, table, now)
         }
         let real: Endpoint, source: Endpoint, number: RealServerID, isNew: Bool
@@ -265,7 +265,10 @@ public final class PacketHandler: PacketProcessor {
         case .full: counters.count(.droppedTableFull); return .drop
         case .conflict: counters.count(.droppedConflict); return .drop
         }
-        if isNew { counters.count(.connectionsCreated) }
+        if isNew {
+            counters.count(.connectionsCreated)
+            if key.transport == .tcp && !packet.tcpFlags.isInitialSYN { counters.count(.connectionsAdopted) }
+        }
         counters.traffic?.countIn(number.index, bytes: packet.totalLength, connection: isNew)
         refreshTemplate(service, client: key.source.address, real: number, now: now)
         let connection = ConnectionTracker.Connection(

@@ -17,6 +17,8 @@ final class ServiceTable: Sendable {
         let onePacket: Bool
         /// `offload: conntrack`: the kernel carries the connection after its first packet.
         let offloaded: Bool
+        /// TCP packets of unknown connections are scheduled, not dropped (``BalancerConfig/adoptsMidstream(_:)``).
+        var adoptMidstream = false
     }
 
     /// The match fields of a service: plain values, so matching a packet retains nothing.
@@ -92,7 +94,7 @@ final class ServiceTable: Sendable {
                 scheduler: service.scheduler.makeScheduler(loads: loads, options: service.schedulerOptions,
                                                            names: service.reals.map(\.endpoint)),
                 templates: Self.templates(for: service, key: key, previous: previous), onePacket: service.onePacket,
-                offloaded: service.offload == .conntrack))
+                offloaded: service.offload == .conntrack, adoptMidstream: config.adoptsMidstream(service)))
         }
         let owners = ConntrackOffload.owners(for: config).mapValues { numbers[$0.service][$0.real] }
         self.init(services: services, forwarders: forwarders, offloadOwners: owners)

@@ -114,9 +114,11 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
 }
 
 /// An address and a port: one side of a flow.
-public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+public struct Endpoint: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var address: IPAddress
     public var port: UInt16
+
+    public static func < (a: Endpoint, b: Endpoint) -> Bool { (a.address, a.port) < (b.address, b.port) }
 
     public init(address: IPAddress, port: UInt16) {
         self.address = address

@@ -57,25 +57,32 @@ public struct SourceHashScheduler: Scheduler {
 /// each server owns entries in proportion to its weight, filled from each server's own permutation of the
 /// slots, so that adding or removing one server moves few entries. Keyed by the source address (and port
 /// with `mh-port`); `mh-fallback` rehashes past an unavailable server.
+///
+/// Invariant: the table depends only on the real servers' endpoints and weights, the table size and the
+/// `hash-seed` — not on their order in the config, the start order or any process state — so balancers with
+/// the same service send the same flow to the same real server (docs/ARCHITECTURE.md, "Several balancers";
+/// ``digest`` lets operators compare).
 public struct MaglevScheduler: Scheduler {
     let loads: [RealServerLoad]
     /// Server index per table entry; -1 when every weight is 0.
     public let table: [Int32]
     let fallback: Bool
     let includePort: Bool
+    let seed: UInt64
 
     /// The default table size: a prime >= 65,536.
     public static let defaultTableSize = 65537
 
     public init(loads: [RealServerLoad], tableSize: Int = 0, fallback: Bool = false, includePort: Bool = false,
-                names: [Endpoint]? = nil) {
+                names: [Endpoint]? = nil, seed: UInt64 = 0) {
         self.loads = loads
         self.fallback = fallback
         self.includePort = includePort
+        self.seed = seed
         let size = tableSize > 0 ? MaglevScheduler.prime(atLeast: tableSize) : MaglevScheduler.tableSize(servers: loads.count)
         // Without endpoint names (tests, weights only) servers are named by position.
         let keys = names ?? loads.indices.map { Endpoint(address: IPAddress(ipv4: UInt32($0)), port: 0) }
-        table = MaglevScheduler.populate(weights: loads.map(\.weight), names: keys, size: size)
+        table = MaglevScheduler.populate(weights: loads.map(\.weight), names: keys, size: size, seed: seed)
     }
 
     /// The smallest prime >= max(65537, 100 x servers).
@@ -97,20 +104,22 @@ public struct MaglevScheduler: Scheduler {
     }
 
     /// Fills the table: in each round every server takes `weight / gcd` turns, each turn claiming the next
-    /// free slot of its permutation (offset + j * skip mod M, from two hashes of its name). A `size` that is
-    /// not prime is raised to the next prime (the table returned has that many entries).
-    public static func populate(weights: [UInt32], names: [Endpoint], size requested: Int) -> [Int32] {
+    /// free slot of its permutation (offset + j * skip mod M, from two hashes of its name and the seed). Servers
+    /// take their turns in the order of their names, so the order they are given in does not matter. A `size`
+    /// that is not prime is raised to the next prime (the table returned has that many entries).
+    public static func populate(weights: [UInt32], names: [Endpoint], size requested: Int, seed: UInt64 = 0) -> [Int32] {
         let size = prime(atLeast: requested)
         var table = [Int32](repeating: -1, count: size)
         let g = weights.filter { $0 > 0 }.reduce(UInt64(0)) { gcd($0, UInt64($1)) }
         guard g > 0 else { return table }
         let turns = weights.map { Int(UInt64($0) / g) }
-        let offsets = names.map { Int(stableHash($0.address, port: $0.port, salt: 0x6D61_676C) % UInt64(size)) }
-        let skips = names.map { Int(stableHash($0.address, port: $0.port, salt: 0x736B_6970) % UInt64(size - 1)) + 1 }
+        let offsets = names.map { Int(stableHash($0.address, port: $0.port, salt: 0x6D61_676C ^ seed) % UInt64(size)) }
+        let skips = names.map { Int(stableHash($0.address, port: $0.port, salt: 0x736B_6970 ^ seed) % UInt64(size - 1)) + 1 }
+        let order = names.indices.sorted { names[$0] < names[$1] }
         var next = [Int](repeating: 0, count: weights.count)
         var filled = 0
         while filled < size {
-            for i in weights.indices where turns[i] > 0 {
+            for i in order where turns[i] > 0 {
                 for _ in 0..<turns[i] {
                     var slot = (offsets[i] + next[i] * skips[i]) % size
                     while table[slot] >= 0 {
@@ -127,13 +136,58 @@ public struct MaglevScheduler: Scheduler {
         return table
     }
 
+    /// A SHA-256 of the table as endpoints (each slot's server named, not numbered) with the seed: equal on two
+    /// balancers exactly when they send every source to the same real server. Lowercase hex.
+    public static func digest(table: [Int32], names: [Endpoint], seed: UInt64) -> String {
+        let ranks = names.indices.sorted { names[$0] < names[$1] }
+        var rankOf = [Int32](repeating: -1, count: names.count)
+        for (rank, index) in ranks.enumerated() { rankOf[index] = Int32(rank) }
+        var bytes = Array("mh seed=\(seed) size=\(table.count) servers=\(ranks.map { "\(names[$0])" }.joined(separator: ","))\n".utf8)
+        bytes.reserveCapacity(bytes.count + 4 * table.count)
+        for slot in table {
+            let rank = slot >= 0 ? rankOf[Int(slot)] : -1
+            withUnsafeBytes(of: rank.littleEndian) { bytes += $0 }
+        }
+        return Digest.sha256Hex(bytes)
+    }
+
     public func pick(for flow: FlowKey) -> Int? {
         let port = includePort ? flow.source.port : 0
         for attempt in 0..<(fallback ? max(loads.count, 1) : 1) {
-            let hash = stableHash(flow.source.address, port: port, salt: UInt64(attempt))
+            let hash = stableHash(flow.source.address, port: port, salt: UInt64(attempt) ^ seed)
             let server = table[Int(hash % UInt64(table.count))]
             if server >= 0 && loads[Int(server)].isAvailable { return Int(server) }
         }
         return nil
+    }
+}
+
+/// What operators compare between balancers (`nfqlb check --show-table`): an `mh` service's table size, seed,
+/// digest, and how many entries each real server owns.
+public struct MaglevTableSummary: Sendable, Equatable {
+    public var size: Int
+    public var seed: UInt64
+    public var digest: String
+    /// Entries per real server, in the config's order.
+    public var entries: [(Endpoint, Int)]
+
+    public static func == (a: MaglevTableSummary, b: MaglevTableSummary) -> Bool {
+        a.size == b.size && a.seed == b.seed && a.digest == b.digest && a.entries.map(\.0) == b.entries.map(\.0)
+            && a.entries.map(\.1) == b.entries.map(\.1)
+    }
+}
+
+extension VirtualService {
+    /// The Maglev table this service's configuration gives (every real server up); nil unless its scheduler is mh.
+    public var maglevTable: MaglevTableSummary? {
+        guard scheduler == .mh else { return nil }
+        let names = reals.map(\.endpoint)
+        let size = schedulerOptions.mhTableSize > 0 ? schedulerOptions.mhTableSize : MaglevScheduler.tableSize(servers: reals.count)
+        let table = MaglevScheduler.populate(weights: reals.map(\.weight), names: names, size: size, seed: schedulerOptions.hashSeed)
+        var counts = [Int](repeating: 0, count: reals.count)
+        for slot in table where slot >= 0 { counts[Int(slot)] += 1 }
+        return MaglevTableSummary(size: table.count, seed: schedulerOptions.hashSeed,
+                                  digest: MaglevScheduler.digest(table: table, names: names, seed: schedulerOptions.hashSeed),
+                                  entries: Array(zip(names, counts)))
     }
 }

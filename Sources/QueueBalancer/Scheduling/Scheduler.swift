@@ -31,7 +31,8 @@ public enum SchedulerKind: String, Sendable, CaseIterable, CustomStringConvertib
         case .dh: return DestinationHashScheduler(loads: loads)
         case .sh: return SourceHashScheduler(loads: loads, fallback: options.shFallback, includePort: options.shPort)
         case .mh: return MaglevScheduler(loads: loads, tableSize: options.mhTableSize,
-                                         fallback: options.mhFallback, includePort: options.mhPort, names: names)
+                                         fallback: options.mhFallback, includePort: options.mhPort, names: names,
+                                         seed: options.hashSeed)
         case .lblc: return LocalityScheduler(loads: loads, replicated: false)
         case .lblcr: return LocalityScheduler(loads: loads, replicated: true)
         case .fo: return WeightedFailoverScheduler(loads: loads)
@@ -58,6 +59,9 @@ public struct SchedulerOptions: Sendable, Equatable {
     public var mhPort = false
     /// mh: lookup table size, a prime; 0 picks the smallest of IPVS's primes >= 100 x servers (default 65537).
     public var mhTableSize = 0
+    /// mh: mixed into every hash of the table and the lookup (`hash-seed`); balancers that must agree use the
+    /// same one, and a cluster may pick its own so its hashing does not line up with the router's ECMP hash.
+    public var hashSeed: UInt64 = 0
 
     public init() {}
 }

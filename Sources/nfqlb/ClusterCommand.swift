@@ -1,0 +1,52 @@
+import ArgumentParser
+import QueueBalancer
+
+/// `nfqlb cluster`: several balancers behind a router that spreads flows with ECMP.
+struct ClusterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster",
+        abstract: "Several balancers behind ECMP: the routing daemons' configuration.",
+        discussion: """
+        nfqlb speaks no routing protocol: BIRD on each balancer announces the VIPs over BGP, \
+        and nfqlb switches each VIP's announcement on only while it serves it. The router \
+        (FRR or BIRD) installs one ECMP route per VIP with a next hop per balancer.
+          nfqlb cluster config --config lb.yaml > /etc/bird/bird.conf     # each balancer
+          nfqlb cluster config --config lb.yaml --router frr > frr.conf   # the router
+        """,
+        subcommands: [Config.self]
+    )
+
+    struct Config: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print BIRD's configuration for a balancer, or the router's.",
+            discussion: """
+            From the config's `cluster:` section. Without --router: BIRD 2's bird.conf for a \
+            balancer: a static protocol per VIP (disabled until nfqlb enables it), BFD, and a \
+            BGP session per peer exporting only the VIPs. With --router frr: bgpd and bfdd \
+            configuration for FRR (dynamic neighbors from the balancers' prefix, maximum-paths, \
+            BFD profile); --router bird: the same for BIRD (merge paths on). Check them with \
+            `bird -p -c FILE` and `vtysh --dryrun -f FILE`.
+            """
+        )
+
+        @OptionGroup var options: ConfigOptions
+
+        enum Router: String, ExpressibleByArgument, CaseIterable { case frr, bird }
+
+        @Option(help: ArgumentHelp("Print the router's configuration instead (frr or bird).", valueName: "daemon"))
+        var router: Router?
+
+        func run() throws {
+            let config = try options.load()
+            guard let cluster = config.cluster else {
+                throw failure("\(options.config) has no cluster: section (see README, \"Several balancers\")", status: 2)
+            }
+            let ranges = RoutingConfig.balancerRanges(cluster)
+            switch router {
+            case nil: print(RoutingConfig.bird(config, cluster: cluster), terminator: "")
+            case .frr?: print(RoutingConfig.frr(config, cluster: cluster, balancers: ranges), terminator: "")
+            case .bird?: print(RoutingConfig.birdRouter(config, cluster: cluster, balancers: ranges), terminator: "")
+            }
+        }
+    }
+}
