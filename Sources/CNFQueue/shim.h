@@ -15,6 +15,10 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 #include <linux/netlink.h>
 #include <libmnl/libmnl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
@@ -72,5 +76,31 @@ static const int NFQLB_NLM_F_CREATE = NLM_F_CREATE;
 static const int NFQLB_NLM_F_EXCL = NLM_F_EXCL;
 static const int NFQLB_NLA_F_NESTED = NLA_F_NESTED;
 static const int NFQLB_CT_TCP_FLAG_BE_LIBERAL = IP_CT_TCP_FLAG_BE_LIBERAL;
+
+/// Creates the TUN device `name`, not persistent (the kernel removes it when its last descriptor closes, however
+/// the process ends), and sets it up: the cluster's "nfqlb runs" signal for BIRD. The descriptor, or -1 with
+/// errno (EBUSY: another process holds a device of that name).
+static inline int nfqlb_tun_open_up(const char *name) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    int sock = -1, saved;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) goto fail;
+    sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0 || ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) goto fail;
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) goto fail;
+    close(sock);
+    return fd;
+fail:
+    saved = errno;
+    if (sock >= 0) close(sock);
+    close(fd);
+    errno = saved;
+    return -1;
+}
 
 #endif

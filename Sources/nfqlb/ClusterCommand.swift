@@ -13,8 +13,48 @@ struct ClusterCommand: ParsableCommand {
           nfqlb cluster config --config lb.yaml > /etc/bird/bird.conf     # each balancer
           nfqlb cluster config --config lb.yaml --router frr > frr.conf   # the router
         """,
-        subcommands: [Config.self]
+        subcommands: [Config.self, Status.self, Withdraw.self, Announce.self]
     )
+
+    /// Prints what `cluster.*` answered: the switch and each VIP's announcement.
+    static func show(_ result: JSONValue) {
+        print("balancer: \(result["withdrawn"]?.bool == true ? "withdrawn by the operator" : "announcing what it serves")")
+        for vip in result["vips"]?.array ?? [] {
+            print("  \(vip["vip"]?.string ?? "?") \(vip["announced"]?.bool == true ? "announced" : "withdrawn") (BIRD protocol \(vip["protocol"]?.string ?? "?"))")
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show which VIPs this balancer announces.",
+            discussion: """
+            A VIP is announced while nfqlb serves it: the queues are bound, one of its services \
+            has its quorum, and the balancer is not withdrawn. As BIRD last reported it (once a second).
+            """
+        )
+        @OptionGroup var control: ControlOptions
+        func run() throws { ClusterCommand.show(try control.call("cluster.status")) }
+    }
+
+    struct Withdraw: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Withdraw every VIP of this balancer, for maintenance; it keeps serving what still arrives.",
+            discussion: """
+            The router moves the flows to the other balancers (with adopt-midstream, DR and TUN \
+            connections go on there). Until `nfqlb cluster announce` or a restart.
+            """
+        )
+        @OptionGroup var control: ControlOptions
+        func run() throws { ClusterCommand.show(try control.call("cluster.withdraw")) }
+    }
+
+    struct Announce: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Announce this balancer's VIPs again after `nfqlb cluster withdraw`."
+        )
+        @OptionGroup var control: ControlOptions
+        func run() throws { ClusterCommand.show(try control.call("cluster.announce")) }
+    }
 
     struct Config: ParsableCommand {
         static let configuration = CommandConfiguration(

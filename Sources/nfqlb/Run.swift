@@ -121,6 +121,23 @@ struct Run: ParsableCommand {
         // Health checks run when a service or real server has one (a reload may add them later: then too).
         let health = HealthChecker()
         let plane = ControlPlane(balancer: balancer, configPath: options.config, rules: rules, logger: logger, health: health)
+        // A cluster balancer: the live device first (BIRD's routes through it vanish with this process), then the
+        // announcer, which withdraws the VIPs at SIGTERM before the workers stop (`workersStop`).
+        var liveDevice: LiveDevice?
+        var announcer: ClusterAnnouncer?
+        let workersStop = config.cluster == nil ? stopSignal : StopSignal()
+        if let cluster = config.cluster {
+            do {
+                liveDevice = try LiveDevice()
+            } catch {
+                throw failure("\(error)")
+            }
+            let made = ClusterAnnouncer(cluster: cluster, logger: logger, vips: { RoutingConfig.vips(plane.configuration) },
+                                        servable: { plane.servableVIPs })
+            plane.attach(made)
+            announcer = made
+        }
+        defer { withExtendedLifetime(liveDevice) {} }
         // Without a control socket, its thread's once-a-second work (rates, drains, rules) is the reload thread's.
         let ticksHere = noControlSocket
         let reloader = Thread {
@@ -144,6 +161,7 @@ struct Run: ParsableCommand {
         var startFailure: String?
         let bound = {
             Thread { health.run(stop: stopSignal) }.start()
+            if let announcer { Thread { announcer.run(stop: stopSignal, then: workersStop) }.start() }
             if !noControlSocket {
                 do {
                     let server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)
@@ -174,7 +192,7 @@ struct Run: ParsableCommand {
         }
         defer { metrics?.close() }
         do {
-            try balancer.run(stop: stopSignal, statsFile: statsFile, bound: bound)
+            try balancer.run(stop: workersStop, statsFile: statsFile, bound: bound)
         } catch {
             throw failure("\(error)")
         }

@@ -23,6 +23,14 @@ public final class ControlPlane: Sendable {
     public let health: HealthChecker?
     /// `notify` programs run one at a time, in the order of the transitions.
     private let notifications = DispatchQueue(label: "nfqlb.notify")
+    /// The cluster's announcer, when the config has a `cluster:` section (``attach(_:)``).
+    private let announcer = Lock<ClusterAnnouncer?>(nil)
+
+    /// Hands the `cluster.*` commands to `announcer`.
+    public func attach(_ announcer: ClusterAnnouncer) { self.announcer.withLock { $0 = announcer } }
+
+    /// The configuration as configured (the file with live changes; health verdicts not applied).
+    public var configuration: BalancerConfig { state.withLock { $0.configured } }
 
     struct State {
         /// The file as last loaded successfully.
@@ -136,6 +144,22 @@ public final class ControlPlane: Sendable {
             default: .deleteReal(id, endpoint)
             }
             return try make(change, uid: uid)
+        case "cluster.status", "cluster.withdraw", "cluster.announce":
+            guard let announcer = announcer.withLock({ $0 }) else {
+                throw Failure(.refused, "this balancer has no cluster: section")
+            }
+            if request.cmd != "cluster.status" {
+                announcer.setWithdrawn(request.cmd == "cluster.withdraw")
+                logger.notice("cluster switched through the control socket", metadata: ["command": "\(request.cmd)", "uid": "\(uid)"])
+            }
+            let (withdrawn, announced) = announcer.status
+            return .object([
+                "withdrawn": .bool(withdrawn),
+                "vips": .array(RoutingConfig.vips(configuration).map { vip in
+                    .object(["vip": .string("\(vip)"), "protocol": .string(ClusterConfig.protocolName(for: vip)),
+                             "announced": .bool(announced[vip] ?? false)])
+                }),
+            ])
         default:
             throw Failure(.unknownCommand, "unknown command '\(request.cmd)' (expected one of: \(ControlRequest.commands.joined(separator: ", ")))")
         }
@@ -261,6 +285,14 @@ public final class ControlPlane: Sendable {
 
     /// Whether each service with a quorum has it now.
     public var quorumStates: [ConfigChange.ServiceID: Bool] { state.withLock { $0.quorums.mapValues(\.isUp) } }
+
+    /// The VIPs this balancer can serve now: those with at least one service that has its quorum (a service
+    /// without `quorum` always has it). What a cluster balancer announces (``ClusterAnnouncer``).
+    public var servableVIPs: Set<IPAddress> {
+        state.withLock { state in
+            Set(state.configured.services.filter { state.quorums[ConfigChange.ServiceID($0)]?.isUp ?? true }.map(\.vip))
+        }
+    }
 
     /// - Returns: whether rules were installed (they differed from those installed last).
     @discardableResult

@@ -19,7 +19,8 @@ public struct ControlRequest: Sendable, Equatable {
 
     /// Every command the control plane knows.
     public static let commands = ["list", "connections", "zero", "reload", "save", "service.add", "service.edit",
-                                  "service.delete", "real.add", "real.edit", "real.delete"]
+                                  "service.delete", "real.add", "real.edit", "real.delete", "cluster.status",
+                                  "cluster.withdraw", "cluster.announce"]
 
     /// The longest request line accepted, newline excluded.
     public static let maximumLength = 65_536

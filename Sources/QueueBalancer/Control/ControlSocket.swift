@@ -60,7 +60,7 @@ public final class ControlServer: @unchecked Sendable {
     public let readOnlyGroup: gid_t?
 
     /// Commands a read-only socket answers.
-    public static let readOnlyCommands: Set<String> = ["list", "connections", "save"]
+    public static let readOnlyCommands: Set<String> = ["list", "connections", "save", "cluster.status"]
 
     /// - Parameter readOnlyGroup: makes this the read-only socket: mode 0660 with this group, any caller that can
     ///   open it (the file mode decides), and only ``readOnlyCommands``.
