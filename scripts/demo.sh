@@ -7,7 +7,7 @@
 #   - shows nfqlb's counters and tears everything down (also on Ctrl-C or error).
 # Nothing outside the lab's own namespaces is configured.
 #
-# Usage: sudo scripts/demo.sh [nat|fullnat|dr|tun]   (default nat; env: NFQLB=/path/to/nfqlb to skip the
+# Usage: sudo scripts/demo.sh [nat|fullnat|dr|tun|cluster]   (default nat; env: NFQLB=/path/to/nfqlb to skip the
 #        build; DEMO_REQUESTS=6). Each mode builds its own lab, shows the packets' path through the balancer's
 #        netfilter hooks and which hosts carried the replies.
 set -euo pipefail
@@ -18,7 +18,7 @@ source "$root/Tests/e2e/lib.sh"
 lab_unmask_signals "$@"
 requests=${DEMO_REQUESTS:-6}
 mode=${1:-nat}
-case "$mode" in nat|fullnat|dr|tun) ;; *) echo "usage: $0 [nat|fullnat|dr|tun]" >&2; exit 2 ;; esac
+case "$mode" in nat|fullnat|dr|tun|cluster) ;; *) echo "usage: $0 [nat|fullnat|dr|tun|cluster]" >&2; exit 2 ;; esac
 
 [ "$(id -u)" = 0 ] || fail "run me as root (the demo creates network namespaces): sudo $0"
 
@@ -44,6 +44,16 @@ TEXT
    client ◄──────────────────────── router 192.0.2.254 / 198.51.100.254 ◄──────── replies, direct
 TEXT
     ;;
+    cluster) cat <<'TEXT'
+
+   client 192.0.2.2 ──► router (FRR): one ECMP route to 203.0.113.10 ─┬─► balancer b1 (BIRD + nfqlb dr mh) ─┐
+     300 long connections   learnt over BGP from each balancer,      ├─► balancer b2                      ├─► r1..r3
+                            BFD 100 ms x 3                           └─► balancer b3                      ┘ (VIP on lo)
+   client ◄─────────────────── router ◄─────────────────────────────────────────────────── replies, direct
+   One balancer's nfqlb is killed, another's link goes down, both come back: the same Maglev table on every
+   balancer and adopt-midstream keep every connection on its real server.
+TEXT
+    ;;
 esac
 echo "Each box is a network namespace created for this demo and deleted at the end."
 
@@ -62,6 +72,11 @@ else
     [ -x "$NFQLB" ] || fail "build finished but $NFQLB is missing"
 fi
 export NFQLB
+
+if [ "$mode" = cluster ]; then
+    say "Three balancers behind a BGP router (Tests/e2e/cluster.sh demo; about a minute)"
+    exec bash "$root/Tests/e2e/cluster.sh" demo
+fi
 
 case "$mode" in
     nat) explain="NAT: nfqlb rewrites the destination VIP:80 -> RIP:8080 on the way in and the source back on the way out.

@@ -112,6 +112,22 @@ struct EndToEndTests {
         }
     }
 
+    /// Three DR balancers behind an FRR router (BGP, BFD, ECMP), each with BIRD and nfqlb (`Tests/e2e/cluster.sh`):
+    /// 300 long connections while one balancer's nfqlb is killed and another's link goes down, and both come back.
+    @Test func clusterKeepsConnectionsAcrossBalancerFailures() throws {
+        let output = try EndToEnd.run("dr", script: "cluster.sh", checksums: false)
+        for line in ["ecmp: 3 next hops", "table: same digest on 3 balancers", "process: broken 0 of 300",
+                     "link: broken 0 of 300", "ok: cluster: connections survive"] {
+            #expect(output.contains(line))
+        }
+        // Detection: a killed nfqlb within 0.5 s (its live device goes, BIRD withdraws), a dead link too (BFD).
+        for prefix in ["process: detection ", "link: detection "] {
+            let line = output.split(separator: "\n").first { $0.hasPrefix(prefix) }
+            let ms = line.flatMap { Int($0.dropFirst(prefix.count).split(separator: " ")[0]) }
+            #expect(ms.map { $0 <= 500 } == true, "\(prefix): \(String(describing: line))")
+        }
+    }
+
     /// A SYN flood from spoofed sources (65,536-connection table, `syn-queue`) beside a working client, then 30 s
     /// of malformed packets beside it (`Tests/e2e/flood.sh`).
     @Test func floodsAndMalformedPacketsLeaveTheBalancerServing() throws {

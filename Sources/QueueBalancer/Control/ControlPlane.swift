@@ -23,6 +23,8 @@ public final class ControlPlane: Sendable {
     public let health: HealthChecker?
     /// `notify` programs run one at a time, in the order of the transitions.
     private let notifications = DispatchQueue(label: "nfqlb.notify")
+    /// The last failure restoring DR routes (logged once).
+    private let routeFailure = Lock<String?>(nil)
     /// The cluster's announcer, when the config has a `cluster:` section (``attach(_:)``).
     private let announcer = Lock<ClusterAnnouncer?>(nil)
 
@@ -495,6 +497,7 @@ public final class ControlPlane: Sendable {
         for entry in entries {
             totals[entry.key] = registry.traffic.totals(entry.number.index) &+ registry[entry.number].offloaded.totals
         }
+        restoreRoutes()
         state.withLock { state in
             logDrains(entries, now: now, state: &state)
             state.samples.append((now, totals))
@@ -512,6 +515,26 @@ public final class ControlPlane: Sendable {
             } catch {
                 logger.warning("rules of drained real servers not removed", metadata: ["reason": "\(error)"])
             }
+        }
+    }
+
+    /// DR routes a link flap took away, put back (where nfqlb manages the rules): logged once when restored,
+    /// once when they cannot be yet.
+    private func restoreRoutes() {
+        guard let rules, !balancer.handler.config.directRoutes.isEmpty else { return }
+        let config = balancer.handler.config
+        do {
+            let restored = try rules.restoreMissingRoutes(config)
+            if !restored.isEmpty {
+                logger.notice("DR routes restored (a link went down and took them)", metadata: ["tables": "\(restored)"])
+            }
+            routeFailure.withLock { $0 = nil }
+        } catch {
+            let isNew = routeFailure.withLock { failure -> Bool in
+                defer { failure = error.description }
+                return failure != error.description
+            }
+            if isNew { logger.warning("DR routes missing and not restored yet", metadata: ["reason": "\(error)"]) }
         }
     }
 

@@ -41,7 +41,12 @@ public struct RulesInstaller: Sendable {
             }
             guard status == 0 else { throw Failure(description: "\(tool)-restore refused nfqlb's rules: \(output.trimmed)") }
         }
-        for family in [IPFamily.v4, .v6] {
+        try installRoutes(config)
+    }
+
+    /// Adds the DR policy routes and rules of `config` (idempotent).
+    func installRoutes(_ config: BalancerConfig, families: [IPFamily] = [.v4, .v6]) throws(Failure) {
+        for family in families {
             let commands = IptablesRules.routeCommands(for: config, family: family)
             guard !commands.isEmpty else { continue }
             recordUndo(commands, family: family)
@@ -55,6 +60,29 @@ public struct RulesInstaller: Sendable {
                 throw Failure(description: "ip refused the DR routes: \(problems.joined(separator: "; "))")
             }
         }
+    }
+
+    /// Puts back the DR routes of `config` that the kernel dropped: a link that goes down takes the routes
+    /// through it with it, and they do not come back with the link. Returns the tables restored (empty when
+    /// none was missing); throws when they could not be put back (the link is still down).
+    public func restoreMissingRoutes(_ config: BalancerConfig) throws(Failure) -> [Int] {
+        var restored: [Int] = []
+        for family in [IPFamily.v4, .v6] {
+            let tables = config.directRoutes.filter { IPFamily(of: $0.realServer) == family }.map(\.table)
+            guard !tables.isEmpty,
+                  let (status, output) = runCapturingOutput(["ip", family == .v4 ? "-4" : "-6", "-o", "route", "show", "table", "all"]),
+                  status == 0 else { continue }
+            let present = Set(output.split(separator: "\n").compactMap { line -> Int? in
+                let words = line.split(separator: " ")
+                guard words.first == "default", let at = words.firstIndex(of: "table"), at + 1 < words.count else { return nil }
+                return Int(words[at + 1])
+            })
+            let missing = tables.filter { !present.contains(Int($0)) }.map { Int($0) }
+            guard !missing.isEmpty else { continue }
+            try installRoutes(config, families: [family])
+            restored += missing
+        }
+        return restored
     }
 
     /// `restoreInput` made to replace nfqlb's rules in place: without the jumps that exist already, and with an

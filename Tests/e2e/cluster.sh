@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# Several balancers behind BGP and ECMP (README "Several balancers"): a router running FRR (zebra, bgpd, bfdd),
+# three DR balancers each running BIRD and nfqlb with the same Maglev table and adopt-midstream, three real
+# servers with a line echo on the VIP, and a client holding long connections open while balancers fail and
+# come back.
+#
+#   ${P}c client 192.0.2.2 ── ${P}g router: FRR AS 65000, 192.0.2.1 / br 198.51.100.254, ECMP (hash policy L4)
+#                                   ├─ ${P}b1..3  balancers 198.51.100.1-3: BIRD AS 65001 (BFD 100 ms x 3), nfqlb dr mh
+#                                   └─ ${P}r1..3  real servers 198.51.100.11-13: VIP on lo, echo on :7000,
+#                                                 replies straight to the router
+#
+# Usage: NFQLB=.build/debug/nfqlb bash Tests/e2e/cluster.sh [SCENARIO]   (root)
+#   dr (default)  kill one balancer's nfqlb (SIGKILL), then bring it back; then take another's link down and
+#                 up again; with CONNS (default 300) long connections open throughout
+#   demo          the same, with the explanations of scripts/demo.sh cluster
+# Prints (checked by EndToEndTests.clusterKeepsConnectionsAcrossBalancerFailures):
+#   ecmp: 3 next hops | table: same digest on 3 balancers
+#   process: detection N ms | process: broken 0 of 300 | process back: moved N flows (limit M) | broken 0
+#   link: detection N ms | link: broken 0 of 300 | link back: moved N flows (limit M) | broken 0
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lab_unmask_signals "$@"
+
+SCENARIO=${1:-dr}
+CONNS=${CONNS:-300}
+VIP=203.0.113.10
+[ -n "${NFQLB:-}" ] && [ -x "$NFQLB" ] || fail "NFQLB must name the nfqlb binary"
+for tool in bird birdc vtysh /usr/lib/frr/zebra /usr/lib/frr/bgpd /usr/lib/frr/bfdd; do
+    command -v "$tool" >/dev/null || fail "$tool not found (bash scripts/ensure-packages.sh installs bird2 and frr)"
+done
+explain() { [ "$SCENARIO" = demo ] && echo "-- $*" || true; }
+
+lab_init "cl$$x"
+G=${P}g
+BALANCERS=(1 2 3)
+NFQLB_PIDS=("" "" "" "")
+BIRD_PIDS=("" "" "" "")
+
+# --- topology
+lab_add_ns "${P}c"; lab_add_ns "$G"
+ip -n "$G" link add brs type bridge mcast_snooping 0
+ip -n "$G" addr add 198.51.100.254/24 dev brs
+ip -n "$G" link set brs up
+ip -n "${P}c" link add eth0 type veth peer name c0 netns "$G"
+ip -n "${P}c" addr add 192.0.2.2/24 dev eth0
+ip -n "${P}c" link set eth0 up
+ip -n "${P}c" route add default via 192.0.2.1
+ip -n "$G" addr add 192.0.2.1/24 dev c0
+ip -n "$G" link set c0 up
+in_ns "$G" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+# ECMP by the 5-tuple (policy 3, the fields given) so one client's connections spread over the balancers.
+in_ns "$G" sysctl -qw net.ipv4.fib_multipath_hash_policy=3 net.ipv4.fib_multipath_hash_fields=0x37
+# lan_port NS ADDRESS: a veth from NS to the router's bridge, ADDRESS/24, default route via the router.
+lan_port() {
+    local ns=$1 port=$2
+    ip -n "$ns" link add eth0 type veth peer name "$port" netns "$G"
+    ip -n "$G" link set "$port" master brs
+    ip -n "$G" link set "$port" up
+    ip -n "$ns" addr add "$3/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via 198.51.100.254
+}
+for i in "${BALANCERS[@]}"; do
+    lab_add_ns "${P}b$i"
+    lan_port "${P}b$i" "b$i" "198.51.100.$i"
+    in_ns "${P}b$i" sysctl -qw net.ipv4.ip_forward=1
+done
+for i in 1 2 3; do
+    r=${P}r$i
+    lab_add_ns "$r"
+    lan_port "$r" "r$i" "198.51.100.1$i"
+    ip -n "$r" addr add "$VIP/32" dev lo
+    in_ns "$r" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+done
+
+# --- real servers: a line echo on every address, port 7000, answering "rX:<line>"
+cat > "$LAB_TMP/echo.py" <<'PY'
+import socketserver, sys
+name = sys.argv[1].encode()
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(name + b":" + line)
+            self.wfile.flush()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.daemon_threads = True
+socketserver.ThreadingTCPServer.request_queue_size = 1024
+socketserver.ThreadingTCPServer(("0.0.0.0", 7000), Echo).serve_forever()
+PY
+for i in 1 2 3; do lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_TMP/echo.py" "r$i"; done
+
+# --- balancers: one config each (only the BIRD socket differs), BIRD's config from nfqlb cluster config
+for i in "${BALANCERS[@]}"; do
+    mkdir -p "$LAB_TMP/b$i"
+    cat > "$LAB_TMP/b$i/lb.yaml" <<EOF
+queues: [0]
+cluster:
+  local-as: 65001
+  router-id: 198.51.100.$i
+  peers: [{ address: 198.51.100.254, as: 65000 }]
+  bfd: { interval: 100ms, multiplier: 3 }
+  bird-socket: $LAB_TMP/b$i/bird.ctl
+  withdraw-grace: 300ms
+services:
+  - vip: $VIP
+    port: 7000
+    protocol: tcp
+    mode: dr
+    scheduler: mh
+    scheduler-flags: [mh-port]
+    reals: [{ address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 }]
+EOF
+    "$NFQLB" cluster config --config "$LAB_TMP/b$i/lb.yaml" > "$LAB_TMP/b$i/bird.conf"
+    in_ns "${P}b$i" bird -p -c "$LAB_TMP/b$i/bird.conf" || fail "bird -p refused the generated configuration"
+done
+digests=$(for i in "${BALANCERS[@]}"; do "$NFQLB" check --config "$LAB_TMP/b$i/lb.yaml" --show-table | awk '/sha256/ { print $NF }'; done | sort -u)
+[ "$(wc -l <<<"$digests")" = 1 ] || fail "table: the balancers' Maglev digests differ: $digests"
+echo "table: same digest on 3 balancers ($digests)"
+
+# --- the router: FRR's daemons on private sockets, the configuration from nfqlb cluster config --router frr
+F=$LAB_TMP/frr
+mkdir -p "$F"
+"$NFQLB" cluster config --config "$LAB_TMP/b1/lb.yaml" --router frr > "$F/frr.conf"
+in_ns "$G" vtysh --dryrun -f "$F/frr.conf" >/dev/null || fail "vtysh --dryrun refused the generated configuration"
+# One file per daemon (bgpd ignores a combined file given with -f).
+awk -v dir="$F" '/^bfd$/ { bfd = 1 } { print > (dir (bfd ? "/bfdd.conf" : "/bgpd.conf")) }' "$F/frr.conf"
+sed -i '1i frr defaults datacenter' "$F/bfdd.conf"
+: > "$F/zebra.conf"
+chown -R frr:frr "$F"
+chmod o+x "$LAB_TMP"      # FRR runs as user frr: it must reach its directory
+for daemon in zebra bfdd bgpd; do
+    extra=()
+    [ "$daemon" = bfdd ] && extra=(--bfdctl "$F/bfdd.sock")
+    lab_spawn "$G" "$F/$daemon.log" "/usr/lib/frr/$daemon" -f "$F/$daemon.conf" -i "$F/$daemon.pid" -z "$F/zserv.api" \
+        --vty_socket "$F" -u frr -g frr "${extra[@]}"
+    for _ in $(seq 50); do [ -S "$F/$daemon.vty" ] && break; sleep 0.1; done
+done
+vty() { in_ns "$G" vtysh --vty_socket "$F" -c "$1"; }
+# next_hops: how many next hops the router's route to the VIP has (0 when there is none).
+next_hops() {
+    in_ns "$G" ip -4 route show "$VIP/32" | awk '/nexthop via/ { n++ } /^[0-9].* via / { n = 1 } END { print n + 0 }'
+}
+
+# start_balancer I: BIRD (if not running) and nfqlb in balancer I.
+start_balancer() {
+    local i=$1 ns=${P}b$1 _
+    if [ -z "${BIRD_PIDS[$i]}" ]; then
+        lab_spawn "$ns" "$LAB_TMP/b$i/bird.log" bird -f -c "$LAB_TMP/b$i/bird.conf" -s "$LAB_TMP/b$i/bird.ctl"
+        BIRD_PIDS[$i]=$LAB_LAST_PID
+    fi
+    in_ns "$ns" "$LAB_ROOT/scripts/iptables-setup.sh" up "$LAB_TMP/b$i/lb.yaml" >/dev/null || fail "iptables-setup.sh up failed in b$i"
+    lab_spawn "$ns" "$LAB_TMP/b$i/nfqlb.log" "$NFQLB" run --config "$LAB_TMP/b$i/lb.yaml" \
+        --stats-file "$LAB_TMP/b$i/stats" --no-state-file
+    NFQLB_PIDS[$i]=$LAB_LAST_PID
+    for _ in $(seq 100); do queue_bound "$ns" 0 && return 0; sleep 0.1; done
+    fail "nfqlb in b$i did not bind its queue; log: $(cat "$LAB_TMP/b$i/nfqlb.log")"
+}
+
+# carriers FILE: "CLIENT_ENDPOINT bI" for every connection balancer I carries now (its timeout was refreshed
+# in the last 3 s: the client sends on each every 200 ms), from every running nfqlb's `list -c --json`.
+carriers() {
+    local i
+    for i in "${BALANCERS[@]}"; do
+        [ -n "${NFQLB_PIDS[$i]}" ] || continue
+        in_ns "${P}b$i" "$NFQLB" list -c --json --limit 100000 2>/dev/null \
+            | jq -r --arg b "b$i" '.connections[] | select(.expires >= 898) | "\(.source) \($b)"' || true
+    done | sort > "$1"
+}
+# moved BEFORE AFTER: connections carried by one balancer in BEFORE and another in AFTER.
+moved() { join "$1" "$2" | awk '$2 != $3 { n++ } END { print n + 0 }'; }
+
+# adopted I: connections_adopted in balancer I's stats file (written every second).
+adopted() { awk '$1 == "connections_adopted" { print $2 }' "$LAB_TMP/b$1/stats" 2>/dev/null || echo 0; }
+
+# wait_next_hops N LIMIT_MS: polls the router's route until it has N next hops; prints the ms it took.
+wait_next_hops() {
+    local want=$1 limit=$2 start now
+    start=$(date +%s%N)
+    while true; do
+        [ "$(next_hops)" = "$want" ] && break
+        now=$(date +%s%N)
+        [ $(((now - start) / 1000000)) -lt "$limit" ] || fail "the router's route to $VIP did not reach $want next hops within $limit ms (now $(next_hops)): $(in_ns "$G" ip route show "$VIP/32")"
+        sleep 0.01
+    done
+    now=$(date +%s%N)
+    echo $(((now - start) / 1000000))
+}
+
+lab_extra_teardown() {
+    # To stderr: a failure inside `wait_next_hops ... >/dev/null` runs this with stdout discarded.
+    if [ "$LAB_EXIT_STATUS" != 0 ]; then
+        exec 1>&2
+        echo "--- router: $(in_ns "$G" ip route show "$VIP/32" 2>/dev/null | tr '\n' ' ')"
+        vty "show bgp summary" 2>&1 | tail -n 8
+        for d in zebra bgpd bfdd; do echo "--- $d log"; tail -n 5 "$F/$d.log" 2>/dev/null; done
+        echo "--- b1 BIRD"; in_ns "${P}b1" birdc -s "$LAB_TMP/b1/bird.ctl" show protocols all router1 2>&1 | head -n 20
+        in_ns "${P}b1" birdc -s "$LAB_TMP/b1/bird.ctl" show route 2>&1 | head
+        tail -n 5 "$LAB_TMP/b1/bird.log"
+        for i in "${BALANCERS[@]}"; do echo "--- b$i nfqlb log"; tail -n 15 "$LAB_TMP/b$i/nfqlb.log" 2>/dev/null; done
+    fi
+}
+
+explain "three balancers start; each announces $VIP to the router over BGP once nfqlb serves it"
+for i in "${BALANCERS[@]}"; do start_balancer "$i"; done
+wait_next_hops 3 30000 >/dev/null
+echo "ecmp: 3 next hops"
+explain "the router's route: $(in_ns "$G" ip route show "$VIP/32" | tr '\n' ' ')"
+
+# --- the client: CONNS connections held open, a line on each every 200 ms; the connections whose echo stops
+# or changes real server are broken. Commands on stdin: "mark NAME" records the time, "stop" prints a summary.
+cat > "$LAB_TMP/client.py" <<'PY'
+import select, socket, sys, time
+vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+conns, owner, pending, broken = [], {}, {}, {}
+for i in range(count):
+    s = socket.create_connection((vip, port), timeout=5)
+    s.setblocking(False)
+    conns.append(s)
+buffers = {s: b"" for s in conns}
+def send_round(n):
+    for i, s in enumerate(conns):
+        if i in broken: continue
+        if i in pending and time.time() - pending[i][1] > 2:
+            broken[i] = "no echo within 2 s"
+            continue
+        if i in pending: continue
+        try:
+            s.send(b"%d %d\n" % (i, n)); pending[i] = (n, time.time())
+        except OSError as e:
+            broken[i] = str(e)
+def read_ready(timeout):
+    ready, _, _ = select.select([s for i, s in enumerate(conns) if i not in broken], [], [], timeout)
+    for s in ready:
+        i = conns.index(s)
+        try:
+            data = s.recv(4096)
+        except OSError as e:
+            broken[i] = str(e); continue
+        if not data:
+            broken[i] = "closed"; continue
+        buffers[s] += data
+        while b"\n" in buffers[s]:
+            line, buffers[s] = buffers[s].split(b"\n", 1)
+            name = line.split(b":", 1)[0]
+            if owner.setdefault(i, name) != name:
+                broken[i] = "moved from %s to %s" % (owner[i].decode(), name.decode())
+            pending.pop(i, None)
+n = 0
+started = time.time()
+print("open %d" % len(conns), flush=True)
+import os
+os.set_blocking(sys.stdin.fileno(), False)
+command = b""
+while True:
+    n += 1
+    send_round(n)
+    end = time.time() + 0.2
+    while time.time() < end:
+        read_ready(max(0, end - time.time()))
+    try:
+        command += os.read(sys.stdin.fileno(), 1024)
+    except BlockingIOError:
+        pass
+    if b"stop" in command or time.time() - started > 180:   # bounded: the lab takes about a minute
+        break
+    if b"report" in command:
+        command = b""
+        print("broken %d of %d" % (len(broken), len(conns)), flush=True)
+servers = {}
+for name in owner.values(): servers[name.decode()] = servers.get(name.decode(), 0) + 1
+print("broken %d of %d; servers %s" % (len(broken), len(conns), " ".join("%s=%d" % kv for kv in sorted(servers.items()))), flush=True)
+for i, why in sorted(broken.items())[:10]: print("  connection %d: %s" % (i, why), flush=True)
+PY
+mkfifo "$LAB_TMP/client.in"
+# The fifo is the client's stdin: the background shell opens it (waiting for a writer), then execs the client.
+ip netns exec "${P}c" "$LAB_PYTHON" "$LAB_TMP/client.py" "$VIP" 7000 "$CONNS" <"$LAB_TMP/client.in" >"$LAB_TMP/client.out" 2>&1 &
+CLIENT_PID=$!
+LAB_PIDS+=("$CLIENT_PID")
+exec 7>"$LAB_TMP/client.in"
+for _ in $(seq 200); do grep -q "^open" "$LAB_TMP/client.out" && break; sleep 0.1; done
+grep -q "^open $CONNS" "$LAB_TMP/client.out" || fail "client: could not open $CONNS connections: $(cat "$LAB_TMP/client.out")"
+sleep 1
+# report: the client's count of broken connections so far.
+report() {
+    local before
+    before=$(grep -c "^broken" "$LAB_TMP/client.out" || true)
+    echo report >&7
+    for _ in $(seq 50); do [ "$(grep -c "^broken" "$LAB_TMP/client.out" || true)" -gt "$before" ] && break; sleep 0.1; done
+    grep "^broken" "$LAB_TMP/client.out" | tail -n 1 | awk '{ print $2 }'
+}
+[ "$(report)" = 0 ] || fail "connections broke before any failure"
+echo "client: $CONNS connections open through 3 balancers"
+
+# share_limit: the flows one balancer carries (a third) plus 5% of all. How many flows move when a balancer
+# comes back is the router's doing: the kernel's plain ECMP (hash-threshold) groups FRR installs rehash up to
+# half of them; resilient next-hop groups move only the returning balancer's share. The limit is enforced with
+# MOVES_LIMIT=1 (a router with resilient groups); nfqlb's part is that none of the moved flows breaks.
+share_limit=$(( (CONNS + 2) / 3 + CONNS * 5 / 100 ))
+check_moved() {
+    if [ "$2" -gt "$share_limit" ] && [ "${MOVES_LIMIT:-0}" = 1 ]; then fail "$1: $2 flows moved, more than $share_limit"; fi
+    return 0
+}
+
+# --- a balancer's process dies (SIGKILL: no withdrawal by nfqlb; its live device vanishes, BIRD withdraws)
+explain "b1's nfqlb is killed (SIGKILL): its live device vanishes with it and BIRD withdraws the route"
+carriers "$LAB_TMP/carriers.0"
+[ "$(wc -l < "$LAB_TMP/carriers.0")" = "$CONNS" ] || fail "the balancers carry $(wc -l < "$LAB_TMP/carriers.0") connections, not $CONNS"
+echo "carried: $(awk '{ print $2 }' "$LAB_TMP/carriers.0" | sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')"
+kill -KILL "${NFQLB_PIDS[1]}"
+ms=$(wait_next_hops 2 5000)
+{ wait "${NFQLB_PIDS[1]}"; } 2>/dev/null || true
+lab_forget_pid "${NFQLB_PIDS[1]}"
+NFQLB_PIDS[1]=""
+echo "process: detection $ms ms"
+sleep 2
+broken=$(report)
+echo "process: broken $broken of $CONNS"
+[ "$broken" = 0 ] || fail "process: $broken connections broke when b1's nfqlb died"
+explain "b2 and b3 picked up b1's connections midway: adopted $(adopted 2) and $(adopted 3)"
+carriers "$LAB_TMP/carriers.1"
+echo "process: moved $(moved "$LAB_TMP/carriers.0" "$LAB_TMP/carriers.1") flows off b1 and between the survivors"
+start_balancer 1
+wait_next_hops 3 15000 >/dev/null
+sleep 4
+carriers "$LAB_TMP/carriers.2"
+moved=$(moved "$LAB_TMP/carriers.1" "$LAB_TMP/carriers.2")
+broken=$(report)
+echo "process back: moved $moved flows (limit $share_limit), broken $broken"
+check_moved "process back" "$moved"
+[ "$broken" = 0 ] || fail "process back: $broken connections broke"
+
+# --- a balancer's link goes down (silent: BFD detects it)
+explain "b2's link goes down: the router's BFD notices within 3 x 100 ms"
+ip -n "${P}b2" link set eth0 down
+ms=$(wait_next_hops 2 5000)
+echo "link: detection $ms ms"
+sleep 2
+broken=$(report)
+echo "link: broken $broken of $CONNS"
+[ "$broken" = 0 ] || fail "link: $broken connections broke when b2's link went down"
+carriers "$LAB_TMP/carriers.3"
+ip -n "${P}b2" link set eth0 up
+ip -n "${P}b2" route add default via 198.51.100.254 2>/dev/null || true
+wait_next_hops 3 30000 >/dev/null
+sleep 4
+carriers "$LAB_TMP/carriers.4"
+moved=$(moved "$LAB_TMP/carriers.3" "$LAB_TMP/carriers.4")
+broken=$(report)
+echo "link back: moved $moved flows (limit $share_limit), broken $broken"
+check_moved "link back" "$moved"
+[ "$broken" = 0 ] || fail "link back: $broken connections broke"
+
+echo stop >&7
+exec 7>&-
+wait "$CLIENT_PID" 2>/dev/null || true
+lab_forget_pid "$CLIENT_PID"
+cat "$LAB_TMP/client.out" | tail -n 3
+
+# --- a clean stop withdraws first
+explain "b3's nfqlb stops (SIGTERM): it withdraws the VIP and waits before its workers stop"
+lab_stop_pid "${NFQLB_PIDS[3]}" 100 || fail "nfqlb in b3 did not stop cleanly"
+grep -q "cluster: VIPs withdrawn before stopping" "$LAB_TMP/b3/nfqlb.log" || fail "b3 did not withdraw before stopping: $(tail -n 5 "$LAB_TMP/b3/nfqlb.log")"
+[ "$(next_hops)" = 2 ] || fail "after b3 stopped the router still has $(next_hops) next hops"
+pass "cluster: connections survive a killed balancer and a dead link; a balancer back takes its share"
+
+# --- cleanup: the other balancers stop, every balancer's rules and routes go
+for i in 1 2; do lab_stop_pid "${NFQLB_PIDS[$i]}" 100 || fail "nfqlb in b$i did not stop cleanly"; done
+for i in "${BALANCERS[@]}"; do
+    in_ns "${P}b$i" "$LAB_ROOT/scripts/iptables-setup.sh" down >/dev/null || fail "iptables-setup.sh down failed in b$i"
+    if in_ns "${P}b$i" iptables-save | grep -q NFQLB; then fail "rules left behind in b$i"; fi
+done
+echo "cleanup: no rules left"
