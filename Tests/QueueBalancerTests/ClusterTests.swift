@@ -233,3 +233,30 @@ import Testing
         #expect(birdStatus == 0, "bird -p: \(birdOutput)")
     }
 }
+
+/// What nfqlb reads from BIRD: `show protocols` rows of the VIPs' static protocols.
+@Suite struct BirdControlTests {
+    @Test func protocolStatesAreRead() {
+        let output = """
+            Name       Proto      Table      State  Since         Info
+            device1    Device     ---        up     07:18:48.000
+            nfqlb_vip_203_0_113_10 Static     master4    up     07:18:48.505
+            nfqlb_vip_2001_db8_f__10 Static     master6    down   07:18:48.000
+            router1    BGP        ---        start  07:18:48.000  Idle
+            """
+        #expect(BirdControl.parseProtocols(output, prefix: "nfqlb_vip_") == [
+            "nfqlb_vip_203_0_113_10": true, "nfqlb_vip_2001_db8_f__10": false])
+        #expect(ClusterConfig.protocolName(for: ip("2001:db8:f::10")) == "nfqlb_vip_2001_db8_f__10")
+    }
+
+    @Test func aBIRDThatCannotBeReachedIsAFailureNotAState() {
+        var bird = BirdControl(socket: "/nonexistent/bird.ctl")
+        bird.program = "/usr/sbin/birdc"
+        guard case .failure(let failure) = bird.states(prefix: "nfqlb_vip_") else {
+            Issue.record("no failure")
+            return
+        }
+        #expect(failure.description.contains("Unable to connect"), "\(failure)")
+        #expect(bird.set("nfqlb_vip_x", enabled: true) != nil)
+    }
+}

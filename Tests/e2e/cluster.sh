@@ -300,6 +300,20 @@ check_moved() {
     return 0
 }
 
+# came_back LABEL BEFORE LIMIT_MS: a balancer is back: the route has 3 next hops again (within LIMIT_MS); after
+# 4 s, how many flows changed balancer since BEFORE, and none broke.
+came_back() {
+    wait_next_hops 3 "$3" >/dev/null
+    sleep 4
+    carriers "$2.after"
+    local moved broken
+    moved=$(moved "$2" "$2.after")
+    broken=$(report)
+    echo "$1: moved $moved flows (limit $share_limit), broken $broken"
+    check_moved "$1" "$moved"
+    [ "$broken" = 0 ] || fail "$1: $broken connections broke"
+}
+
 # --- a balancer's process dies (SIGKILL: no withdrawal by nfqlb; its live device vanishes, BIRD withdraws)
 explain "b1's nfqlb is killed (SIGKILL): its live device vanishes with it and BIRD withdraws the route"
 carriers "$LAB_TMP/carriers.0"
@@ -319,14 +333,7 @@ explain "b2 and b3 picked up b1's connections midway: adopted $(adopted 2) and $
 carriers "$LAB_TMP/carriers.1"
 echo "process: moved $(moved "$LAB_TMP/carriers.0" "$LAB_TMP/carriers.1") flows off b1 and between the survivors"
 start_balancer 1
-wait_next_hops 3 15000 >/dev/null
-sleep 4
-carriers "$LAB_TMP/carriers.2"
-moved=$(moved "$LAB_TMP/carriers.1" "$LAB_TMP/carriers.2")
-broken=$(report)
-echo "process back: moved $moved flows (limit $share_limit), broken $broken"
-check_moved "process back" "$moved"
-[ "$broken" = 0 ] || fail "process back: $broken connections broke"
+came_back "process back" "$LAB_TMP/carriers.1" 15000
 
 # --- a balancer's link goes down (silent: BFD detects it)
 explain "b2's link goes down: the router's BFD notices within 3 x 100 ms"
@@ -340,14 +347,7 @@ echo "link: broken $broken of $CONNS"
 carriers "$LAB_TMP/carriers.3"
 ip -n "${P}b2" link set eth0 up
 ip -n "${P}b2" route add default via 198.51.100.254 2>/dev/null || true
-wait_next_hops 3 30000 >/dev/null
-sleep 4
-carriers "$LAB_TMP/carriers.4"
-moved=$(moved "$LAB_TMP/carriers.3" "$LAB_TMP/carriers.4")
-broken=$(report)
-echo "link back: moved $moved flows (limit $share_limit), broken $broken"
-check_moved "link back" "$moved"
-[ "$broken" = 0 ] || fail "link back: $broken connections broke"
+came_back "link back" "$LAB_TMP/carriers.3" 30000
 
 echo stop >&7
 exec 7>&-
