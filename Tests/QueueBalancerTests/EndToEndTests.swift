@@ -117,7 +117,7 @@ struct EndToEndTests {
     @Test func clusterKeepsConnectionsAcrossBalancerFailures() throws {
         let output = try EndToEnd.run("dr", script: "cluster.sh", checksums: false)
         for line in ["ecmp: 3 next hops", "table: same digest on 3 balancers", "process: broken 0 of 300",
-                     "link: broken 0 of 300", "ok: cluster: connections survive"] {
+                     "link: broken 0 of 300", "stop: broken 0 of 300", "ok: cluster: connections survive"] {
             #expect(output.contains(line))
         }
         // Detection: a killed nfqlb within 0.5 s (its live device goes, BIRD withdraws), a dead link too (BFD).

@@ -17,6 +17,7 @@
 #   ecmp: 3 next hops | table: same digest on 3 balancers
 #   process: detection N ms | process: broken 0 of 300 | process back: moved N flows (limit M) | broken 0
 #   link: detection N ms | link: broken 0 of 300 | link back: moved N flows (limit M) | broken 0
+#   stop: broken 0 of 300 (withdrawal-ms=N) | cleanup: no rules left
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 lab_unmask_signals "$@"
 
@@ -349,17 +350,22 @@ ip -n "${P}b2" link set eth0 up
 ip -n "${P}b2" route add default via 198.51.100.254 2>/dev/null || true
 came_back "link back" "$LAB_TMP/carriers.3" 30000
 
+# --- a clean stop withdraws first, with the connections still flowing
+explain "b3's nfqlb stops (SIGTERM): it withdraws the VIP and waits before its workers stop"
+lab_stop_pid "${NFQLB_PIDS[3]}" 100 || fail "nfqlb in b3 did not stop cleanly"
+NFQLB_PIDS[3]=""
+grep -q "cluster: VIPs withdrawn before stopping" "$LAB_TMP/b3/nfqlb.log" || fail "b3 did not withdraw before stopping: $(tail -n 5 "$LAB_TMP/b3/nfqlb.log")"
+[ "$(next_hops)" = 2 ] || fail "after b3 stopped the router still has $(next_hops) next hops"
+sleep 2
+broken=$(report)
+echo "stop: broken $broken of $CONNS ($(grep -o 'withdrawal-ms=[0-9]*' "$LAB_TMP/b3/nfqlb.log" | tail -n 1))"
+[ "$broken" = 0 ] || fail "stop: $broken connections broke when b3 stopped"
+
 echo stop >&7
 exec 7>&-
 wait "$CLIENT_PID" 2>/dev/null || true
 lab_forget_pid "$CLIENT_PID"
-cat "$LAB_TMP/client.out" | tail -n 3
-
-# --- a clean stop withdraws first
-explain "b3's nfqlb stops (SIGTERM): it withdraws the VIP and waits before its workers stop"
-lab_stop_pid "${NFQLB_PIDS[3]}" 100 || fail "nfqlb in b3 did not stop cleanly"
-grep -q "cluster: VIPs withdrawn before stopping" "$LAB_TMP/b3/nfqlb.log" || fail "b3 did not withdraw before stopping: $(tail -n 5 "$LAB_TMP/b3/nfqlb.log")"
-[ "$(next_hops)" = 2 ] || fail "after b3 stopped the router still has $(next_hops) next hops"
+tail -n 3 "$LAB_TMP/client.out"
 pass "cluster: connections survive a killed balancer and a dead link; a balancer back takes its share"
 
 # --- cleanup: the other balancers stop, every balancer's rules and routes go
