@@ -113,9 +113,11 @@ struct EndToEndTests {
     }
 
     /// Three DR balancers behind an FRR router (BGP, BFD, ECMP), each with BIRD and nfqlb (`Tests/e2e/cluster.sh`):
-    /// 300 long connections while one balancer's nfqlb is killed and another's link goes down, and both come back.
-    @Test func clusterKeepsConnectionsAcrossBalancerFailures() throws {
-        let output = try EndToEnd.run("dr", script: "cluster.sh", checksums: false)
+    /// 300 long connections while one balancer's nfqlb is killed and another's link goes down, and both come back,
+    /// and a third stops with SIGTERM; in DR and in TUN.
+    @Test(arguments: ["dr", "tun"])
+    func clusterKeepsConnectionsAcrossBalancerFailures(mode: String) throws {
+        let output = try EndToEnd.run(mode, script: "cluster.sh", checksums: false)
         for line in ["ecmp: 3 next hops", "table: same digest on 3 balancers", "process: broken 0 of 300",
                      "link: broken 0 of 300", "stop: broken 0 of 300", "ok: cluster: connections survive"] {
             #expect(output.contains(line))

@@ -11,8 +11,9 @@
 #
 # Usage: NFQLB=.build/debug/nfqlb bash Tests/e2e/cluster.sh [SCENARIO]   (root)
 #   dr (default)  kill one balancer's nfqlb (SIGKILL), then bring it back; then take another's link down and
-#                 up again; with CONNS (default 300) long connections open throughout
-#   demo          the same, with the explanations of scripts/demo.sh cluster
+#                 up again; then stop a third with SIGTERM; with CONNS (default 300) long connections open
+#   tun           the same with TUN: the real servers decapsulate with `nfqlb decap`
+#   demo          the dr scenario, with the explanations of scripts/demo.sh cluster
 # Prints (checked by EndToEndTests.clusterKeepsConnectionsAcrossBalancerFailures):
 #   ecmp: 3 next hops | table: same digest on 3 balancers
 #   process: detection N ms | process: broken 0 of 300 | process back: moved N flows (limit M) | broken 0
@@ -22,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 lab_unmask_signals "$@"
 
 SCENARIO=${1:-dr}
+case "$SCENARIO" in dr|demo) MODE=dr ;; tun) MODE=tun ;; *) fail "usage: $0 [dr|tun|demo]" ;; esac
 CONNS=${CONNS:-300}
 VIP=203.0.113.10
 [ -n "${NFQLB:-}" ] && [ -x "$NFQLB" ] || fail "NFQLB must name the nfqlb binary"
@@ -30,7 +32,7 @@ for tool in bird birdc vtysh /usr/lib/frr/zebra /usr/lib/frr/bgpd /usr/lib/frr/b
 done
 explain() { [ "$SCENARIO" = demo ] && echo "-- $*" || true; }
 
-lab_init "cl$$x"
+lab_init "c${MODE:0:1}$$x"
 G=${P}g
 BALANCERS=(1 2 3)
 NFQLB_PIDS=("" "" "" "")
@@ -69,8 +71,14 @@ for i in 1 2 3; do
     r=${P}r$i
     lab_add_ns "$r"
     lan_port "$r" "r$i" "198.51.100.1$i"
-    ip -n "$r" addr add "$VIP/32" dev lo
-    in_ns "$r" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+    # The LVS recipe: the VIP on lo, not answered to ARP (and for TUN, decapsulation by nfqlb decap).
+    in_ns "$r" "$NFQLB" real-server setup --vip "$VIP" --mode "$MODE" >/dev/null || fail "real-server setup on r$i"
+    if [ "$MODE" = tun ]; then
+        lab_spawn "$r" "$LAB_TMP/decap$i.log" "$NFQLB" decap --queue 0 --vip "$VIP" --allow-source 198.51.100.1 \
+            --allow-source 198.51.100.2 --allow-source 198.51.100.3
+        for _ in $(seq 100); do queue_bound "$r" 0 && break; sleep 0.1; done
+        queue_bound "$r" 0 || fail "nfqlb decap did not bind its queue on r$i: $(cat "$LAB_TMP/decap$i.log")"
+    fi
 done
 
 # --- real servers: a line echo on every address, port 7000, answering "rX:<line>"
@@ -105,7 +113,7 @@ services:
   - vip: $VIP
     port: 7000
     protocol: tcp
-    mode: dr
+    mode: $MODE
     scheduler: mh
     scheduler-flags: [mh-port]
     reals: [{ address: 198.51.100.11 }, { address: 198.51.100.12 }, { address: 198.51.100.13 }]
