@@ -154,6 +154,19 @@ def dns_response(qid, choice, name, qtype, rcode, answers):
         body += b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 3600, 4) + bytes([192, 0, 2, 10 + i])
     return struct.pack(">HB", qid, choice) + body
 
+# sync: message bodies (the fuzzer appends the tag): a header and records, as SyncMessage.encoded writes them.
+def sync_body(records):
+    body = b"NQSY" + bytes([1, 0, 0, 0]) + struct.pack(">IQQH", 7, 1, 1, len(records))
+    for op, proto, state, local in records:
+        body += bytes([op, proto, state, 1 if local else 0])
+        for address, port in [("192.0.2.2", 40000), ("203.0.113.10", 80), ("198.51.100.11", 8080), ("198.51.100.1", 61000 if local else 0)]:
+            v4 = socket.inet_aton(address) if local or port else bytes(4)
+            body += (bytes(10) + b"\xff\xff" + v4 if (local or port) else bytes(16)) + struct.pack(">H", port)
+        body += struct.pack(">I", 900000)
+    return body
+
+write("sync", [sync_body([]), sync_body([(1, 6, 1, False)]), sync_body([(1, 6, 3, True), (2, 17, 11, False)])])
+
 write("probe", [dns_response(7, 1, "www.example", 1, 0, 1), dns_response(9, 2, "www.example", 1, 3, 0),
                 dns_response(1, 0, "", 6, 0, 1), b"\0\0\0HTTP/1.0 200 OK\r\nServer: x\r\n\r\nok abc",
                 b"\0\0\0HTTP/1.1 302 Found\r\n\r\n"])

@@ -4,7 +4,7 @@
 # trap, leak or sanitizer report; the input that caused it is kept as Fuzz/crashes/TARGET-crash-*, ready to
 # become a unit test. Saved crash inputs (Fuzz/crashes/TARGET-*) are replayed first.
 #
-# Usage: scripts/fuzz.sh [SECONDS=60] [TARGET...]   (targets: packet netlink config control probe; default all)
+# Usage: scripts/fuzz.sh [SECONDS=60] [TARGET...]   (targets: packet netlink config control probe sync; default all)
 #   FUZZ_CORPUS=DIR keeps the corpus grown (default: a temporary directory, removed on exit).
 #   A long run: scripts/fuzz.sh 3600 packet   (or libFuzzer directly:
 #   NFQLB_FUZZ_TARGET=packet .build-fuzz/debug/nfqlb-fuzz -jobs=2 -max_total_time=3600 DIR Fuzz/corpus/packet)
@@ -14,7 +14,7 @@ cd "$root"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(packet netlink config control probe)
+[ ${#targets[@]} -gt 0 ] || targets=(packet netlink config control probe sync)
 [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -ge 1 ] || { echo "fuzz.sh: SECONDS must be a positive number" >&2; exit 2; }
 
 echo "fuzz: building the libFuzzer binary (.build-fuzz)"
@@ -33,7 +33,7 @@ mkdir -p Fuzz/crashes
 export SWIFT_BACKTRACE=enable=no
 status=0
 for target in "${targets[@]}"; do
-    [ -d "Fuzz/corpus/$target" ] || { echo "fuzz.sh: no target '$target' (packet netlink config control probe)" >&2; exit 2; }
+    [ -d "Fuzz/corpus/$target" ] || { echo "fuzz.sh: no target '$target' (packet netlink config control probe sync)" >&2; exit 2; }
     mkdir -p "$work/$target"
     saved=(Fuzz/crashes/"$target"-*)
     if [ -e "${saved[0]}" ]; then

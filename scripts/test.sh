@@ -2,7 +2,7 @@
 # Runs every nfqlb test on a fresh Debian machine, as root: installs the packages the build and the
 # namespace labs need, builds, then runs `swift test` (unit tests, and the end-to-end tests in network
 # namespaces, which need root), then checks that the release build's packet path allocates nothing, runs the
-# concurrency tests under ThreadSanitizer, runs the demo, and fuzzes the packet, netlink, config, control and probe
+# concurrency tests under ThreadSanitizer, runs the demo, and fuzzes the packet, netlink, config, control, probe and sync
 # parsers (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -7,6 +7,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
+#include <openssl/hmac.h>
+#include <openssl/crypto.h>
 
 /// SSL_set_tlsext_host_name is a macro Swift cannot call: the server name (SNI) sent in the ClientHello.
 static inline int nfqlb_ssl_set_server_name(SSL *ssl, const char *name) {

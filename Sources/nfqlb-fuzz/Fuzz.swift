@@ -13,6 +13,9 @@
 //   probe    what real servers answer health probes: the bytes as a DNS response to a query whose id is the
 //            input's first two bytes (name, type and rcode chosen by the third), and as an HTTP answer judged
 //            against status ranges, a body regex and a SHA-256.
+//   sync     connection-sync messages between balancers: the bytes as they arrive (the tag must refuse them),
+//            and the same bytes tagged with the key, so the record parser sees them; a message that decodes
+//            encodes back to the same bytes.
 //
 // Two builds of the same file:
 //   swift build --scratch-path .build-fuzz --product nfqlb-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
@@ -26,7 +29,7 @@ import Logging
 
 /// The fuzz targets by name; each takes one input and must return (any trap is a finding).
 enum FuzzTarget: String, CaseIterable {
-    case packet, netlink, config, control, probe
+    case packet, netlink, config, control, probe, sync
 
     func run(_ input: UnsafeRawBufferPointer) {
         switch self {
@@ -35,6 +38,7 @@ enum FuzzTarget: String, CaseIterable {
         case .config: ConfigFuzzer.run(input)
         case .control: ControlFuzzer.shared.run(input)
         case .probe: ProbeFuzzer.run(input)
+        case .sync: SyncFuzzer.run(input)
         }
     }
 }
@@ -270,5 +274,21 @@ enum ProbeFuzzer {
             precondition(bytes[6] & 0x0F == (query.rcode ?? 0))
         }
         _ = HealthCheck.Probe.judge(http: http, answer: bytes)
+    }
+}
+
+/// Sync messages: untagged bytes are refused by their tag; tagged ones reach the record parser.
+enum SyncFuzzer {
+    static let key = Array("nfqlb fuzz key".utf8)
+
+    static func run(_ input: UnsafeRawBufferPointer) {
+        let bytes = Array(input)
+        if case .success = SyncMessage.decode(bytes, key: key) {
+            precondition(bytes.count >= SyncMessage.tagSize, "an untagged input passed authentication")
+        }
+        let tagged = bytes + SyncMessage.tag(bytes[...], key: key)
+        if case .success(let message) = SyncMessage.decode(tagged, key: key) {
+            precondition(message.encoded(key: key) == tagged, "a decoded message does not encode back to its bytes")
+        }
     }
 }

@@ -260,3 +260,97 @@ import Testing
         #expect(bird.set("nfqlb_vip_x", enabled: true) != nil)
     }
 }
+
+/// The connection-sync messages: round trips, and every altered, foreign or replayed message refused.
+@Suite struct SyncProtocolTests {
+    static let key = Array("a shared secret of the cluster, 32+ bytes".utf8)
+
+    static func records() -> [SyncRecord] {
+        [
+            SyncRecord(operation: .update, transport: .tcp, state: .established, client: endpoint("192.0.2.2", 40000),
+                       virtual: endpoint("203.0.113.10", 80), real: endpoint("198.51.100.11", 8080), lifetime: 900_000),
+            SyncRecord(operation: .update, transport: .tcp, state: .synReceived, client: endpoint("192.0.2.3", 40001),
+                       virtual: endpoint("203.0.113.10", 81), real: endpoint("198.51.100.12", 81),
+                       local: endpoint("198.51.100.1", 61000), lifetime: 60_000),
+            SyncRecord(operation: .remove, transport: .udp, state: .udp, client: endpoint("2001:db8:c::2", 5353),
+                       virtual: endpoint("2001:db8:f::10", 53), real: endpoint("2001:db8:5::11", 53), lifetime: 0),
+            // TUN across families: an IPv6 VIP's connection to an IPv4 real server.
+            SyncRecord(operation: .update, transport: .tcp, state: .finWait, client: endpoint("2001:db8:c::2", 1),
+                       virtual: endpoint("2001:db8:f::10", 80), real: endpoint("198.51.100.13", 80), lifetime: 120_000),
+        ]
+    }
+
+    @Test func messagesRoundTrip() throws {
+        let message = SyncMessage(sender: 0xC633_6401, epoch: 1_764_748_800_000, sequence: 42, records: Self.records())
+        let bytes = message.encoded(key: Self.key)
+        #expect(bytes.count == SyncMessage.headerSize + 4 * SyncRecord.size + SyncMessage.tagSize)
+        #expect(try SyncMessage.decode(bytes, key: Self.key).get() == message)
+        // A full message fits a datagram without fragmentation.
+        let full = SyncMessage(sender: 1, epoch: 1, sequence: 1,
+                               records: Array(repeating: Self.records()[1], count: SyncMessage.maximumRecords))
+        #expect(full.encoded(key: Self.key).count <= 1400)
+        #expect(try SyncMessage.decode(full.encoded(key: Self.key), key: Self.key).get() == full)
+    }
+
+    @Test func alteredOrForeignMessagesAreRefused() {
+        let bytes = SyncMessage(sender: 7, epoch: 1, sequence: 1, records: Self.records()).encoded(key: Self.key)
+        // Any bit flipped anywhere after the magic: the tag no longer matches.
+        for index in stride(from: 4, to: bytes.count, by: 7) {
+            var altered = bytes
+            altered[index] ^= 0x01
+            #expect(SyncMessage.decode(altered, key: Self.key) == .failure(.authentication), "byte \(index)")
+        }
+        #expect(SyncMessage.decode(bytes, key: Array("another key".utf8)) == .failure(.authentication))
+        #expect(SyncMessage.decode(Array(bytes.dropLast()), key: Self.key) == .failure(.authentication))
+        #expect(SyncMessage.decode(Array(bytes.prefix(20)), key: Self.key) == .failure(.tooShort))
+        var other = bytes
+        other[0] = UInt8(ascii: "X")
+        #expect(SyncMessage.decode(other, key: Self.key) == .failure(.notSync))
+    }
+
+    @Test func wellTaggedButMalformedRecordsAreRefused() {
+        // A sender with the key that writes nonsense: each record is checked after the tag.
+        var message = SyncMessage(sender: 7, epoch: 1, sequence: 1, records: [Self.records()[0]])
+        var bytes = message.encoded(key: Self.key)
+        let record = SyncMessage.headerSize
+        bytes[record] = 9   // no such operation
+        let body = Array(bytes.dropLast(SyncMessage.tagSize))
+        #expect(SyncMessage.decode(body + SyncMessage.tag(body[...], key: Self.key), key: Self.key) == .failure(.record(0)))
+        // A count that does not match the length.
+        message.records = []
+        var short = message.encoded(key: Self.key).dropLast(SyncMessage.tagSize)
+        short[short.startIndex + SyncMessage.headerSize - 1] = 3
+        #expect(SyncMessage.decode(Array(short) + SyncMessage.tag(short, key: Self.key), key: Self.key) == .failure(.length))
+        // Found by the fuzzer: reserved bytes that are not zero would not encode back the same (refused).
+        let found: [UInt8] = [0x4E, 0x51, 0x53, 0x59, 0x01, 0x00, 0x1E, 0x00, 0x00, 0x00, 0x00, 0x07, 0x86, 0x00, 0x00, 0x00,
+                              0x00, 0x6F, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]
+        #expect(SyncMessage.decode(found + SyncMessage.tag(found[...], key: Self.key), key: Self.key) == .failure(.reserved))
+        // A record without a local endpoint whose local bytes are not zero.
+        var local = SyncMessage(sender: 7, epoch: 1, sequence: 1, records: [Self.records()[0]]).encoded(key: Self.key).dropLast(SyncMessage.tagSize)
+        local[local.startIndex + SyncMessage.headerSize + 4 + 3 * 18 + 15] = 1
+        #expect(SyncMessage.decode(Array(local) + SyncMessage.tag(local, key: Self.key), key: Self.key) == .failure(.record(0)))
+    }
+
+    @Test func replayedAndOldMessagesAreRefused() {
+        var window = SyncReplayWindow()
+        // (sender, epoch, sequence, taken?) in arrival order.
+        let arrivals: [(UInt32, UInt64, UInt64, Bool)] = [
+            (1, 100, 10, true),
+            (1, 100, 10, false),     // the same again
+            (1, 100, 12, true),
+            (1, 100, 11, true),      // late, within the window: once
+            (1, 100, 11, false),
+            (1, 100, 200, true),
+            (1, 100, 100, false),    // older than the window
+            (1, 100, 137, true),     // 63 behind: still inside
+            (1, 99, 500, false),     // an earlier run of the sender
+            (2, 5, 1, true),         // senders are independent
+            (1, 101, 1, true),       // the sender restarted
+            (1, 100, 201, false),    // its previous run is over
+        ]
+        for (sender, epoch, sequence, taken) in arrivals {
+            let accepted = window.accept(sender: sender, epoch: epoch, sequence: sequence)
+            #expect(accepted == taken, "sender \(sender) epoch \(epoch) sequence \(sequence)")
+        }
+    }
+}
