@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import QueueBalancer
 
 /// `nfqlb cluster`: several balancers behind a router that spreads flows with ECMP.
@@ -13,7 +14,7 @@ struct ClusterCommand: ParsableCommand {
           nfqlb cluster config --config lb.yaml > /etc/bird/bird.conf     # each balancer
           nfqlb cluster config --config lb.yaml --router frr > frr.conf   # the router
         """,
-        subcommands: [Config.self, Status.self, Withdraw.self, Announce.self]
+        subcommands: [Config.self, Status.self, Withdraw.self, Announce.self, RouterECMP.self]
     )
 
     /// Prints what `cluster.*` answered: the switch and each VIP's announcement.
@@ -46,6 +47,46 @@ struct ClusterCommand: ParsableCommand {
         )
         @OptionGroup var control: ControlOptions
         func run() throws { ClusterCommand.show(try control.call("cluster.withdraw")) }
+    }
+
+    struct RouterECMP: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "router-ecmp",
+            abstract: "On the router: mirror each VIP's ECMP route into a resilient next-hop group.",
+            discussion: """
+            Runs on the router (not a balancer), beside FRR or BIRD, until SIGTERM. The kernel's \
+            plain ECMP groups rehash up to half of all flows when a balancer leaves or comes back; \
+            a resilient group moves only the flows of the balancer that left, and gives one that \
+            comes back its share (after --unbalanced-timer). The routing daemon's route stays the \
+            source of truth: its next hops are copied, on every change, into a resilient group in \
+            --table, which a policy rule (`to VIP lookup TABLE`) consults first. At exit the rules, \
+            routes and groups are removed and the daemon's routes serve again.
+              nfqlb cluster router-ecmp --config lb.yaml
+            """
+        )
+
+        @OptionGroup var options: ConfigOptions
+        @Option(help: "The routing table of the mirrored routes.") var table: UInt32 = 4242
+        @Option(help: "Buckets per group.") var buckets = 128
+        @Option(help: "Seconds a bucket must be idle before it moves to a returning balancer.") var idleTimer = 1
+        @Option(help: "Seconds after which busy buckets move too.") var unbalancedTimer = 3
+
+        func run() throws {
+            let config = try options.load()
+            LoggingSystem.bootstrap(StreamLogHandler.standardError)
+            installSignalHandlers()
+            var settings = ResilientECMP.Settings()
+            settings.table = table
+            settings.buckets = buckets
+            settings.idleTimer = idleTimer
+            settings.unbalancedTimer = unbalancedTimer
+            let mirror = ResilientECMP(vips: RoutingConfig.vips(config), settings: settings, logger: Logger(label: "nfqlb"))
+            do {
+                try mirror.run(stop: stopSignal)
+            } catch {
+                throw failure("\(error)")
+            }
+        }
     }
 
     struct Announce: ParsableCommand {

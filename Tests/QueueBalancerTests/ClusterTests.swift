@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import QueueBalancer
 
@@ -352,5 +353,37 @@ import Testing
             let accepted = window.accept(sender: sender, epoch: epoch, sequence: sequence)
             #expect(accepted == taken, "sender \(sender) epoch \(epoch) sequence \(sequence)")
         }
+    }
+}
+
+/// `nfqlb cluster router-ecmp`: the routing daemon's next hops read from `ip -j route`, and the resilient group
+/// made of them.
+@Suite struct ResilientECMPTests {
+    @Test func nextHopsAreReadFromTheDaemonsRoute() {
+        let multipath = """
+            [{"dst":"203.0.113.10","nhid":32,"protocol":"bgp","metric":20,"flags":[],"nexthops":[\
+            {"gateway":"198.51.100.2","dev":"brs","weight":1,"flags":[]},{"gateway":"198.51.100.1","dev":"brs","weight":1,"flags":[]}]}]
+            """
+        #expect(ResilientECMP.nexthops(ofRouteJSON: Data(multipath.utf8)) == ["198.51.100.1 brs", "198.51.100.2 brs"])
+        let single = #"[{"dst":"203.0.113.10","gateway":"198.51.100.3","dev":"brs","protocol":"bgp","metric":20,"flags":[]}]"#
+        #expect(ResilientECMP.nexthops(ofRouteJSON: Data(single.utf8)) == ["198.51.100.3 brs"])
+        #expect(ResilientECMP.nexthops(ofRouteJSON: Data("[]".utf8)).isEmpty)
+        #expect(ResilientECMP.nexthops(ofRouteJSON: Data("not json".utf8)).isEmpty)
+    }
+
+    @Test func theGroupIsResilientAndItsMembersKeepTheirIDs() {
+        let mirror = ResilientECMP(vips: [ip("203.0.113.10")], logger: Logger(label: "test"))
+        let first = mirror.commands(vip: ip("203.0.113.10"), group: 0x7100_0000, hops: ["198.51.100.1 brs", "198.51.100.2 brs"])
+        #expect(first == """
+            nexthop replace id 1879048192 via 198.51.100.1 dev brs
+            nexthop replace id 1879048193 via 198.51.100.2 dev brs
+            nexthop replace id 1895825408 group 1879048192/1879048193 type resilient buckets 128 idle_timer 1 unbalanced_timer 3
+            route replace 203.0.113.10/32 nhid 1895825408 table 4242
+
+            """)
+        // A next hop that leaves and another that comes: the one that stays keeps its id.
+        let second = mirror.commands(vip: ip("203.0.113.10"), group: 0x7100_0000, hops: ["198.51.100.2 brs", "198.51.100.3 brs"])
+        #expect(second.contains("group 1879048193/1879048194 type resilient"))
+        #expect(mirror.commands(vip: ip("203.0.113.10"), group: 0x7100_0000, hops: []) == "route del 203.0.113.10/32 table 4242\n")
     }
 }
