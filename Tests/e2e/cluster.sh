@@ -157,7 +157,7 @@ next_hops() {
     if [ "$ECMP" = resilient ]; then
         # The mirrored route (table 4242) and its resilient group's members: what the router forwards by.
         local group
-        group=$(in_ns "$G" ip -4 route show "$VIP/32" table 4242 | awk '{ for (i = 1; i < NF; i++) if ($i == "nhid") print $(i + 1) }')
+        group=$(in_ns "$G" ip -4 route show "$VIP/32" table 4242 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "nhid") print $(i + 1) }')
         [ -n "$group" ] || { echo 0; return; }
         in_ns "$G" ip nexthop show id "$group" | awk '{ for (i = 1; i < NF; i++) if ($i == "group") print split($(i + 1), m, "/") }'
         return
