@@ -43,6 +43,7 @@ struct Check: ParsableCommand {
             let peers = cluster.peers.map { "\($0.address) AS\($0.remoteAS)" }.joined(separator: ", ")
             let bfd = cluster.bfd.map { "BFD \($0.interval) ms x \($0.multiplier)" } ?? "no BFD"
             print("  cluster: AS\(cluster.localAS), peers \(peers), \(bfd), hold time \(cluster.holdTime / 1000) s")
+            for warning in cluster.warnings(for: config) { print("  warning: \(warning)") }
         }
     }
 }

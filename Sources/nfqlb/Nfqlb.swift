@@ -32,6 +32,7 @@ struct Nfqlb: ParsableCommand {
           nfqlb real edit -t VIP:PORT -r RIP:PORT -w 0
           nfqlb reload                           # SIGHUP, with the outcome
         On DR and TUN real servers: nfqlb real-server setup --vip VIP --mode dr|tun
+        Several balancers behind a BGP router (ECMP): nfqlb cluster config, nfqlb cluster status
         """,
         subcommands: [Run.self, Check.self, Rules.self, ConntrackCommand.self, RealServerCommand.self, Decap.self,
                       List.self, ServiceCommand.self, RealCommand.self, Zero.self, Reload.self, Save.self,

@@ -145,6 +145,23 @@ import Testing
 
     static let peer = "peers: [{ address: 198.51.100.1, as: 65000 }]"
 
+    @Test func checkWarnsAboutWhatAClusterCannotCarry() throws {
+        let config = try ConfigLoader.parse(yaml: """
+            queues: [0]
+            cluster: { local-as: 65001, peers: [{ address: 198.51.100.1, as: 65000 }] }
+            services:
+              - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: dr, scheduler: mh, reals: [{ address: 198.51.100.11 }] }
+              - { vip: 203.0.113.10, port: 81, protocol: tcp, mode: nat, reals: [{ address: 198.51.100.11 }] }
+              - { vip: 203.0.113.10, port: 82, protocol: tcp, mode: dr, scheduler: wlc, reals: [{ address: 198.51.100.11 }] }
+              - { vip: "2001:db8:f::10", port: 80, protocol: tcp, mode: dr, scheduler: mh, reals: [{ address: "2001:db8:5::11" }] }
+            """)
+        let warnings = try #require(config.cluster).warnings(for: config)
+        #expect(warnings.count == 3, "\(warnings)")
+        #expect(warnings.contains("2001:db8:f::10 is never announced: no peer of its family"))
+        #expect(warnings.contains { $0.hasPrefix("203.0.113.10:81/tcp (nat): its connections break") })
+        #expect(warnings.contains { $0.hasPrefix("203.0.113.10:82/tcp (dr wlc): connections moved to another balancer are dropped") })
+    }
+
     @Test(arguments: [
         (yaml(mode: "nat"), "adopt-midstream needs a TCP service in dr or tun mode with scheduler mh or sh"),
         ("queues: [0]\nservices: [{ vip: 203.0.113.10, port: 80, protocol: tcp, mode: dr, scheduler: rr, hash-seed: 12, reals: [{ address: 198.51.100.11 }] }]",

@@ -41,4 +41,25 @@ public struct ClusterConfig: Sendable, Equatable {
         let text = "\(vip)".map { $0.isLetter || $0.isNumber ? $0 : "_" }
         return "nfqlb_vip_" + String(text)
     }
+
+    /// What `nfqlb check` points out about a cluster: VIPs no peer of their family would carry, and services
+    /// whose connections need the balancer that holds them (NAT, FULLNAT: no connection sync yet) or a table
+    /// that differs between balancers (DR/TUN without mh or sh).
+    public func warnings(for config: BalancerConfig) -> [String] {
+        var out: [String] = []
+        for vip in RoutingConfig.vips(config) where !peers.contains(where: { $0.address.isIPv4 == vip.isIPv4 }) {
+            out.append("\(vip) is never announced: no peer of its family")
+        }
+        for service in config.services {
+            switch service.mode {
+            case .nat, .fullnat:
+                out.append("\(service) (\(service.mode)): its connections break when the router moves them to another balancer (no connection sync yet); run it on one balancer")
+            case .dr, .tun:
+                if service.transport == .tcp && !config.adoptsMidstream(service) {
+                    out.append("\(service) (\(service.mode) \(service.scheduler)): connections moved to another balancer are dropped (adopt-midstream needs mh or sh)")
+                }
+            }
+        }
+        return out
+    }
 }
