@@ -120,6 +120,7 @@ struct EndToEndTests {
         let output = try EndToEnd.run(mode, script: "cluster.sh", checksums: false)
         for line in ["ecmp: 3 next hops", "table: same digest on 3 balancers", "process: broken 0 of 300",
                      "link: broken 0 of 300", "stop: broken 0 of 300", "0 between the survivors", "0 between the others",
+                     "operator: withdraw and announce followed by the router",
                      "ok: cluster: connections survive"] {
             #expect(output.contains(line))
         }

@@ -174,7 +174,7 @@ start_balancer() {
     fi
     in_ns "$ns" "$LAB_ROOT/scripts/iptables-setup.sh" up "$LAB_TMP/b$i/lb.yaml" >/dev/null || fail "iptables-setup.sh up failed in b$i"
     lab_spawn "$ns" "$LAB_TMP/b$i/nfqlb.log" "$NFQLB" run --config "$LAB_TMP/b$i/lb.yaml" \
-        --stats-file "$LAB_TMP/b$i/stats" --no-state-file
+        --stats-file "$LAB_TMP/b$i/stats" --no-state-file --metrics-listen 127.0.0.1:9469
     NFQLB_PIDS[$i]=$LAB_LAST_PID
     for _ in $(seq 100); do queue_bound "$ns" 0 && return 0; sleep 0.1; done
     fail "nfqlb in b$i did not bind its queue; log: $(cat "$LAB_TMP/b$i/nfqlb.log")"
@@ -229,6 +229,20 @@ for i in "${BALANCERS[@]}"; do start_balancer "$i"; done
 wait_next_hops 3 30000 >/dev/null
 echo "ecmp: 3 next hops"
 explain "the router's route: $(in_ns "$G" ip route show "$VIP/32" | tr '\n' ' ')"
+
+# --- the operator's switch: b3 withdrawn for maintenance, then announced again
+explain "nfqlb cluster withdraw on b3: BIRD withdraws the VIP, the router drops b3's next hop"
+in_ns "${P}b3" "$NFQLB" cluster withdraw >/dev/null || fail "nfqlb cluster withdraw failed"
+wait_next_hops 2 5000 >/dev/null
+in_ns "${P}b3" "$NFQLB" cluster status | grep -q "^  $VIP withdrawn" || fail "cluster status: $(in_ns "${P}b3" "$NFQLB" cluster status)"
+metrics=$(in_ns "${P}b3" curl -s --max-time 2 http://127.0.0.1:9469/metrics)
+grep -q "^nfqlb_cluster_withdrawn 1" <<<"$metrics" || fail "metrics: nfqlb_cluster_withdrawn is not 1"
+in_ns "${P}b3" "$NFQLB" cluster announce >/dev/null || fail "nfqlb cluster announce failed"
+wait_next_hops 3 15000 >/dev/null
+sleep 1.2
+metrics=$(in_ns "${P}b3" curl -s --max-time 2 http://127.0.0.1:9469/metrics)
+grep -q "^nfqlb_cluster_vip_announced{vip=\"$VIP\"} 1" <<<"$metrics" || fail "metrics: $VIP not announced: $(grep cluster <<<"$metrics")"
+echo "operator: withdraw and announce followed by the router; status and metrics agree"
 
 # --- the client: CONNS connections held open, a line on each every 200 ms; the connections whose echo stops
 # or changes real server are broken. Commands on stdin: "mark NAME" records the time, "stop" prints a summary.

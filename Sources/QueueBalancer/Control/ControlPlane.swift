@@ -31,6 +31,10 @@ public final class ControlPlane: Sendable {
     /// Hands the `cluster.*` commands to `announcer`.
     public func attach(_ announcer: ClusterAnnouncer) { self.announcer.withLock { $0 = announcer } }
 
+    /// The cluster's announcements (nil without a `cluster:` section): the operator's switch, and each VIP's
+    /// state as BIRD last reported it.
+    public var clusterStatus: (withdrawn: Bool, announced: [IPAddress: Bool])? { announcer.withLock { $0 }?.status }
+
     /// The configuration as configured (the file with live changes; health verdicts not applied).
     public var configuration: BalancerConfig { state.withLock { $0.configured } }
 

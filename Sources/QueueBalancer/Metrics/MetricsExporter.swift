@@ -88,6 +88,7 @@ public final class MetricsExporter: Sendable {
         let reloads = plane.reloadCounts
         let health = plane.health?.observations ?? [:]
         let quorums = plane.quorumStates
+        let cluster = plane.clusterStatus
         state.withLock { state in
             // Per real server: node_exporter's backend gauges, and the counters it lacks.
             var seen = Set<RealServerRegistry.Key>()
@@ -163,6 +164,13 @@ public final class MetricsExporter: Sendable {
             for (id, up) in quorums {
                 meter(&state, "nfqlb_service_quorum_up", [("local_address", "\(id.endpoint.address)"), ("local_port", "\(id.endpoint.port)"),
                                                          ("proto", id.transport == .tcp ? "TCP" : "UDP")]).set(up ? 1.0 : 0.0)
+            }
+            // A cluster balancer: each VIP announced through BIRD (1) or withdrawn (0), and the operator's switch.
+            if let cluster {
+                for (vip, announced) in cluster.announced {
+                    meter(&state, "nfqlb_cluster_vip_announced", [("vip", "\(vip)")]).set(announced ? 1.0 : 0.0)
+                }
+                meter(&state, "nfqlb_cluster_withdrawn").set(cluster.withdrawn ? 1.0 : 0.0)
             }
             // Reloads (SIGHUP and nfqlb reload).
             counter(&state.global, "nfqlb_reloads_total", [("result", "success")]).feed(reloads.succeeded)
