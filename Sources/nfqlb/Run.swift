@@ -127,13 +127,14 @@ struct Run: ParsableCommand {
         var announcer: ClusterAnnouncer?
         let workersStop = config.cluster == nil ? stopSignal : StopSignal()
         if let cluster = config.cluster {
+            let made = ClusterAnnouncer(cluster: cluster, logger: logger, vips: { RoutingConfig.vips(plane.configuration) },
+                                        servable: { plane.servableVIPs })
+            made.withdrawBeforeStart()
             do {
                 liveDevice = try LiveDevice()
             } catch {
                 throw failure("\(error)")
             }
-            let made = ClusterAnnouncer(cluster: cluster, logger: logger, vips: { RoutingConfig.vips(plane.configuration) },
-                                        servable: { plane.servableVIPs })
             plane.attach(made)
             announcer = made
         }

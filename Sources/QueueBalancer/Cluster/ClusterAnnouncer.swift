@@ -101,7 +101,7 @@ public final class ClusterAnnouncer: Sendable {
 
     private func reason(for vip: IPAddress, wanted: Bool, forced: Bool) -> String {
         if wanted { return "serving" }
-        if forced { return "stopping" }
+        if forced { return "not serving (starting or stopping)" }
         if state.withLock({ $0.withdrawn }) { return "withdrawn by the operator" }
         return "no service of this VIP has its quorum"
     }
@@ -113,6 +113,12 @@ public final class ClusterAnnouncer: Sendable {
         }
         if isNew { logger.error("cluster: BIRD not in step", metadata: ["reason": "\(text)"]) }
     }
+
+    /// Before the live device exists: every VIP's protocol disabled, in case a previous nfqlb died with them
+    /// enabled (else BIRD would announce as soon as the new device appears, before the queues are bound).
+    /// False when BIRD could not be told (logged).
+    @discardableResult
+    public func withdrawBeforeStart() -> Bool { reconcile(forceDown: true) }
 
     /// Until `stop`: reconciles every second. Then withdraws every VIP, waits until BIRD has them down (at
     /// most 2 s) and `withdraw-grace`, and raises `then` (the workers' stop).
