@@ -34,7 +34,7 @@ struct Check: ParsableCommand {
             if !service.notify.isEmpty { print("    notify: \(service.notify.joined(separator: ", "))") }
             if config.adoptsMidstream(service) { print("    adopt-midstream: TCP packets of unknown connections are scheduled by the table") }
             if showTable, let table = service.maglevTable {
-                let shares = table.entries.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+                let shares = table.entries.map { "\($0.real) \($0.count)" }.joined(separator: ", ")
                 print("    mh table: size \(table.size), seed \(table.seed), entries \(shares)")
                 print("    mh table sha256: \(table.digest)")
             }

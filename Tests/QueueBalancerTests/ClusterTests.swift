@@ -51,8 +51,8 @@ import Testing
 
     @Test func entriesFollowTheWeights() throws {
         let table = try #require(Self.service(Self.three).maglevTable)
-        #expect(table.size == 65537 && table.entries.map(\.1).reduce(0, +) == 65537)
-        let shares = table.entries.map { Double($0.1) / Double(table.size) }
+        #expect(table.size == 65537 && table.entries.map(\.count).reduce(0, +) == 65537)
+        let shares = table.entries.map { Double($0.count) / Double(table.size) }
         #expect(abs(shares[0] - 0.25) < 0.01 && abs(shares[1] - 0.25) < 0.01 && abs(shares[2] - 0.5) < 0.01)
     }
 

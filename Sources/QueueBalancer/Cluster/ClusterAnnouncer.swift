@@ -85,7 +85,7 @@ public final class ClusterAnnouncer: Sendable {
                     continue
                 }
                 logger.notice(want ? "cluster: VIP announced" : "cluster: VIP withdrawn", metadata: [
-                    "vip": "\(vip)", "reason": "\(reason(for: vip, wanted: want, forced: forceDown))"])
+                    "vip": "\(vip)", "reason": "\(reason(wanted: want, forced: forceDown))"])
             }
             announced[vip] = want
         }
@@ -99,7 +99,7 @@ public final class ClusterAnnouncer: Sendable {
         return ok
     }
 
-    private func reason(for vip: IPAddress, wanted: Bool, forced: Bool) -> String {
+    private func reason(wanted: Bool, forced: Bool) -> String {
         if wanted { return "serving" }
         if forced { return "not serving (starting or stopping)" }
         if state.withLock({ $0.withdrawn }) { return "withdrawn by the operator" }
@@ -144,7 +144,7 @@ public final class ClusterAnnouncer: Sendable {
         let waited = ContinuousClock.now - started
         usleep(UInt32(min(cluster.withdrawGrace, 60_000)) * 1000)
         logger.notice("cluster: VIPs withdrawn before stopping", metadata: [
-            "confirmed": "\(down)", "withdrawal-ms": "\(waited.components.seconds * 1000 + waited.components.attoseconds / 1_000_000_000_000_000)",
+            "confirmed": "\(down)", "withdrawal-ms": "\(Int(waited / .milliseconds(1)))",
             "grace-ms": "\(cluster.withdrawGrace)"])
     }
 }

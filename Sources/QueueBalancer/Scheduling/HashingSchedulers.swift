@@ -169,11 +169,12 @@ public struct MaglevTableSummary: Sendable, Equatable {
     public var seed: UInt64
     public var digest: String
     /// Entries per real server, in the config's order.
-    public var entries: [(Endpoint, Int)]
+    public var entries: [Share]
 
-    public static func == (a: MaglevTableSummary, b: MaglevTableSummary) -> Bool {
-        a.size == b.size && a.seed == b.seed && a.digest == b.digest && a.entries.map(\.0) == b.entries.map(\.0)
-            && a.entries.map(\.1) == b.entries.map(\.1)
+    /// How many table entries one real server owns.
+    public struct Share: Sendable, Equatable {
+        public var real: Endpoint
+        public var count: Int
     }
 }
 
@@ -188,6 +189,6 @@ extension VirtualService {
         for slot in table where slot >= 0 { counts[Int(slot)] += 1 }
         return MaglevTableSummary(size: table.count, seed: schedulerOptions.hashSeed,
                                   digest: MaglevScheduler.digest(table: table, names: names, seed: schedulerOptions.hashSeed),
-                                  entries: Array(zip(names, counts)))
+                                  entries: zip(names, counts).map { MaglevTableSummary.Share(real: $0, count: $1) })
     }
 }
