@@ -43,6 +43,12 @@ struct Check: ParsableCommand {
             let peers = cluster.peers.map { "\($0.address) AS\($0.remoteAS)" }.joined(separator: ", ")
             let bfd = cluster.bfd.map { "BFD \($0.interval) ms x \($0.multiplier)" } ?? "no BFD"
             print("  cluster: AS\(cluster.localAS), peers \(peers), \(bfd), hold time \(cluster.holdTime / 1000) s")
+            if let sync = cluster.sync {
+                print("  cluster sync: listen \(sync.listen), peers \(sync.peers.map { "\($0)" }.joined(separator: ", ")), every \(sync.interval) ms, refresh \(sync.refresh / 1000) s, at most \(sync.maxRate) bytes/s per peer, key \(sync.keyFile)")
+            }
+            if !cluster.takeoverLocalAddresses.isEmpty {
+                print("  cluster takeover local addresses: \(cluster.takeoverLocalAddresses.map { "\($0)" }.joined(separator: ", "))")
+            }
             for warning in cluster.warnings(for: config) { print("  warning: \(warning)") }
         }
     }

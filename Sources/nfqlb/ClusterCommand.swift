@@ -23,6 +23,10 @@ struct ClusterCommand: ParsableCommand {
         for vip in result["vips"]?.array ?? [] {
             print("  \(vip["vip"]?.string ?? "?") \(vip["announced"]?.bool == true ? "announced" : "withdrawn") (BIRD protocol \(vip["protocol"]?.string ?? "?"))")
         }
+        if let sync = result["sync"]?.object {
+            print("connection sync:")
+            for name in sync.keys.sorted() { print("  \(name) \(sync[name]?.integer ?? 0)") }
+        }
     }
 
     struct Status: ParsableCommand {

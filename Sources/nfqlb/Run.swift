@@ -121,14 +121,24 @@ struct Run: ParsableCommand {
         // Health checks run when a service or real server has one (a reload may add them later: then too).
         let health = HealthChecker()
         let plane = ControlPlane(balancer: balancer, configPath: options.config, rules: rules, logger: logger, health: health)
+        // Connection sync (NAT, FULLNAT across balancers): its socket now (a failure stops nfqlb before it
+        // binds a queue), its threads once the queues are bound, until the workers stop.
+        let sync: ConnectionSync?
+        do {
+            sync = try config.cluster?.sync.map { try ConnectionSync(settings: $0, tracker: balancer.handler.tracker, logger: logger) }
+        } catch {
+            throw failure("\(error)")
+        }
+        if let sync { plane.attach(sync: sync) }
         // A cluster balancer: the live device first (BIRD's routes through it vanish with this process), then the
-        // announcer, which withdraws the VIPs at SIGTERM before the workers stop (`workersStop`).
+        // announcer, which withdraws the VIPs at SIGTERM before the workers stop (`workersStop`); with sync, not
+        // before the peers' connections are in.
         var liveDevice: LiveDevice?
         var announcer: ClusterAnnouncer?
         let workersStop = config.cluster == nil ? stopSignal : StopSignal()
         if let cluster = config.cluster {
             let made = ClusterAnnouncer(cluster: cluster, logger: logger, vips: { RoutingConfig.vips(plane.configuration) },
-                                        servable: { plane.servableVIPs })
+                                        servable: { [sync] in sync?.isReady == false ? [] : plane.servableVIPs })
             made.withdrawBeforeStart()
             do {
                 liveDevice = try LiveDevice()
@@ -163,6 +173,7 @@ struct Run: ParsableCommand {
         let bound = {
             Thread { health.run(stop: stopSignal) }.start()
             if let announcer { Thread { announcer.run(stop: stopSignal, then: workersStop) }.start() }
+            if let sync { Thread { sync.run(stop: workersStop) }.start() }
             if !noControlSocket {
                 do {
                     let server = try ControlServer(path: controlSocket ?? ControlServer.defaultPath, plane: plane, logger: logger)

@@ -135,14 +135,22 @@ if [ "$mode" = dr ]; then
 fi
 
 declare -A count=([r1]=0 [r2]=0 [r3]=0)
+answers=""
 for i in $(seq 30); do
-    answer=$(in_ns "${P}c" curl -s --max-time 5 "http://$LAB_URL_HOST/whoami") || fail "request $i through the VIP failed"
+    # The body, then curl's local port and connect time: on a wrong spread they say which request was odd.
+    answer=$(in_ns "${P}c" curl -s --max-time 5 -w ' %{local_port} %{time_connect}' "http://$LAB_URL_HOST/whoami") \
+        || fail "request $i through the VIP failed"
+    answers+="$i:$answer
+"
+    answer=${answer%%[[:space:]]*}
     [[ $answer =~ ^r[123]$ ]] || fail "request $i: unexpected answer '$answer'"
     count[$answer]=$((count[$answer] + 1))
 done
 line="distribution $mode r1=${count[r1]} r2=${count[r2]} r3=${count[r3]}"
 echo "$line"
-[ "$line" = "distribution $mode r1=10 r2=10 r3=10" ] || fail "$mode: $line"
+[ "$line" = "distribution $mode r1=10 r2=10 r3=10" ] || fail "$mode: $line; requests (answer, client port, connect s):
+$answers; connections:
+$(in_ns "${P}b" "$NFQLB" list -c -n 2>&1)"
 
 in_ns "${P}c" curl -s --fail --max-time 60 -o "$LAB_TMP/download.bin" "http://$LAB_URL_HOST/big.bin" || fail "download failed"
 cmp -s "$LAB_TMP/big.bin" "$LAB_TMP/download.bin" || fail "download differs"

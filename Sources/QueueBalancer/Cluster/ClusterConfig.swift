@@ -22,6 +22,38 @@ public struct ClusterConfig: Sendable, Equatable {
     /// The prefixes the balancers peer from (the router's dynamic neighbors); empty: each peer's /24 or /64.
     public var balancers: [String] = []
 
+    /// Connection sync between the balancers (NAT, FULLNAT); nil: none.
+    public var sync: Sync?
+    /// FULLNAT: the other balancers' local addresses, announced here with a longer AS path so that their real
+    /// servers' replies reach this balancer (which holds the synced connections) when their own is gone.
+    public var takeoverLocalAddresses: [IPAddress] = []
+
+    /// `cluster.sync`: where this balancer receives the others' connections and where it sends its own.
+    public struct Sync: Sendable, Equatable {
+        /// The address and UDP port this balancer receives on (and sends from).
+        public var listen: Endpoint
+        /// The other balancers' `listen` endpoints.
+        public var peers: [Endpoint]
+        /// Where the shared key was read from, and the key (HMAC-SHA256 of every message).
+        public var keyFile: String
+        public var key: [UInt8]
+        /// How often changes are collected and sent (ms).
+        public var interval: UInt64 = 200
+        /// Every connection is sent again at least this often (ms), so that copies never expire while the
+        /// connection lives, and a balancer that missed messages catches up.
+        public var refresh: UInt64 = 30_000
+        /// The most this balancer sends, in bytes per second to each peer; what does not fit waits for the next
+        /// interval (new connections and removals first).
+        public var maxRate: UInt64 = 10_000_000
+
+        /// The tracker's hash seed when connections are synced: the same on every balancer with the same key
+        /// (a FULLNAT connection's local port chooses its lock stripe, so a copy must hash as the original), and
+        /// secret as the key is.
+        public var trackerSeed: UInt64 {
+            Digest.sha256(Array("nfqlb tracker seed".utf8) + key).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+        }
+    }
+
     public struct Peer: Sendable, Equatable {
         public var address: IPAddress
         public var remoteAS: UInt32
@@ -52,8 +84,14 @@ public struct ClusterConfig: Sendable, Equatable {
         }
         for service in config.services {
             switch service.mode {
-            case .nat, .fullnat:
-                out.append("\(service) (\(service.mode)): its connections break when the router moves them to another balancer (no connection sync yet); run it on one balancer")
+            case .nat where sync == nil:
+                out.append("\(service) (nat): its connections break when its balancer is lost (no cluster sync); and replies return only through the real servers' gateway: run NAT active/backup")
+            case .nat:
+                out.append("\(service) (nat): replies return only through the real servers' gateway: run NAT active/backup (the backup holds the synced connections)")
+            case .fullnat where sync == nil:
+                out.append("\(service) (fullnat): its connections break when the router moves them to another balancer (no cluster sync)")
+            case .fullnat:
+                break
             case .dr, .tun:
                 if service.transport == .tcp && !config.adoptsMidstream(service) {
                     out.append("\(service) (\(service.mode) \(service.scheduler)): connections moved to another balancer are dropped (adopt-midstream needs mh or sh)")

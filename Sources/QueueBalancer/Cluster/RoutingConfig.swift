@@ -17,6 +17,13 @@ public enum RoutingConfig {
         return seen
     }
 
+    /// The FULLNAT local addresses of every service, each once.
+    public static func localAddresses(_ config: BalancerConfig) -> [IPAddress] {
+        var seen: [IPAddress] = []
+        for service in config.services { for local in service.localAddresses where !seen.contains(local) { seen.append(local) } }
+        return seen
+    }
+
     /// BIRD 2's configuration for this balancer.
     public static func bird(_ config: BalancerConfig, cluster: ClusterConfig) -> String {
         let vips = vips(config)
@@ -48,12 +55,42 @@ public enum RoutingConfig {
 
             """
         }
+        // FULLNAT: this balancer's local addresses while nfqlb runs (the real servers' replies come back to the
+        // balancer holding the connection), and the others' with a longer AS path (taken only when theirs is gone).
+        let locals = localAddresses(config)
+        var localProtocols: [(name: String, ipv4: Bool, takeover: Bool)] = []
+        for (takeover, addresses) in [(false, locals), (true, cluster.takeoverLocalAddresses)] {
+            for ipv4 in [true, false] {
+                let family = addresses.filter { $0.isIPv4 == ipv4 }
+                guard !family.isEmpty else { continue }
+                let name = "nfqlb_\(takeover ? "takeover" : "local")\(ipv4 ? 4 : 6)"
+                localProtocols.append((name, ipv4, takeover))
+                out += """
+
+                protocol static \(name) {
+                    \(ipv4 ? "ipv4" : "ipv6");
+                    check link on;                   # \(takeover ? "the other balancers' FULLNAT local addresses, announced with a longer AS path" : "this balancer's FULLNAT local addresses, while nfqlb runs")
+
+                """
+                for address in family { out += "    route \(address)/\(ipv4 ? 32 : 128) via \"\(liveDevice)\";\n" }
+                out += "}\n"
+            }
+        }
         out += birdBFD(cluster)
         let hold = cluster.holdTime / 1000
         for (index, peer) in cluster.peers.enumerated() {
             let family = peer.address.isIPv4 ? "ipv4" : "ipv6"
-            let exported = vips.filter { $0.isIPv4 == peer.address.isIPv4 }
-            let filter = exported.isEmpty ? "none" : "where " + exported.map { "proto = \"\(ClusterConfig.protocolName(for: $0))\"" }.joined(separator: " || ")
+            let exported = vips.filter { $0.isIPv4 == peer.address.isIPv4 }.map { ClusterConfig.protocolName(for: $0) }
+                + localProtocols.filter { $0.ipv4 == peer.address.isIPv4 && !$0.takeover }.map(\.name)
+            let takeover = localProtocols.filter { $0.ipv4 == peer.address.isIPv4 && $0.takeover }.map(\.name)
+            var filter = exported.isEmpty ? "none" : "where " + exported.map { "proto = \"\($0)\"" }.joined(separator: " || ")
+            if !takeover.isEmpty {
+                let prepend = "bgp_path.prepend(\(cluster.localAS)); bgp_path.prepend(\(cluster.localAS));"
+                filter = "filter {\n"
+                    + (exported.isEmpty ? "" : "            if " + exported.map { "proto = \"\($0)\"" }.joined(separator: " || ") + " then accept;\n")
+                    + "            if " + takeover.map { "proto = \"\($0)\"" }.joined(separator: " || ") + " then { \(prepend) accept; }\n"
+                    + "            reject;\n        }"
+            }
             out += """
 
             protocol bgp router\(index + 1) {

@@ -211,7 +211,13 @@ private struct Reader {
             }
             config.metricsListen = endpoint
         }
-        if let node = top["cluster"] { config.cluster = try cluster(node) }
+        if let node = top["cluster"] {
+            config.cluster = try cluster(node)
+            let own = Set(services.flatMap(\.localAddresses))
+            if let taken = config.cluster?.takeoverLocalAddresses.first(where: own.contains) {
+                throw fail(node, "cluster takeover-local-addresses: \(taken) is this balancer's own local address (list the other balancers')")
+            }
+        }
         if let node = top["timeouts"] {
             let t = try mapping(node, "timeouts", allowed: ["tcp", "tcpfin", "udp"])
             func seconds(_ key: String) throws(ConfigError) -> UInt64? {
@@ -259,7 +265,7 @@ private struct Reader {
 
     /// The `cluster:` section (``ClusterConfig``).
     func cluster(_ node: Node) throws(ConfigError) -> ClusterConfig {
-        let m = try mapping(node, "cluster", allowed: ["local-as", "router-id", "peers", "bfd", "hold-time", "bird-socket", "withdraw-grace", "balancers"])
+        let m = try mapping(node, "cluster", allowed: ["local-as", "router-id", "peers", "bfd", "hold-time", "bird-socket", "withdraw-grace", "balancers", "sync", "takeover-local-addresses"])
         func asNumber(_ n: Node, _ what: String) throws(ConfigError) -> UInt32 {
             UInt32(try integer(n, what, 1...Int(UInt32.max)))
         }
@@ -330,7 +336,77 @@ private struct Reader {
                 cluster.balancers.append(text)
             }
         }
+        if let n = m["sync"] { cluster.sync = try clusterSync(n) }
+        if let n = m["takeover-local-addresses"] {
+            guard cluster.sync != nil else {
+                throw fail(n, "cluster takeover-local-addresses need cluster sync (without the other balancers' connections their replies cannot be translated here)")
+            }
+            guard case .sequence(let list) = n, !list.isEmpty else {
+                throw fail(n, "cluster takeover-local-addresses must be a list of the other balancers' FULLNAT local addresses")
+            }
+            for item in list {
+                let local = try address(item, "cluster takeover-local-addresses")
+                guard !cluster.takeoverLocalAddresses.contains(local) else { throw fail(item, "takeover local address \(local) is listed twice") }
+                cluster.takeoverLocalAddresses.append(local)
+            }
+        }
         return cluster
+    }
+
+    /// `cluster.sync` (``ClusterConfig/Sync``); reads the key file.
+    func clusterSync(_ node: Node) throws(ConfigError) -> ClusterConfig.Sync {
+        let m = try mapping(node, "cluster sync", allowed: ["listen", "peers", "key-file", "interval", "refresh", "max-rate"])
+        func endpoint(_ n: Node, _ what: String) throws(ConfigError) -> Endpoint {
+            let text = try scalar(n, what)
+            guard let endpoint = Endpoint(listenAddress: text), endpoint.port != 0 else {
+                throw fail(n, "\(what) '\(text)' is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT), e.g. 198.51.100.1:8848")
+            }
+            return endpoint
+        }
+        let listenNode = try required(m, "listen", in: "cluster sync", at: node)
+        let listen = try endpoint(listenNode, "cluster sync listen")
+        guard listen.address != IPAddress(high: 0, low: 0), listen.address != IPAddress(ipv4: 0) else {
+            throw fail(listenNode, "cluster sync listen must be this balancer's own address (the others send to it)")
+        }
+        let peersNode = try required(m, "peers", in: "cluster sync", at: node)
+        guard case .sequence(let list) = peersNode, !list.isEmpty else {
+            throw fail(peersNode, "cluster sync peers must be a list of the other balancers' sync endpoints, e.g. [198.51.100.2:8848]")
+        }
+        var peers: [Endpoint] = []
+        for item in list {
+            let peer = try endpoint(item, "cluster sync peer")
+            guard peer.address.isIPv4 == listen.address.isIPv4 else {
+                throw fail(item, "cluster sync peer \(peer) is not of listen's family (\(listen))")
+            }
+            guard peer != listen else { throw fail(item, "cluster sync peer \(peer) is this balancer's own listen endpoint") }
+            guard !peers.contains(peer) else { throw fail(item, "cluster sync peer \(peer) is listed twice") }
+            peers.append(peer)
+        }
+        let keyNode = try required(m, "key-file", in: "cluster sync", at: node)
+        let keyFile = try scalar(keyNode, "cluster sync key-file")
+        guard keyFile.hasPrefix("/") else { throw fail(keyNode, "cluster sync key-file '\(keyFile)' must be an absolute path") }
+        guard let text = try? String(contentsOfFile: keyFile, encoding: .utf8) else {
+            throw fail(keyNode, "cluster sync key-file \(keyFile) cannot be read (create it on every balancer: openssl rand -hex 32 > \(keyFile))")
+        }
+        let key = Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        guard key.count >= 16 else {
+            throw fail(keyNode, "cluster sync key-file \(keyFile) holds \(key.count) bytes; the key needs at least 16 (openssl rand -hex 32)")
+        }
+        var sync = ClusterConfig.Sync(listen: listen, peers: peers, keyFile: keyFile, key: key)
+        if let n = m["interval"] {
+            sync.interval = try duration(n, "cluster sync interval")
+            guard (10...10_000).contains(sync.interval) else { throw fail(n, "cluster sync interval must be within 10ms-10s") }
+        }
+        if let n = m["refresh"] {
+            sync.refresh = try duration(n, "cluster sync refresh")
+            guard (1000...120_000).contains(sync.refresh), sync.refresh > sync.interval else {
+                throw fail(n, "cluster sync refresh must be within 1s-2m and longer than the interval (copies must not expire: UDP lives 5m)")
+            }
+        }
+        if let n = m["max-rate"] {
+            sync.maxRate = UInt64(try integer(n, "cluster sync max-rate (bytes per second)", 10_000...10_000_000_000))
+        }
+        return sync
     }
 
     func duration(_ node: Node, _ what: String) throws(ConfigError) -> UInt64 {

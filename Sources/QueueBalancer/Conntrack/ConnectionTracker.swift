@@ -117,17 +117,61 @@ public final class ConnectionTracker: Sendable {
         var inputOnly: Bool
         /// A conntrack fast path hand-off entry (the kernel holds the connection; never saved).
         var offloaded = false
+        /// A copy from another balancer no packet has touched here (``ConnectionEntry/fromPeer``).
+        var fromPeer = false
     }
 
-    /// Every live connection on the Swift path (offloaded hand-off entries are the kernel's), for
-    /// ``BalancerState``.
-    func saved() -> [Saved] { snapshot().filter { !$0.offloaded } }
+    /// Every live connection on the Swift path (offloaded hand-off entries are the kernel's; other balancers'
+    /// copies are sent again to a restarted balancer), for ``BalancerState``.
+    func saved() -> [Saved] { snapshot().filter { !$0.offloaded && !$0.fromPeer } }
 
     /// Puts a saved connection back, as real server `real` of this process's registry (the caller mapped the
     /// saved number through the server's identity). A FULLNAT connection takes its own local port back from
     /// the allocator of its (local address, real server). False when it cannot be (its stripe is full, its key
     /// is taken, its port is not free, no allocator can be made). Control path, before the queues are bound.
     func restore(_ saved: Saved, real: RealServerID) -> Bool {
+        put(saved, real: real, fromPeer: false)
+    }
+
+    /// What ``synced(_:real:now:)`` did with a record.
+    enum SyncOutcome: Sendable, Equatable {
+        case inserted, updated, removed
+        /// Nothing to do: a removal of an unknown connection, or a record about a connection this balancer
+        /// carries itself (its own packets decide).
+        case ignored
+        /// It could not be put in (no room, its key or FULLNAT port taken, no allocator).
+        case failed
+    }
+
+    /// Applies another balancer's record of one of its connections (cluster sync; control path, concurrent
+    /// with the queues): a copy is inserted (``ConnectionEntry/fromPeer``) or its state and expiry updated, or
+    /// removed. A connection this balancer's own packets have touched is left to them.
+    func synced(_ record: SyncRecord, real: RealServerID, now: UInt64) -> SyncOutcome {
+        let key = FlowKey(source: record.client, destination: record.virtual, transport: record.transport)
+        let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
+        let keyHash = hasher.hash(key)
+        let expires = now &+ UInt64(record.lifetime)
+        let existing = stripe.table.withLock { table -> SyncOutcome? in
+            guard let found = table.find(key, hash: keyHash, direction: .inbound) else { return nil }
+            guard table.entries[found].fromPeer else { return .ignored }
+            if record.operation == .remove {
+                table.remove(found, hasher: hasher)
+                return .removed
+            }
+            table.changeState(found, to: record.state)
+            table.setExpiry(found, expires)
+            return .updated
+        }
+        if let existing { return existing }
+        guard record.operation == .update, record.lifetime > 0 else { return .ignored }
+        let reply = FlowKey(source: record.real, destination: record.local ?? record.client, transport: record.transport)
+        let saved = Saved(inbound: key, reply: reply, state: record.state, expires: expires, real: real,
+                          translated: record.local != nil, inputOnly: false)
+        return put(saved, real: real, fromPeer: true) ? .inserted : .failed
+    }
+
+    /// Inserts `saved` as real server `real`'s connection; false when it cannot be (see ``restore(_:real:)``).
+    private func put(_ saved: Saved, real: RealServerID, fromPeer: Bool) -> Bool {
         let key = saved.inbound
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
         var allocator: PortAllocatorID?
@@ -148,6 +192,7 @@ public final class ConnectionTracker: Sendable {
             table.entries[slot] = ConnectionEntry(
                 inbound: key, reply: saved.reply, expires: saved.expires, real: real, state: saved.state, live: true,
                 nextFree: -1, allocator: allocator, offloaded: false, inputOnly: saved.inputOnly)
+            table.entries[slot].fromPeer = fromPeer
             table.insert(slot, hash: keyHash, direction: .inbound)
             table.insert(slot, hash: replyHash, direction: .reply)
             table.setExpiry(slot, saved.expires)
@@ -246,6 +291,7 @@ public final class ConnectionTracker: Sendable {
                 let moves = !isTCP && (lifecycle == .draining || lifecycle == .removed)
                 if entry.expires > now && !restarts && !moves && lifecycle != .removed {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound, inputOnly: entry.inputOnly) : .udp
+                    if entry.fromPeer { table.entries[found].fromPeer = false }
                     table.changeState(found, to: state)
                     table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
                     if entry.allocator != nil {
@@ -353,6 +399,7 @@ public final class ConnectionTracker: Sendable {
                 return nil
             }
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
+            if entry.fromPeer { table.entries[found].fromPeer = false }
             table.changeState(found, to: state)
             table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
             return entry.connection
@@ -438,7 +485,7 @@ public final class ConnectionTracker: Sendable {
                 for i in 0..<table.highWater where table.entries[i].live {
                     let e = table.entries[i]
                     let listed = Listed(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires, real: e.real,
-                                        offloaded: e.offloaded)
+                                        offloaded: e.offloaded, synced: e.fromPeer)
                     guard include(listed) else { continue }
                     matched += 1
                     if result.count < limit { result.append(listed) }
@@ -460,6 +507,8 @@ public final class ConnectionTracker: Sendable {
         public var real: RealServerID
         /// A conntrack fast path hand-off entry.
         public var offloaded: Bool
+        /// A copy another balancer sent (cluster sync) that no packet has touched here.
+        public var synced = false
     }
 
     /// A copy of every live connection (not for the packet path; each stripe lock taken once).
@@ -471,7 +520,7 @@ public final class ConnectionTracker: Sendable {
                     let e = table.entries[i]
                     result.append(Saved(inbound: e.inbound, reply: e.reply, state: e.state, expires: e.expires,
                                         real: e.real, translated: e.allocator != nil, inputOnly: e.inputOnly,
-                                        offloaded: e.offloaded))
+                                        offloaded: e.offloaded, fromPeer: e.fromPeer))
                 }
             }
         }

@@ -29,11 +29,11 @@ struct ConnectionEntry {
     private var allocatorValue: UInt32
     private var transportValue: TransportProtocol
     var state: ConnectionState
-    /// `live`, `offloaded` and `inputOnly` in one byte (the entry stays at 96 bytes).
+    /// `live`, `offloaded`, `inputOnly` and `fromPeer` in one byte (the entry stays at 96 bytes).
     private var flags: UInt8
 
     private static let none = UInt32.max
-    private static let liveFlag: UInt8 = 1, offloadedFlag: UInt8 = 2, inputOnlyFlag: UInt8 = 4
+    private static let liveFlag: UInt8 = 1, offloadedFlag: UInt8 = 2, inputOnlyFlag: UInt8 = 4, fromPeerFlag: UInt8 = 8
 
     /// The slot holds a connection (else it is on the free list).
     var live: Bool {
@@ -45,6 +45,12 @@ struct ConnectionEntry {
     /// DR and TUN: the balancer sees the client's packets only, so TCP states follow IPVS's input-only table
     /// (``ConnectionState/next(after:direction:inputOnly:)``).
     var inputOnly: Bool { flags & Self.inputOnlyFlag != 0 }
+    /// A copy another balancer sent (cluster sync) that no packet has touched here yet: not sent on, and
+    /// updated or removed by its sender's messages only. The first packet makes it this balancer's own.
+    var fromPeer: Bool {
+        get { flags & Self.fromPeerFlag != 0 }
+        set { flags = newValue ? flags | Self.fromPeerFlag : flags & ~Self.fromPeerFlag }
+    }
 
     init(inbound: FlowKey, reply: FlowKey, expires: UInt64, real: RealServerID, state: ConnectionState, live: Bool,
          nextFree: Int32, allocator: PortAllocatorID?, offloaded: Bool, inputOnly: Bool = false) {

@@ -28,8 +28,17 @@ public final class ControlPlane: Sendable {
     /// The cluster's announcer, when the config has a `cluster:` section (``attach(_:)``).
     private let announcer = Lock<ClusterAnnouncer?>(nil)
 
+    /// The cluster's connection sync, when the config has `cluster.sync` (``attach(sync:)``).
+    private let sync = Lock<ConnectionSync?>(nil)
+
     /// Hands the `cluster.*` commands to `announcer`.
     public func attach(_ announcer: ClusterAnnouncer) { self.announcer.withLock { $0 = announcer } }
+
+    /// Reports `sync`'s counters in `cluster.status` and the metrics.
+    public func attach(sync: ConnectionSync) { self.sync.withLock { $0 = sync } }
+
+    /// The connection sync's counters by name (nil without `cluster.sync`).
+    public var syncCounters: [String: UInt64]? { sync.withLock { $0 }?.counters.snapshot }
 
     /// The cluster's announcements (nil without a `cluster:` section): the operator's switch, and each VIP's
     /// state as BIRD last reported it.
@@ -159,13 +168,17 @@ public final class ControlPlane: Sendable {
                 logger.notice("cluster switched through the control socket", metadata: ["command": "\(request.cmd)", "uid": "\(uid)"])
             }
             let (withdrawn, announced) = announcer.status
-            return .object([
+            var status: [String: JSONValue] = [
                 "withdrawn": .bool(withdrawn),
                 "vips": .array(RoutingConfig.vips(configuration).map { vip in
                     .object(["vip": .string("\(vip)"), "protocol": .string(ClusterConfig.protocolName(for: vip)),
                              "announced": .bool(announced[vip] ?? false)])
                 }),
-            ])
+            ]
+            if let counters = syncCounters {
+                status["sync"] = .object(counters.mapValues { JSONValue(Int(clamping: $0)) })
+            }
+            return .object(status)
         default:
             throw Failure(.unknownCommand, "unknown command '\(request.cmd)' (expected one of: \(ControlRequest.commands.joined(separator: ", ")))")
         }
@@ -484,6 +497,7 @@ public final class ControlPlane: Sendable {
             ]
             if c.reply.destination != c.inbound.source { row["local"] = .string("\(c.reply.destination)") }
             if c.offloaded { row["offloaded"] = .bool(true) }
+            if c.synced { row["synced"] = .bool(true) }
             return .object(row)
         }
         return .object(["connections": .array(rows), "matched": JSONValue(matched), "truncated": .bool(matched > rows.count)])

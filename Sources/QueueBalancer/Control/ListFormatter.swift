@@ -70,6 +70,7 @@ public struct ListFormatter: Sendable {
                 + pad(c["state"]?.string ?? "?", 11) + " " + pad(c["source"]?.string ?? "", 23) + " "
                 + pad(c["virtual"]?.string ?? "", 23) + " " + pad(c["destination"]?.string ?? "", 23) + " "
                 + (c["local"]?.string ?? "") + (c["offloaded"] == .bool(true) ? " (kernel)" : "")
+                + (c["synced"] == .bool(true) ? " (synced)" : "")
             while line.last == " " { line.removeLast() }
             out += line + "\n"
         }

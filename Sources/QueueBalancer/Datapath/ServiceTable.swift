@@ -37,11 +37,24 @@ final class ServiceTable: Sendable {
     /// The real server of each kernel connection on the conntrack fast path (``OffloadMonitor``).
     let offloadOwners: [OffloadOwner: RealServerID]
 
-    private init(services: [Service], forwarders: [Forwarder], offloadOwners: [OffloadOwner: RealServerID]) {
+    /// FULLNAT: the local addresses replies come to (this balancer's and, in a cluster, the ones it takes
+    /// over) and the ports it allocates there: such a packet with no connection is for no local socket.
+    let localReplyAddresses: [IPAddress]
+    let localPorts: ClosedRange<UInt16>
+
+    private init(services: [Service], forwarders: [Forwarder], offloadOwners: [OffloadOwner: RealServerID],
+                 localReplyAddresses: [IPAddress] = [], localPorts: ClosedRange<UInt16> = 1...0xFFFF) {
         self.services = services
         keys = services.map(\.key)
         self.forwarders = forwarders
         self.offloadOwners = offloadOwners
+        self.localReplyAddresses = localReplyAddresses
+        self.localPorts = localPorts
+    }
+
+    /// Whether `key` goes to a FULLNAT local address and port (a real server's reply, whatever its connection).
+    func isLocalReply(_ key: FlowKey) -> Bool {
+        localPorts.contains(key.destination.port) && localReplyAddresses.contains(key.destination.address)
     }
 
     static func empty(capacity: Int) -> ServiceTable {
@@ -97,7 +110,9 @@ final class ServiceTable: Sendable {
                 offloaded: service.offload == .conntrack, adoptMidstream: config.adoptsMidstream(service)))
         }
         let owners = ConntrackOffload.owners(for: config).mapValues { numbers[$0.service][$0.real] }
-        self.init(services: services, forwarders: forwarders, offloadOwners: owners)
+        self.init(services: services, forwarders: forwarders, offloadOwners: owners,
+                  localReplyAddresses: RoutingConfig.localAddresses(config) + (config.cluster?.takeoverLocalAddresses ?? []),
+                  localPorts: config.fullnatPorts)
     }
 
     /// Templates survive a change that keeps the service and its persistence settings.

@@ -50,8 +50,12 @@ struct FullNATForwarder: ForwardingMethod {
     }
 
     /// The answers to each local address: `-s RIP -d LIP --sport rport --dport fullnat-ports`.
+    /// The replies to the other balancers' local addresses too (`cluster.takeover-local-addresses`): the router
+    /// sends them here when their balancer is gone, and the synced connection translates them.
     static func replyRules(for service: VirtualService, config: BalancerConfig) -> [QueueRule] {
-        service.localAddresses.flatMap { local in
+        let families = Set(service.localAddresses.map(\.isIPv4))
+        let takeover = (config.cluster?.takeoverLocalAddresses ?? []).filter { families.contains($0.isIPv4) }
+        return (service.localAddresses + takeover).flatMap { local in
             service.reals.map { QueueRule.reply(of: service, from: $0, to: (local, config.fullnatPorts)) }
         }
     }

@@ -147,17 +147,22 @@ final class TLSContexts: Sendable {
     }
 }
 
-/// SHA-256 through libcrypto, for `body-sha256`.
+/// SHA-256 through libcrypto, for `body-sha256`, table digests and the sync's tracker seed.
 enum Digest {
-    /// The lowercase hexadecimal SHA-256 of `bytes`.
-    static func sha256Hex<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> String {
+    /// The 32 bytes of the SHA-256 of `bytes`.
+    static func sha256<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
         let copy = Array(bytes)
         _ = copy.withUnsafeBytes { EVP_Digest($0.baseAddress, $0.count, &digest, &length, EVP_sha256(), nil) }
+        return Array(digest.prefix(Int(length)))
+    }
+
+    /// The lowercase hexadecimal SHA-256 of `bytes`.
+    static func sha256Hex<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> String {
         let hex = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
-        for byte in digest.prefix(Int(length)) {
+        for byte in sha256(bytes) {
             text.append(hex[Int(byte >> 4)])
             text.append(hex[Int(byte & 0xF)])
         }

@@ -89,6 +89,7 @@ public final class MetricsExporter: Sendable {
         let health = plane.health?.observations ?? [:]
         let quorums = plane.quorumStates
         let cluster = plane.clusterStatus
+        let sync = plane.syncCounters
         state.withLock { state in
             // Per real server: node_exporter's backend gauges, and the counters it lacks.
             var seen = Set<RealServerRegistry.Key>()
@@ -171,6 +172,10 @@ public final class MetricsExporter: Sendable {
                     meter(&state, "nfqlb_cluster_vip_announced", [("vip", "\(vip)")]).set(announced ? 1.0 : 0.0)
                 }
                 meter(&state, "nfqlb_cluster_withdrawn").set(cluster.withdrawn ? 1.0 : 0.0)
+            }
+            // Connection sync: messages and records sent, received, applied and refused, by event.
+            for (event, value) in sync ?? [:] {
+                counter(&state.global, "nfqlb_cluster_sync_events_total", [("event", event)]).feed(value)
             }
             // Reloads (SIGHUP and nfqlb reload).
             counter(&state.global, "nfqlb_reloads_total", [("result", "success")]).feed(reloads.succeeded)

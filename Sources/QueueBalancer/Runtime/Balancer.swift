@@ -41,7 +41,7 @@ public final class Balancer: Sendable {
                     "path": "\(stateFile)", "reason": "\(error)"])
             }
         }
-        handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config, hashSeed: saved?.hashSeed),
+        handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config, hashSeed: config.cluster?.sync?.trackerSeed ?? saved?.hashSeed),
                                 tunnelPaths: tunnelPaths, workers: config.allQueues.count)
         if let saved, let stateFile {
             let report = handler.restore(saved, now: monotonicMilliseconds())
