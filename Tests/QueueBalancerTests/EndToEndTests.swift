@@ -132,6 +132,23 @@ struct EndToEndTests {
         }
     }
 
+    /// The same lab in FULLNAT: each balancer its own local address (announced over BGP, the others' with a
+    /// longer AS path) and connection sync between them. Every phase reports the fraction of the 300 connections
+    /// that survived; the target is 99% (the script fails below it).
+    @Test func clusterFullNATConnectionsSurviveThroughSync() throws {
+        let output = try EndToEnd.run("fullnat", script: "cluster.sh", checksums: false)
+        for line in ["ecmp: 3 next hops", "ok: cluster: connections survive", "cleanup: no rules left"] {
+            #expect(output.contains(line))
+        }
+        for phase in ["process", "process back", "link", "link back", "stop"] {
+            let prefix = "\(phase): survived "
+            let line = output.split(separator: "\n").first { $0.hasPrefix(prefix) }
+            let survived = line.flatMap { Int($0.dropFirst(prefix.count).split(separator: " ")[0]) }
+            #expect(survived.map { $0 >= 297 } == true, "\(phase): \(String(describing: line))")
+        }
+        #expect(output.contains("process: sync b2: ") && output.contains("records-inserted="))
+    }
+
     /// A SYN flood from spoofed sources (65,536-connection table, `syn-queue`) beside a working client, then 30 s
     /// of malformed packets beside it (`Tests/e2e/flood.sh`).
     @Test func floodsAndMalformedPacketsLeaveTheBalancerServing() throws {
