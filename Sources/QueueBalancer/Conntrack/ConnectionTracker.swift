@@ -291,7 +291,7 @@ public final class ConnectionTracker: Sendable {
                 let moves = !isTCP && (lifecycle == .draining || lifecycle == .removed)
                 if entry.expires > now && !restarts && !moves && lifecycle != .removed {
                     let state = isTCP ? entry.state.next(after: flags, direction: .inbound, inputOnly: entry.inputOnly) : .udp
-                    if entry.fromPeer { table.entries[found].fromPeer = false }
+                    table.entries[found].touched()
                     table.changeState(found, to: state)
                     table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
                     if entry.allocator != nil {
@@ -399,7 +399,7 @@ public final class ConnectionTracker: Sendable {
                 return nil
             }
             let state = isTCP ? entry.state.next(after: flags, direction: .reply) : .udp
-            if entry.fromPeer { table.entries[found].fromPeer = false }
+            table.entries[found].touched()
             table.changeState(found, to: state)
             table.setExpiry(found, now &+ lifetime(state, offloaded: entry.offloaded))
             return entry.connection

@@ -52,6 +52,9 @@ struct ConnectionEntry {
         set { flags = newValue ? flags | Self.fromPeerFlag : flags & ~Self.fromPeerFlag }
     }
 
+    /// A packet touched the connection here: it is this balancer's own (one store, no branch).
+    mutating func touched() { flags &= ~Self.fromPeerFlag }
+
     init(inbound: FlowKey, reply: FlowKey, expires: UInt64, real: RealServerID, state: ConnectionState, live: Bool,
          nextFree: Int32, allocator: PortAllocatorID?, offloaded: Bool, inputOnly: Bool = false) {
         clientAddress = inbound.source.address

@@ -238,6 +238,13 @@ public final class PacketHandler: PacketProcessor {
             counters.traffic?.countOut(connection.real.index, bytes: packet.totalLength)
             return table.forwarders[connection.real.index].reply(bytes, packet, of: connection, counters: &counters)
         }
+        return unmatched(key, table, &counters)
+    }
+
+    /// A packet for no virtual service and no tracked connection. Out of line: the common paths stay small
+    /// enough for the compiler to inline their forwarders.
+    @inline(never)
+    private func unmatched(_ key: FlowKey, _ table: ServiceTable, _ counters: inout CounterBatch) -> Verdict {
         // A reply to a FULLNAT local port with no connection: no local socket has that port (the ephemeral
         // range is kept apart), so the kernel would answer with a reset and end a connection that another
         // balancer holds or whose synced copy is on its way (docs/ARCHITECTURE.md, "Several balancers").
@@ -245,8 +252,8 @@ public final class PacketHandler: PacketProcessor {
             counters.count(.droppedNoConnection)
             return .drop
         }
-        // Not for a virtual service and not a tracked reply: e.g. a real server answering a health check sent
-        // from the balancer itself. Passing it unchanged is what the kernel would have done without nfqlb.
+        // E.g. a real server answering a health check sent from the balancer itself. Passing it unchanged is
+        // what the kernel would have done without nfqlb.
         counters.count(.passedUnmatched)
         return .accept
     }
