@@ -17,8 +17,9 @@ import Testing
 
     /// Balancer `index` (1 or 2) of a FULLNAT pair: its own local address 198.51.100.(index), the other's taken
     /// over, sync between 127.0.0.1:`ports`.
-    static func yaml(_ index: Int, key: String, ports: (UInt16, UInt16), sync: String = "") -> String {
+    static func yaml(_ index: Int, key: String, ports: (UInt16, UInt16), sync: String = "", mode: String = "fullnat") -> String {
         let own = index == 1 ? ports.0 : ports.1, other = index == 1 ? ports.1 : ports.0
+        let locals = mode == "fullnat" ? "\n    local-addresses: [198.51.100.\(index)]" : ""
         return """
             queues: [0]
             cluster:
@@ -30,8 +31,7 @@ import Testing
               - vip: 203.0.113.10
                 port: 80
                 protocol: tcp
-                mode: fullnat
-                local-addresses: [198.51.100.\(index)]
+                mode: \(mode)\(locals)
                 reals: [{ address: 198.51.100.11, port: 8080 }, { address: 198.51.100.12, port: 8080 }]
             """
     }
@@ -124,6 +124,50 @@ import Testing
         #expect(ConnectionSync.changes(current: [Self.saved(1), Self.saved(2)], sent: sent, now: 6_000, refresh: 5_000).count == 2)
     }
 
+    @Test func recordsInsertUpdateReplaceAndRemoveCopiesButNeverTheBalancersOwn() throws {
+        let key = try Self.keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
+        let config = try ConfigLoader.parse(yaml: Self.yaml(2, key: key, ports: (8848, 8849)))
+        let handler = PacketHandler(config: config, tracker: ConnectionTracker(config: config, hashSeed: config.cluster?.sync?.trackerSeed))
+        let tracker = handler.tracker
+        let first = try #require(tracker.registry.number(of: .init(service: config.services[0], real: config.services[0].reals[0])))
+        let second = try #require(tracker.registry.number(of: .init(service: config.services[0], real: config.services[0].reals[1])))
+        // The sender chose its local ports so that LIP:port falls in the client's lock stripe (under the seed the
+        // key gives every balancer): the copy must too. Two such ports, and one that does not.
+        let hasher = FlowHasher(seed: tracker.configuration.hashSeed)
+        let mask = UInt64(tracker.configuration.stripes - 1)
+        let client = hasher.hash(endpoint("192.0.2.2", 40_000), .tcp) & mask
+        let fitting = (UInt16(61_000)...65_535).filter { hasher.hash(endpoint("198.51.100.1", $0), .tcp) & mask == client }
+        let (port1, port2) = (fitting[0], fitting[1])
+        let misfit = try #require((UInt16(61_000)...65_535).first { !fitting.contains($0) })
+        func record(_ operation: SyncRecord.Operation, real: Int = 0, port: UInt16? = nil, state: ConnectionState = .established) -> SyncRecord {
+            SyncRecord(operation: operation, transport: .tcp, state: state, client: endpoint("192.0.2.2", 40_000),
+                       virtual: endpoint("203.0.113.10", 80), real: config.services[0].reals[real].endpoint,
+                       local: endpoint("198.51.100.1", port ?? port1), lifetime: 60_000)
+        }
+        func copies() -> [ConnectionTracker.Listed] { tracker.connections(limit: 10) { _ in true }.connections }
+        #expect(tracker.synced(record(.remove), real: first, now: 1_000) == .ignored, "removal of an unknown one")
+        #expect(tracker.synced(record(.update, port: misfit), real: first, now: 1_000) == .failed, "a port of another stripe")
+        #expect(tracker.synced(record(.update), real: first, now: 1_000) == .inserted)
+        #expect(copies().count == 1 && copies()[0].synced && copies()[0].expires == 61_000 && copies()[0].state == .established)
+        #expect(tracker.synced(record(.update, state: .finWait), real: first, now: 2_000) == .updated)
+        #expect(copies()[0].state == .finWait && copies()[0].expires == 62_000)
+        // The sender's connection on this tuple is another now (another real server and local port): replaced.
+        #expect(tracker.synced(record(.update, real: 1, port: port2), real: second, now: 3_000) == .inserted)
+        #expect(copies().count == 1 && copies()[0].real == second && copies()[0].reply.destination.port == port2)
+        #expect(tracker.synced(record(.remove, real: 1, port: port2), real: second, now: 4_000) == .removed)
+        #expect(copies().isEmpty)
+        // A copy a packet touched is this balancer's own: the others' records leave it alone.
+        #expect(tracker.synced(record(.update), real: first, now: 5_000) == .inserted)
+        var ack = PacketBuilder()
+        ack.tcpFlags = 0x10
+        var counters = CounterBatch()
+        #expect(handler.run(ack.build(), now: 6_000, counters: &counters).0 == .acceptRewritten)
+        #expect(copies().count == 1 && !copies()[0].synced)
+        #expect(tracker.synced(record(.remove), real: first, now: 7_000) == .ignored)
+        #expect(copies().count == 1)
+    }
+
     /// Waits (bounded: 5 s) until `condition` holds.
     static func eventually(_ condition: () -> Bool) -> Bool {
         for _ in 0..<500 {
@@ -133,13 +177,16 @@ import Testing
         return condition()
     }
 
-    @Test func anotherBalancerForwardsASyncedConnectionAsTheFirstDid() throws {
+    /// FULLNAT on every balancer at once; NAT as active/backup (the backup holds the active's connections).
+    @Test(arguments: ["fullnat", "nat"])
+    func anotherBalancerForwardsASyncedConnectionAsTheFirstDid(mode: String) throws {
         let key = try Self.keyFile()
         defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
         let base = UInt16.random(in: 30000...50000)
         let ports = (base, base + 1)
-        let configA = try ConfigLoader.parse(yaml: Self.yaml(1, key: key, ports: ports))
-        let configB = try ConfigLoader.parse(yaml: Self.yaml(2, key: key, ports: ports))
+        let configA = try ConfigLoader.parse(yaml: Self.yaml(1, key: key, ports: ports, mode: mode))
+        let configB = try ConfigLoader.parse(yaml: Self.yaml(2, key: key, ports: ports, mode: mode))
+        let source: [UInt8] = mode == "fullnat" ? [198, 51, 100, 1] : [192, 0, 2, 2]   // A's local address, or the client
         let seed = try #require(configA.cluster?.sync?.trackerSeed)
         let a = PacketHandler(config: configA, tracker: ConnectionTracker(config: configA, hashSeed: seed))
         let b = PacketHandler(config: configB, tracker: ConnectionTracker(config: configB, hashSeed: seed))
@@ -158,7 +205,7 @@ import Testing
             syn.sourcePort = port
             let (verdict, out) = a.run(syn.build(), now: monotonicMilliseconds(), counters: &countersA)
             #expect(verdict == .acceptRewritten)
-            #expect(Array(out[12..<16]) == [198, 51, 100, 1])
+            #expect(Array(out[12..<16]) == source)
             var ack = syn
             ack.tcpFlags = 0x10
             ack.payload = Array("GET /".utf8)
@@ -191,15 +238,17 @@ import Testing
         // Touched by B's packets, they are B's own now (B would send them on).
         #expect(b.tracker.connections(limit: 100) { $0.synced }.matched == 0)
 
-        // A reply to B's local ports with no connection is dropped (the kernel would reset it), not passed.
-        var stray = PacketBuilder()
-        stray.source = [198, 51, 100, 11]
-        stray.sourcePort = 8080
-        stray.destination = [198, 51, 100, 1]
-        stray.destinationPort = 61999
-        stray.tcpFlags = 0x10
-        #expect(b.run(stray.build(), now: monotonicMilliseconds(), counters: &countersB).0 == .drop)
-        #expect(countersB[.droppedNoConnection] == 1)
+        // FULLNAT: a reply to a local port with no connection is dropped (the kernel would reset it), not passed.
+        if mode == "fullnat" {
+            var stray = PacketBuilder()
+            stray.source = [198, 51, 100, 11]
+            stray.sourcePort = 8080
+            stray.destination = [198, 51, 100, 1]
+            stray.destinationPort = 61999
+            stray.tcpFlags = 0x10
+            #expect(b.run(stray.build(), now: monotonicMilliseconds(), counters: &countersB).0 == .drop)
+            #expect(countersB[.droppedNoConnection] == 1)
+        }
 
         // A datagram with another key, or from an address that is not a peer's, changes nothing.
         let forged = SyncMessage(sender: 7, epoch: 1, sequence: 1, records: []).encoded(key: Array("not the cluster's key at all".utf8))

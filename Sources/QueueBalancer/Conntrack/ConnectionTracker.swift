@@ -151,12 +151,15 @@ public final class ConnectionTracker: Sendable {
         let stripe = stripes[Int(truncatingIfNeeded: hasher.hash(key.source, key.transport)) & stripeMask]
         let keyHash = hasher.hash(key)
         let expires = now &+ UInt64(record.lifetime)
+        let reply = FlowKey(source: record.real, destination: record.local ?? record.client, transport: record.transport)
         let existing = stripe.table.withLock { table -> SyncOutcome? in
             guard let found = table.find(key, hash: keyHash, direction: .inbound) else { return nil }
             guard table.entries[found].fromPeer else { return .ignored }
-            if record.operation == .remove {
+            // Removed; or the sender's connection on this tuple is another one now (another real server or
+            // local port): the old copy goes, the new one is put in below.
+            if record.operation == .remove || !table.entries[found].matches(reply, .reply) {
                 table.remove(found, hasher: hasher)
-                return .removed
+                return record.operation == .remove ? .removed : nil
             }
             table.changeState(found, to: record.state)
             table.setExpiry(found, expires)
@@ -164,7 +167,6 @@ public final class ConnectionTracker: Sendable {
         }
         if let existing { return existing }
         guard record.operation == .update, record.lifetime > 0 else { return .ignored }
-        let reply = FlowKey(source: record.real, destination: record.local ?? record.client, transport: record.transport)
         let saved = Saved(inbound: key, reply: reply, state: record.state, expires: expires, real: real,
                           translated: record.local != nil, inputOnly: false)
         return put(saved, real: real, fromPeer: true) ? .inserted : .failed
