@@ -42,7 +42,11 @@ struct Check: ParsableCommand {
         if let cluster = config.cluster {
             let peers = cluster.peers.map { "\($0.address) AS\($0.remoteAS)" }.joined(separator: ", ")
             let bfd = cluster.bfd.map { "BFD \($0.interval) ms x \($0.multiplier)" } ?? "no BFD"
-            print("  cluster: AS\(cluster.localAS), peers \(peers), \(bfd), hold time \(cluster.holdTime / 1000) s")
+            if cluster.announces {
+                print("  cluster: AS\(cluster.localAS), peers \(peers), \(bfd), hold time \(cluster.holdTime / 1000) s")
+            } else {
+                print("  cluster: announces nothing (no local-as and peers): connection sync only, active/backup")
+            }
             if let sync = cluster.sync {
                 print("  cluster sync: listen \(sync.listen), peers \(sync.peers.map { "\($0)" }.joined(separator: ", ")), every \(sync.interval) ms, refresh \(sync.refresh / 1000) s, at most \(sync.maxRate) bytes/s per peer, key \(sync.keyFile)")
             }

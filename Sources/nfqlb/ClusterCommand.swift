@@ -19,7 +19,11 @@ struct ClusterCommand: ParsableCommand {
 
     /// Prints what `cluster.*` answered: the switch and each VIP's announcement.
     static func show(_ result: JSONValue) {
-        print("balancer: \(result["withdrawn"]?.bool == true ? "withdrawn by the operator" : "announcing what it serves")")
+        if result["announces"]?.bool == false {
+            print("balancer: announces nothing (connection sync only)")
+        } else {
+            print("balancer: \(result["withdrawn"]?.bool == true ? "withdrawn by the operator" : "announcing what it serves")")
+        }
         for vip in result["vips"]?.array ?? [] {
             print("  \(vip["vip"]?.string ?? "?") \(vip["announced"]?.bool == true ? "announced" : "withdrawn") (BIRD protocol \(vip["protocol"]?.string ?? "?"))")
         }
@@ -125,6 +129,9 @@ struct ClusterCommand: ParsableCommand {
             let config = try options.load()
             guard let cluster = config.cluster else {
                 throw failure("\(options.config) has no cluster: section (see README, \"Several balancers\")", status: 2)
+            }
+            guard cluster.announces else {
+                throw failure("\(options.config): its cluster announces nothing (no local-as and peers: sync only)", status: 2)
             }
             let ranges = RoutingConfig.balancerRanges(cluster)
             switch router {

@@ -135,8 +135,8 @@ struct Run: ParsableCommand {
         // before the peers' connections are in.
         var liveDevice: LiveDevice?
         var announcer: ClusterAnnouncer?
-        let workersStop = config.cluster == nil ? stopSignal : StopSignal()
-        if let cluster = config.cluster {
+        let workersStop = config.cluster?.announces == true ? StopSignal() : stopSignal
+        if let cluster = config.cluster, cluster.announces {
             let made = ClusterAnnouncer(cluster: cluster, logger: logger, vips: { RoutingConfig.vips(plane.configuration) },
                                         servable: { [sync] in sync?.isReady == false ? [] : plane.servableVIPs })
             made.withdrawBeforeStart()

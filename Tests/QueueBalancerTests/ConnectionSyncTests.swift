@@ -65,6 +65,33 @@ import Testing
         #expect(cluster.warnings(for: config).isEmpty, "\(cluster.warnings(for: config))")
     }
 
+    /// Without local-as and peers the cluster announces nothing: sync only, for active/backup.
+    @Test func aClusterOfSyncOnlyAnnouncesNothing() throws {
+        let key = try Self.keyFile()
+        defer { try? FileManager.default.removeItem(atPath: (key as NSString).deletingLastPathComponent) }
+        let config = try ConfigLoader.parse(yaml: """
+            queues: [0]
+            cluster: { sync: { listen: 198.51.100.1:8848, peers: [198.51.100.2:8848], key-file: \(key) } }
+            services:
+              - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat, reals: [{ address: 198.51.100.11 }] }
+            """)
+        let cluster = try #require(config.cluster)
+        #expect(!cluster.announces && cluster.sync != nil)
+        #expect(cluster.warnings(for: config) == ["203.0.113.10:80/tcp (nat): replies return only through the real servers' gateway: run NAT active/backup (the backup holds the synced connections)"])
+        // Either both or neither: local-as alone still needs its peers.
+        do {
+            _ = try ConfigLoader.parse(yaml: """
+                queues: [0]
+                cluster: { local-as: 65001, sync: { listen: 198.51.100.1:8848, peers: [198.51.100.2:8848], key-file: \(key) } }
+                services:
+                  - { vip: 203.0.113.10, port: 80, protocol: tcp, mode: nat, reals: [{ address: 198.51.100.11 }] }
+                """)
+            Issue.record("local-as without peers accepted")
+        } catch {
+            #expect(error.reason.contains("cluster needs 'peers'"), "\(error)")
+        }
+    }
+
     @Test func mistakesAreRefused() throws {
         let key = try Self.keyFile()
         let short = try Self.keyFile("too short")

@@ -149,6 +149,22 @@ struct EndToEndTests {
         #expect(output.contains("process: sync b2: ") && output.contains("records-inserted="))
     }
 
+    /// NAT active/backup (`Tests/e2e/failover.sh`): two balancers with connection sync and no BGP, the active
+    /// holding the floating address (next hop and gateway); its nfqlb killed and the address moved, then back.
+    @Test func natActiveBackupKeepsConnectionsThroughSync() throws {
+        let output = try EndToEnd.run("", script: "failover.sh", checksums: false)
+        for line in ["backup: 300 synced copies on b2", "backup again: 300 synced copies on b1",
+                     "ok: failover: NAT connections survive"] {
+            #expect(output.contains(line))
+        }
+        for phase in ["failover", "failback"] {
+            let prefix = "\(phase): survived "
+            let line = output.split(separator: "\n").first { $0.hasPrefix(prefix) }
+            let survived = line.flatMap { Int($0.dropFirst(prefix.count).split(separator: " ")[0]) }
+            #expect(survived.map { $0 >= 297 } == true, "\(phase): \(String(describing: line))")
+        }
+    }
+
     /// A SYN flood from spoofed sources (65,536-connection table, `syn-queue`) beside a working client, then 30 s
     /// of malformed packets beside it (`Tests/e2e/flood.sh`).
     @Test func floodsAndMalformedPacketsLeaveTheBalancerServing() throws {

@@ -49,29 +49,11 @@ NFQLB_PIDS=("" "" "" "")
 BIRD_PIDS=("" "" "" "")
 
 # --- topology
-lab_add_ns "${P}c"; lab_add_ns "$G"
-ip -n "$G" link add brs type bridge mcast_snooping 0
-ip -n "$G" addr add 198.51.100.254/24 dev brs
-ip -n "$G" link set brs up
-ip -n "${P}c" link add eth0 type veth peer name c0 netns "$G"
-ip -n "${P}c" addr add 192.0.2.2/24 dev eth0
-ip -n "${P}c" link set eth0 up
-ip -n "${P}c" route add default via 192.0.2.1
-ip -n "$G" addr add 192.0.2.1/24 dev c0
-ip -n "$G" link set c0 up
-in_ns "$G" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+lab_router_lan "$G"
+in_ns "$G" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 # ECMP by the 5-tuple (policy 3, the fields given) so one client's connections spread over the balancers.
 in_ns "$G" sysctl -qw net.ipv4.fib_multipath_hash_policy=3 net.ipv4.fib_multipath_hash_fields=0x37
-# lan_port NS ADDRESS: a veth from NS to the router's bridge, ADDRESS/24, default route via the router.
-lan_port() {
-    local ns=$1 port=$2
-    ip -n "$ns" link add eth0 type veth peer name "$port" netns "$G"
-    ip -n "$G" link set "$port" master brs
-    ip -n "$G" link set "$port" up
-    ip -n "$ns" addr add "$3/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" route add default via 198.51.100.254
-}
+lan_port() { lab_lan_port "$G" "$1" "$2" "$3" 198.51.100.254; }
 for i in "${BALANCERS[@]}"; do
     lab_add_ns "${P}b$i"
     lan_port "${P}b$i" "b$i" "198.51.100.$i"
@@ -97,20 +79,7 @@ for i in 1 2 3; do
 done
 
 # --- real servers: a line echo on every address, port 7000, answering "rX:<line>"
-cat > "$LAB_TMP/echo.py" <<'PY'
-import socketserver, sys
-name = sys.argv[1].encode()
-class Echo(socketserver.StreamRequestHandler):
-    def handle(self):
-        for line in self.rfile:
-            self.wfile.write(name + b":" + line)
-            self.wfile.flush()
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer.daemon_threads = True
-socketserver.ThreadingTCPServer.request_queue_size = 1024
-socketserver.ThreadingTCPServer(("0.0.0.0", 7000), Echo).serve_forever()
-PY
-for i in 1 2 3; do lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_TMP/echo.py" "r$i"; done
+for i in 1 2 3; do lab_spawn "${P}r$i" "$LAB_TMP/echo$i.log" "$LAB_PYTHON" "$LAB_ROOT/Tests/e2e/line-echo.py" "r$i"; done
 
 # --- balancers: one config each (only the BIRD socket differs; FULLNAT: the local addresses and sync
 # endpoints), BIRD's config from nfqlb cluster config
@@ -274,89 +243,10 @@ metrics=$(in_ns "${P}b3" curl -s --max-time 2 http://127.0.0.1:9469/metrics)
 grep -q "^nfqlb_cluster_vip_announced{vip=\"$VIP\"} 1" <<<"$metrics" || fail "metrics: $VIP not announced: $(grep cluster <<<"$metrics")"
 echo "operator: withdraw and announce followed by the router; status and metrics agree"
 
-# --- the client: CONNS connections held open, a line on each every 200 ms; the connections whose echo stops
-# or changes real server are broken. Commands on stdin: "mark NAME" records the time, "stop" prints a summary.
-cat > "$LAB_TMP/client.py" <<'PY'
-import select, socket, sys, time
-vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-conns, owner, pending, broken = [], {}, {}, {}
-for i in range(count):
-    s = socket.create_connection((vip, port), timeout=5)
-    s.setblocking(False)
-    conns.append(s)
-buffers = {s: b"" for s in conns}
-def send_round(n):
-    for i, s in enumerate(conns):
-        if i in broken: continue
-        if i in pending and time.time() - pending[i][1] > 2:
-            broken[i] = "no echo within 2 s"
-            continue
-        if i in pending: continue
-        try:
-            s.send(b"%d %d\n" % (i, n)); pending[i] = (n, time.time())
-        except OSError as e:
-            broken[i] = str(e)
-def read_ready(timeout):
-    ready, _, _ = select.select([s for i, s in enumerate(conns) if i not in broken], [], [], timeout)
-    for s in ready:
-        i = conns.index(s)
-        try:
-            data = s.recv(4096)
-        except OSError as e:
-            broken[i] = str(e); continue
-        if not data:
-            broken[i] = "closed"; continue
-        buffers[s] += data
-        while b"\n" in buffers[s]:
-            line, buffers[s] = buffers[s].split(b"\n", 1)
-            name = line.split(b":", 1)[0]
-            if owner.setdefault(i, name) != name:
-                broken[i] = "moved from %s to %s" % (owner[i].decode(), name.decode())
-            pending.pop(i, None)
-n = 0
-started = time.time()
-print("open %d" % len(conns), flush=True)
-import os
-os.set_blocking(sys.stdin.fileno(), False)
-command = b""
-while True:
-    n += 1
-    send_round(n)
-    end = time.time() + 0.2
-    while time.time() < end:
-        read_ready(max(0, end - time.time()))
-    try:
-        command += os.read(sys.stdin.fileno(), 1024)
-    except BlockingIOError:
-        pass
-    if b"stop" in command or time.time() - started > 180:   # bounded: the lab takes about a minute
-        break
-    if b"report" in command:
-        command = b""
-        print("broken %d of %d" % (len(broken), len(conns)), flush=True)
-servers = {}
-for name in owner.values(): servers[name.decode()] = servers.get(name.decode(), 0) + 1
-print("broken %d of %d; servers %s" % (len(broken), len(conns), " ".join("%s=%d" % kv for kv in sorted(servers.items()))), flush=True)
-for i, why in sorted(broken.items())[:10]: print("  connection %d: %s" % (i, why), flush=True)
-PY
-mkfifo "$LAB_TMP/client.in"
-# The fifo is the client's stdin: the background shell opens it (waiting for a writer), then execs the client.
-ip netns exec "${P}c" "$LAB_PYTHON" "$LAB_TMP/client.py" "$VIP" 7000 "$CONNS" <"$LAB_TMP/client.in" >"$LAB_TMP/client.out" 2>&1 &
-CLIENT_PID=$!
-LAB_PIDS+=("$CLIENT_PID")
-exec 7>"$LAB_TMP/client.in"
-for _ in $(seq 200); do grep -q "^open" "$LAB_TMP/client.out" && break; sleep 0.1; done
-grep -q "^open $CONNS" "$LAB_TMP/client.out" || fail "client: could not open $CONNS connections: $(cat "$LAB_TMP/client.out")"
+# --- the client: CONNS connections held open, a line on each every 200 ms (Tests/e2e/long-client.py)
+long_client_start "$VIP" 7000 "$CONNS"
 sleep 1
-# report: the client's count of broken connections so far.
-report() {
-    local before
-    before=$(grep -c "^broken" "$LAB_TMP/client.out" || true)
-    echo report >&7
-    for _ in $(seq 50); do [ "$(grep -c "^broken" "$LAB_TMP/client.out" || true)" -gt "$before" ] && break; sleep 0.1; done
-    grep "^broken" "$LAB_TMP/client.out" | tail -n 1 | awk '{ print $2 }'
-}
-[ "$(report)" = 0 ] || fail "connections broke before any failure"
+[ "$(long_client_report)" = 0 ] || fail "connections broke before any failure"
 echo "client: $CONNS connections open through 3 balancers"
 
 # How many flows change balancer is the router's doing. With resilient groups (ECMP=resilient) a balancer that
@@ -382,14 +272,14 @@ came_back() {
     sleep 6
     local detail broken
     if [ "$MODE" = fullnat ]; then
-        broken=$(report)
+        broken=$(long_client_report)
         echo "$1: broken $broken"
         check_broken "$1" "$broken"
         return 0
     fi
     carriers "$3.after"
     read -r -a detail <<<"$(moved_detail "$3" "$3.after" "$2")"
-    broken=$(report)
+    broken=$(long_client_report)
     echo "$1: moved ${detail[0]} flows: ${detail[1]} to $2, ${detail[2]} between the others (limit $collateral_limit), broken $broken"
     check_collateral "$1" "${detail[2]}"
     check_broken "$1" "$broken"
@@ -423,7 +313,7 @@ lab_forget_pid "${NFQLB_PIDS[1]}"
 NFQLB_PIDS[1]=""
 echo "process: detection $ms ms"
 sleep 3   # the client calls a connection broken after 2 s without its echo
-broken=$(report)
+broken=$(long_client_report)
 echo "process: broken $broken of $CONNS"
 check_broken process "$broken"
 if [ "$MODE" = fullnat ]; then
@@ -446,7 +336,7 @@ ip -n "${P}b2" link set eth0 down
 ms=$(wait_next_hops 2 5000)
 echo "link: detection $ms ms"
 sleep 3   # the client calls a connection broken after 2 s without its echo
-broken=$(report)
+broken=$(long_client_report)
 echo "link: broken $broken of $CONNS"
 check_broken link "$broken"
 carriers "$LAB_TMP/carriers.3"
@@ -466,15 +356,11 @@ NFQLB_PIDS[3]=""
 grep -q "cluster: VIPs withdrawn before stopping" "$LAB_TMP/b3/nfqlb.log" || fail "b3 did not withdraw before stopping: $(tail -n 5 "$LAB_TMP/b3/nfqlb.log")"
 [ "$(next_hops)" = 2 ] || fail "after b3 stopped the router still has $(next_hops) next hops"
 sleep 3   # the client calls a connection broken after 2 s without its echo
-broken=$(report)
+broken=$(long_client_report)
 echo "stop: broken $broken of $CONNS ($(grep -o 'withdrawal-ms=[0-9]*' "$LAB_TMP/b3/nfqlb.log" | tail -n 1))"
 check_broken stop "$broken"
 
-echo stop >&7
-exec 7>&-
-wait "$CLIENT_PID" 2>/dev/null || true
-lab_forget_pid "$CLIENT_PID"
-tail -n 3 "$LAB_TMP/client.out"
+long_client_stop
 if [ "$MODE" = fullnat ] && [ "${SYNC:-on}" = off ]; then
     pass "cluster: FULLNAT without connection sync, for comparison (survival above, not checked)"
 else

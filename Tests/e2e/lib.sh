@@ -483,6 +483,66 @@ queue_bound() {
     in_ns "$1" cat /proc/net/netfilter/nfnetlink_queue | awk -v q="${2:-0}" '$1 == q { found = 1 } END { exit !found }'
 }
 
+# lab_router_lan G: the client ${P}c (192.0.2.2) and the router G (192.0.2.1 towards it, forwarding), with a
+# bridge brs (198.51.100.254/24) for balancers and real servers (lab_lan_port).
+lab_router_lan() {
+    local g=$1
+    lab_add_ns "${P}c"; lab_add_ns "$g"
+    ip -n "$g" link add brs type bridge mcast_snooping 0
+    ip -n "$g" addr add 198.51.100.254/24 dev brs
+    ip -n "$g" link set brs up
+    ip -n "${P}c" link add eth0 type veth peer name c0 netns "$g"
+    ip -n "${P}c" addr add 192.0.2.2/24 dev eth0
+    ip -n "${P}c" link set eth0 up
+    ip -n "${P}c" route add default via 192.0.2.1
+    ip -n "$g" addr add 192.0.2.1/24 dev c0
+    ip -n "$g" link set c0 up
+    in_ns "$g" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# lab_lan_port G NS PORTNAME ADDRESS [GATEWAY]: a veth from NS (eth0, ADDRESS/24) to G's bridge brs (PORTNAME),
+# with a default route via GATEWAY if given.
+lab_lan_port() {
+    local g=$1 ns=$2 port=$3
+    ip -n "$ns" link add eth0 type veth peer name "$port" netns "$g"
+    ip -n "$g" link set "$port" master brs
+    ip -n "$g" link set "$port" up
+    ip -n "$ns" addr add "$4/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    if [ -n "${5:-}" ]; then ip -n "$ns" route add default via "$5"; fi
+}
+
+# long_client_start VIP PORT COUNT: Tests/e2e/long-client.py in the client namespace (${P}c), COUNT long
+# connections to VIP:PORT; its stdin is a fifo on descriptor 7. Fails unless all COUNT open.
+long_client_start() {
+    mkfifo "$LAB_TMP/client.in"
+    # The fifo is the client's stdin: the background shell opens it (waiting for a writer), then execs the client.
+    ip netns exec "${P}c" "$LAB_PYTHON" "$LAB_ROOT/Tests/e2e/long-client.py" "$1" "$2" "$3" <"$LAB_TMP/client.in" >"$LAB_TMP/client.out" 2>&1 &
+    LONG_CLIENT_PID=$!
+    LAB_PIDS+=("$LONG_CLIENT_PID")
+    exec 7>"$LAB_TMP/client.in"
+    for _ in $(seq 200); do grep -q "^open" "$LAB_TMP/client.out" && break; sleep 0.1; done
+    grep -q "^open $3" "$LAB_TMP/client.out" || fail "client: could not open $3 connections: $(cat "$LAB_TMP/client.out")"
+}
+
+# long_client_report: prints the long client's count of broken connections so far.
+long_client_report() {
+    local before
+    before=$(grep -c "^broken" "$LAB_TMP/client.out" || true)
+    echo report >&7
+    for _ in $(seq 50); do [ "$(grep -c "^broken" "$LAB_TMP/client.out" || true)" -gt "$before" ] && break; sleep 0.1; done
+    grep "^broken" "$LAB_TMP/client.out" | tail -n 1 | awk '{ print $2 }'
+}
+
+# long_client_stop: ends the long client and prints its summary (broken connections, real servers).
+long_client_stop() {
+    echo stop >&7
+    exec 7>&-
+    wait "$LONG_CLIENT_PID" 2>/dev/null || true
+    lab_forget_pid "$LONG_CLIENT_PID"
+    tail -n 3 "$LAB_TMP/client.out"
+}
+
 # nfqlb_start CONFIG: installs nfqlb's rules in the balancer (scripts/iptables-setup.sh up, idempotent; not
 # with NFQLB_SETUP=keep, which restarts nfqlb under the rules in place) and starts "$NFQLB run" there;
 # returns once queue 0 is bound (bounded: 10 s). Sets NFQLB_PID. NFQLB_ARGS adds options to `nfqlb run`.

@@ -5,12 +5,16 @@
 public struct ClusterConfig: Sendable, Equatable {
     /// The keys as written (``ConfigDocument`` writes them back).
     public var document: JSONValue
-    /// This balancer's autonomous system number.
+    /// This balancer's autonomous system number (0 when it does not announce).
     public var localAS: UInt32
     /// BGP router id (an IPv4 address); nil: the routing daemon picks one of the host's addresses.
     public var routerID: IPAddress?
-    /// The routers this balancer peers with.
+    /// The routers this balancer peers with; none: it announces nothing (active/backup with `sync` only, the
+    /// addresses moved by keepalived or the like).
     public var peers: [Peer]
+
+    /// Whether this balancer announces its VIPs over BGP (through BIRD).
+    public var announces: Bool { !peers.isEmpty }
     /// BFD on every session; nil: off (the BGP hold timer alone then detects a dead balancer: seconds).
     public var bfd: BFD? = BFD()
     /// BGP hold time (ms); keepalives every third of it.
@@ -79,7 +83,7 @@ public struct ClusterConfig: Sendable, Equatable {
     /// that differs between balancers (DR/TUN without mh or sh).
     public func warnings(for config: BalancerConfig) -> [String] {
         var out: [String] = []
-        for vip in RoutingConfig.vips(config) where !peers.contains(where: { $0.address.isIPv4 == vip.isIPv4 }) {
+        for vip in RoutingConfig.vips(config) where announces && !peers.contains(where: { $0.address.isIPv4 == vip.isIPv4 }) {
             out.append("\(vip) is never announced: no peer of its family")
         }
         for service in config.services {

@@ -269,10 +269,17 @@ private struct Reader {
         func asNumber(_ n: Node, _ what: String) throws(ConfigError) -> UInt32 {
             UInt32(try integer(n, what, 1...Int(UInt32.max)))
         }
-        let localAS = try asNumber(try required(m, "local-as", in: "cluster", at: node), "cluster local-as")
-        let peersNode = try required(m, "peers", in: "cluster", at: node)
-        guard case .sequence(let list) = peersNode, !list.isEmpty else {
-            throw fail(peersNode, "cluster peers must be a list of routers, e.g. [{ address: 198.51.100.1, as: 65000 }]")
+        // Without local-as and peers the balancer announces nothing: a cluster of connection sync only (NAT or
+        // FULLNAT active/backup, the addresses moved by keepalived or the like).
+        let syncOnly = m["local-as"] == nil && m["peers"] == nil && m["sync"] != nil
+        let localAS = syncOnly ? 0 : try asNumber(try required(m, "local-as", in: "cluster", at: node), "cluster local-as")
+        var list: [Node] = []
+        if !syncOnly {
+            let peersNode = try required(m, "peers", in: "cluster", at: node)
+            guard case .sequence(let given) = peersNode, !given.isEmpty else {
+                throw fail(peersNode, "cluster peers must be a list of routers, e.g. [{ address: 198.51.100.1, as: 65000 }]")
+            }
+            list = Array(given)
         }
         var peers: [ClusterConfig.Peer] = []
         for item in list {

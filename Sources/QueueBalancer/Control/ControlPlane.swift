@@ -160,21 +160,24 @@ public final class ControlPlane: Sendable {
             }
             return try make(change, uid: uid)
         case "cluster.status", "cluster.withdraw", "cluster.announce":
-            guard let announcer = announcer.withLock({ $0 }) else {
-                throw Failure(.refused, "this balancer has no cluster: section")
+            let announcer = announcer.withLock { $0 }
+            guard announcer != nil || (request.cmd == "cluster.status" && syncCounters != nil) else {
+                throw Failure(.refused, syncCounters == nil ? "this balancer has no cluster: section"
+                                                           : "this balancer announces nothing (its cluster is sync only)")
             }
-            if request.cmd != "cluster.status" {
-                announcer.setWithdrawn(request.cmd == "cluster.withdraw")
-                logger.notice("cluster switched through the control socket", metadata: ["command": "\(request.cmd)", "uid": "\(uid)"])
-            }
-            let (withdrawn, announced) = announcer.status
-            var status: [String: JSONValue] = [
-                "withdrawn": .bool(withdrawn),
-                "vips": .array(RoutingConfig.vips(configuration).map { vip in
+            var status: [String: JSONValue] = ["announces": .bool(announcer != nil)]
+            if let announcer {
+                if request.cmd != "cluster.status" {
+                    announcer.setWithdrawn(request.cmd == "cluster.withdraw")
+                    logger.notice("cluster switched through the control socket", metadata: ["command": "\(request.cmd)", "uid": "\(uid)"])
+                }
+                let (withdrawn, announced) = announcer.status
+                status["withdrawn"] = .bool(withdrawn)
+                status["vips"] = .array(RoutingConfig.vips(configuration).map { vip in
                     .object(["vip": .string("\(vip)"), "protocol": .string(ClusterConfig.protocolName(for: vip)),
                              "announced": .bool(announced[vip] ?? false)])
-                }),
-            ]
+                })
+            }
             if let counters = syncCounters {
                 status["sync"] = .object(counters.mapValues { JSONValue(Int(clamping: $0)) })
             }
