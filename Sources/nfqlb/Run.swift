@@ -208,8 +208,11 @@ struct Run: ParsableCommand {
         } catch {
             throw failure("\(error)")
         }
-        // The control thread removes its socket file within its 200 ms poll: wait for it (bounded: 2 s).
-        for _ in 0..<20 where control.map({ !$0.finished.isRaised }) ?? false { Thread.sleep(forTimeInterval: 0.1) }
+        // The control thread removes its socket file within its 200 ms poll, and the sync's threads end within
+        // an interval and a poll: wait for them (bounded: 2 s), so the process never exits under a running thread.
+        for _ in 0..<20 where control.map({ !$0.finished.isRaised }) ?? false || sync.map({ !$0.finished.isRaised }) ?? false {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
         if let startFailure { throw failure(startFailure) }
     }
 }

@@ -219,7 +219,15 @@ lab_extra_teardown() {
         echo "--- b1 BIRD"; in_ns "${P}b1" birdc -s "$LAB_TMP/b1/bird.ctl" show protocols all router1 2>&1 | head -n 20
         in_ns "${P}b1" birdc -s "$LAB_TMP/b1/bird.ctl" show route 2>&1 | head
         tail -n 5 "$LAB_TMP/b1/bird.log"
-        for i in "${BALANCERS[@]}"; do echo "--- b$i nfqlb log"; tail -n 15 "$LAB_TMP/b$i/nfqlb.log" 2>/dev/null; done
+        for i in "${BALANCERS[@]}"; do
+            echo "--- b$i nfqlb log"
+            # A crash report from its start (Swift's backtracer), else the last lines.
+            if grep -q "Program crashed" "$LAB_TMP/b$i/nfqlb.log" 2>/dev/null; then
+                sed -n '/Program crashed/,$p' "$LAB_TMP/b$i/nfqlb.log" | head -n 80
+            else
+                tail -n 15 "$LAB_TMP/b$i/nfqlb.log" 2>/dev/null
+            fi
+        done
     fi
 }
 

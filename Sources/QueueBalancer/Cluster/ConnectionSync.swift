@@ -28,6 +28,8 @@ public final class ConnectionSync: Sendable {
     /// This run's epoch: the wall clock at start in ms (a restart starts a newer one).
     let epoch: UInt64
     public let counters = Counters()
+    /// Raised when ``run(stop:)`` has returned (both threads done): nfqlb waits for it before it exits.
+    public let finished = StopSignal()
     private let resendAll = Lock(false)
     /// When this run started (monotonic ms), and the peers (addresses) heard from since.
     private let started = monotonicMilliseconds()
@@ -88,7 +90,10 @@ public final class ConnectionSync: Sendable {
     /// Sends and receives until `stop`.
     public func run(stop: StopSignal) {
         let receiver = WorkerThread.start { [self] in receive(stop: stop) }
-        defer { receiver.join() }
+        defer {
+            receiver.join()
+            finished.raise()
+        }
         var sent: [FlowKey: (record: SyncRecord, at: UInt64)] = [:]
         var sequence: UInt64 = 0
         var tokens = Double(settings.maxRate)
